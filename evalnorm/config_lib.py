@@ -1,0 +1,165 @@
+"""Shared config defaults, `:key=value` config arguments, and config validation.
+
+Every config in `configs/` starts from `base_config()` and ends with
+`override(config, arg)`, so `--config=configs/cifar.py:depth=56,width=2` works
+the same everywhere. `validate(config, ...)` turns every bad value into one
+`ConfigError` line naming the key, the value and what is allowed.
+"""
+
+import math
+
+import ml_collections
+
+DATASETS = ('noisy_digits', 'digits', 'cifar10', 'cifar100', 'imagenet2012')
+NORMS = ('evalnorm', 'batchnorm', 'renorm', 'groupnorm')
+MODELS = ('resnet_v2_cifar', 'resnet50_v2')
+ALPHA_BETA_OPTIMIZERS = ('adam', 'sgd')
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work; the message is one line for the user."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Defaults shared by every setup; each config overrides what it needs."""
+  c = ml_collections.ConfigDict()
+  c.dataset = 'noisy_digits'         # one of DATASETS
+  c.data_dir = None                  # tensorflow-datasets data_dir (None: tfds default)
+  c.image_size = 224                 # ImageNet crop size (other datasets ignore it)
+  c.model = 'resnet_v2_cifar'        # one of MODELS
+  c.depth = 20                       # CIFAR ResNet depth, 6n+2
+  c.width = 1                        # CIFAR ResNet width multiplier
+  c.stem_strides = 1                 # stride of the CIFAR stem convolution
+  c.half_precision = False           # bfloat16 activations (statistics stay float32)
+  c.norm = 'evalnorm'                # one of NORMS
+  c.norm_batch_size = 2              # B: the per-device batch is cut into groups of B
+  c.bn_momentum = 0.99               # EMA momentum of the moving statistics
+  c.bn_epsilon = 1e-5                # variance epsilon of every norm layer
+  c.groupnorm_groups = 32            # GroupNorm groups (fewer when channels are few)
+  c.renorm_rmax = 2.0                # Batch Renorm's final r clip
+  c.renorm_dmax = 1.0                # Batch Renorm's final d clip
+  c.renorm_warmup_steps = 5000       # steps over which r/d clips ramp from (1, 0)
+  c.estimate_alpha_beta = True       # online estimation of alpha/beta (EvalNorm only)
+  c.per_channel = False              # alpha/beta per channel instead of per layer
+  c.alpha_init = 0.0                 # initial alpha (0 = plain EMA evaluation)
+  c.beta_init = 0.0                  # initial beta
+  c.alpha_beta_optimizer = 'adam'    # 'adam' or 'sgd', separate from the model's
+  c.alpha_beta_learning_rate = 3e-3  # its learning rate (constant)
+  c.batch_size = 128                 # global SGD batch, split evenly over devices
+  c.eval_batch_size = 256            # global evaluation batch
+  c.num_train_steps = 1000           # training length in steps ...
+  c.num_epochs = None                # ... or in epochs (overrides steps when set)
+  c.learning_rate = 0.1              # peak learning rate (cosine decay to 0)
+  c.warmup_steps = 0                 # linear warm-up steps before the cosine
+  c.momentum = 0.9                   # SGD momentum
+  c.weight_decay = 1e-4              # L2 weight decay (ResNet v2 paper's value)
+  c.seed = 0                         # parameters, data order and augmentation
+  c.checkpoint_every_steps = 1000    # a checkpoint also is written at the end
+  c.checkpoints_to_keep = 3          # older checkpoints are deleted
+  c.eval_every_steps = 1000          # periodic evaluation (logged, not in eval.json)
+  c.log_every_steps = 100            # loss, learning rate, mean alpha/beta, steps/s
+  c.distributed = False              # call jax.distributed.initialize() (multi-host)
+  return c
+
+
+def override(config: ml_collections.ConfigDict,
+             arg: str | None) -> ml_collections.ConfigDict:
+  """Applies `key=value,key=value` from `--config=file.py:ARG` to `config`.
+
+  Values are parsed with the type of the default (int, float, bool, str);
+  a key whose default is None takes the value as written (int, float or str).
+  """
+  if not arg:
+    return config
+  for item in arg.split(','):
+    key, sep, text = item.partition('=')
+    key = key.strip()
+    if not sep or key not in config:
+      raise ConfigError(f'config argument {item!r} is not key=value with a key '
+                        f'of this config ({", ".join(sorted(config))})')
+    config[key] = _parse_like(config[key], text.strip(), key)
+  return config
+
+
+def _parse_like(default, text: str, key: str):
+  if isinstance(default, bool):
+    if text.lower() not in ('true', 'false', '1', '0'):
+      raise ConfigError(f'{key}={text!r}: expected true or false')
+    return text.lower() in ('true', '1')
+  for kind in (int, float):
+    if default is None or isinstance(default, kind):
+      try:
+        return kind(text)
+      except ValueError:
+        if default is not None:
+          raise ConfigError(f'{key}={text!r}: expected a {kind.__name__}') from None
+  return None if text.lower() == 'none' else text
+
+
+def num_train_steps(config: ml_collections.ConfigDict,
+                    num_train_examples: int) -> int:
+  """Training length in steps, from `num_epochs` when set, else `num_train_steps`."""
+  if config.num_epochs is not None:
+    return math.ceil(config.num_epochs * num_train_examples / config.batch_size)
+  return config.num_train_steps
+
+
+def _require(ok: bool, key: str, value, allowed: str):
+  if not ok:
+    raise ConfigError(f'config.{key}={value!r} is invalid: {allowed}')
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int,
+             num_processes: int = 1) -> None:
+  """Raises ConfigError for the first value that cannot work."""
+  c = config
+  _require(c.dataset in DATASETS, 'dataset', c.dataset, f'allowed: {DATASETS}')
+  _require(c.norm in NORMS, 'norm', c.norm, f'allowed: {NORMS}')
+  _require(c.model in MODELS, 'model', c.model, f'allowed: {MODELS}')
+  _require(c.alpha_beta_optimizer in ALPHA_BETA_OPTIMIZERS,
+           'alpha_beta_optimizer', c.alpha_beta_optimizer,
+           f'allowed: {ALPHA_BETA_OPTIMIZERS}')
+  if c.model == 'resnet_v2_cifar':
+    _require(isinstance(c.depth, int) and c.depth >= 8 and (c.depth - 2) % 6 == 0,
+             'depth', c.depth, 'must be 6n+2 with n >= 1 (e.g. 20, 56, 110, 254)')
+    _require(isinstance(c.width, int) and c.width >= 1, 'width', c.width,
+             'must be a positive integer (the paper uses 1, 2, 4, 8)')
+  for key in ('num_train_steps', 'batch_size', 'eval_batch_size',
+              'norm_batch_size', 'checkpoint_every_steps', 'eval_every_steps',
+              'log_every_steps', 'checkpoints_to_keep'):
+    _require(isinstance(c[key], int) and c[key] > 0, key, c[key],
+             'must be a positive integer')
+  if c.num_epochs is not None:
+    _require(c.num_epochs > 0, 'num_epochs', c.num_epochs, 'must be positive or None')
+  for key in ('learning_rate', 'alpha_beta_learning_rate'):
+    _require(c[key] > 0, key, c[key], 'must be positive')
+  _require(c.weight_decay >= 0, 'weight_decay', c.weight_decay, 'must be >= 0')
+  _require(0 <= c.warmup_steps, 'warmup_steps', c.warmup_steps, 'must be >= 0')
+  _require(0 <= c.bn_momentum < 1, 'bn_momentum', c.bn_momentum, 'must be in [0, 1)')
+  _require(c.bn_epsilon > 0, 'bn_epsilon', c.bn_epsilon, 'must be positive')
+  for key in ('alpha_init', 'beta_init'):
+    _require(0 <= c[key] <= 1, key, c[key], 'must be in [0, 1]')
+  _validate_batches(c, num_devices, num_processes)
+
+
+def _validate_batches(c, num_devices: int, num_processes: int) -> None:
+  for key in ('batch_size', 'eval_batch_size'):
+    _require(c[key] % num_devices == 0, key, c[key],
+             f'must divide evenly over the {num_devices} devices '
+             f'({num_processes} processes)')
+  per_device = c.batch_size // num_devices
+  _require(per_device % c.norm_batch_size == 0, 'norm_batch_size',
+           c.norm_batch_size,
+           f'must divide the per-device batch of {per_device} '
+           f'(batch_size={c.batch_size} over {num_devices} devices)')
+  per_device_eval = c.eval_batch_size // num_devices
+  _require(per_device_eval % c.norm_batch_size == 0, 'eval_batch_size',
+           c.eval_batch_size,
+           f'its per-device share {per_device_eval} must be a multiple of '
+           f'norm_batch_size={c.norm_batch_size}')
+  if c.norm == 'batchnorm':
+    _require(c.norm_batch_size == per_device, 'norm_batch_size',
+             c.norm_batch_size,
+             f"norm='batchnorm' (flax's nn.BatchNorm) normalizes the whole "
+             f'per-device batch of {per_device}: set norm_batch_size='
+             f"{per_device}, or use norm='evalnorm' for groups of B")

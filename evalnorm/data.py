@@ -1,0 +1,573 @@
+"""Input pipelines: built-in NumPy digit datasets and tfds CIFAR / ImageNet.
+
+`make_dataset(config)` returns an object with the `Dataset` interface below. All
+batches are NumPy arrays for *this process*:
+
+- `train_batches(start_step)`: an infinite stream of
+  `{'image': float32 (local_batch, H, W, C), 'label': int32 (local_batch,)}` with
+  `local_batch = config.batch_size // jax.process_count()`. The batch of step `s`
+  is a deterministic function of `(config.seed, s)` (and the process index), so
+  a run resumed at step `s` sees exactly the batches of an uninterrupted run.
+- `eval_batches()`: one pass over this process's share of the eval set in
+  batches of `config.eval_batch_size // jax.process_count()`, every batch full.
+  The last batch is padded by repeating real examples from the start of the
+  share, with `'mask'` 0.0 for the repeats. Padding repeats data rather than
+  zeros because EvalNorm evaluation may also normalize with statistics of groups
+  of examples, and a group of zero images would distort those statistics.
+
+`noisy_digits` (the default) and `digits` are built from scikit-learn's 8x8
+digits with NumPy only; TensorFlow is imported lazily by the tfds datasets, so a
+digits run does not pay its import time (several seconds).
+"""
+
+import functools
+import itertools
+import math
+import typing
+from typing import Iterable, Iterator
+
+import jax
+import numpy as np
+
+DATASET_NAMES = ('noisy_digits', 'digits', 'cifar10', 'cifar100', 'imagenet2012')
+
+Batch = dict[str, np.ndarray]
+
+
+class DatasetUnavailableError(Exception):
+  """The dataset is not prepared in the data directory (one-line message: how to prepare it)."""
+
+
+class Dataset(typing.Protocol):
+  """What the training loop needs from a dataset."""
+  name: str
+  num_classes: int
+  image_shape: tuple[int, int, int]  # (H, W, C) of model inputs, after preprocessing
+  num_train_examples: int
+  num_eval_examples: int  # real (unpadded) examples in the whole eval set
+
+  def train_batches(self, start_step: int) -> Iterator[Batch]:
+    ...
+
+  def eval_batches(self) -> Iterator[Batch]:
+    ...
+
+
+def make_dataset(config) -> Dataset:
+  """Builds the dataset named by `config.dataset` (one of `DATASET_NAMES`)."""
+  constructors = {
+      'noisy_digits': NoisyDigitsDataset,
+      'digits': DigitsDataset,
+      'cifar10': functools.partial(CifarDataset, tfds_name='cifar10'),
+      'cifar100': functools.partial(CifarDataset, tfds_name='cifar100'),
+      'imagenet2012': ImageNetDataset,
+  }
+  if config.dataset not in constructors:
+    raise ValueError(
+        f'unknown dataset {config.dataset!r}; expected one of {DATASET_NAMES}')
+  return constructors[config.dataset](config)
+
+
+# ---------------------------------------------------------------------------
+# Batching shared by all datasets.
+
+
+def _local_batch_size(global_batch_size: int) -> int:
+  process_count = jax.process_count()
+  if global_batch_size % process_count:
+    raise ValueError(f'batch size {global_batch_size} is not divisible by the '
+                     f'number of processes {process_count}')
+  return global_batch_size // process_count
+
+
+def _num_eval_batches(num_examples: int, local_batch_size: int) -> int:
+  """Eval batches per process, the same on every process.
+
+  The eval step is a collective under pmap, so every process must run the same
+  number of steps: each pads up to the largest per-process share.
+  """
+  largest_share = math.ceil(num_examples / jax.process_count())
+  return math.ceil(largest_share / local_batch_size)
+
+
+def _pad_batch(batch: Batch, padding_source: Batch, batch_size: int) -> Batch:
+  """Fills `batch` up to `batch_size` rows with rows of `padding_source` (mask 0)."""
+  num_real = len(batch['label'])
+  repeats = np.arange(batch_size - num_real) % len(padding_source['label'])
+  padded = {key: np.concatenate([batch[key], padding_source[key][repeats]])
+            for key in ('image', 'label')}
+  padded['mask'] = np.concatenate([
+      np.ones(num_real, np.float32), np.zeros(len(repeats), np.float32)])
+  return padded
+
+
+def _padded_eval_batches(batches: Iterable[Batch], batch_size: int,
+                         num_batches: int) -> Iterator[Batch]:
+  """Yields exactly `num_batches` full batches; padding repeats the first batch's rows."""
+  padding_source = None
+  num_yielded = 0
+  for batch in batches:
+    if padding_source is None:
+      padding_source = batch  # the start of this process's share of the eval set
+    yield _pad_batch(batch, padding_source, batch_size)
+    num_yielded += 1
+  if padding_source is None:
+    raise ValueError(f'process {jax.process_index()} has no eval examples')
+  empty = {key: value[:0] for key, value in padding_source.items()}
+  for _ in range(num_yielded, num_batches):
+    yield _pad_batch(empty, padding_source, batch_size)
+
+
+def _array_eval_batches(images: np.ndarray, labels: np.ndarray,
+                        global_batch_size: int) -> Iterator[Batch]:
+  """Eval batches from in-memory arrays; process p takes examples p::process_count."""
+  batch_size = _local_batch_size(global_batch_size)
+  num_batches = _num_eval_batches(len(labels), batch_size)
+  share = slice(jax.process_index(), None, jax.process_count())
+  images, labels = images[share], labels[share]
+  batches = ({'image': images[start:start + batch_size],
+              'label': labels[start:start + batch_size]}
+             for start in range(0, len(labels), batch_size))
+  return _padded_eval_batches(batches, batch_size, num_batches)
+
+
+# ---------------------------------------------------------------------------
+# Built-in datasets from scikit-learn's 8x8 digits (NumPy only).
+
+_DIGITS_SPLIT_SEED = 0
+_NUM_HELD_OUT_DIGITS = 447  # of 1797; the other 1350 are for training
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+  array.setflags(write=False)  # cached and shared between dataset objects
+  return array
+
+
+@functools.cache
+def _digits_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+  """(train_images, train_labels, held_out_images, held_out_labels), images (N, 8, 8) in [0, 1]."""
+  from sklearn import datasets, model_selection  # pylint: disable=g-import-not-at-top
+  digits = datasets.load_digits()
+  images = (digits.images / 16.0).astype(np.float32)
+  labels = digits.target.astype(np.int32)
+  split = model_selection.train_test_split(
+      images, labels, test_size=_NUM_HELD_OUT_DIGITS, stratify=labels,
+      random_state=_DIGITS_SPLIT_SEED)
+  train_images, held_out_images, train_labels, held_out_labels = split
+  return tuple(_read_only(a) for a in (
+      train_images, train_labels, held_out_images, held_out_labels))
+
+
+def _step_rng(seed: int, step: int) -> np.random.Generator:
+  """The generator of one training step: a function of (seed, step, process)."""
+  return np.random.default_rng([seed, step, jax.process_index()])
+
+
+class DigitsDataset:
+  """Plain 8x8 digits, standardized; 1350 training and 447 eval digits."""
+  name = 'digits'
+  num_classes = 10
+  image_shape = (8, 8, 1)
+
+  def __init__(self, config):
+    self._config = config
+    self._train_images, self._train_labels, eval_images, self._eval_labels = (
+        _digits_split())
+    # Fixed constants from the training split, so eval never sees its own statistics.
+    self._mean = float(self._train_images.mean())
+    self._std = float(self._train_images.std())
+    self._eval_images = self._standardize(eval_images)
+    self.num_train_examples = len(self._train_labels)
+    self.num_eval_examples = len(self._eval_labels)
+
+  def _standardize(self, images: np.ndarray) -> np.ndarray:
+    return ((images - self._mean) / self._std)[..., None].astype(np.float32)
+
+  def train_batches(self, start_step: int) -> Iterator[Batch]:
+    batch_size = _local_batch_size(self._config.batch_size)
+    for step in itertools.count(start_step):
+      rng = _step_rng(self._config.seed, step)
+      indices = rng.integers(0, self.num_train_examples, batch_size)
+      yield {'image': self._standardize(self._train_images[indices]),
+             'label': self._train_labels[indices]}
+
+  def eval_batches(self) -> Iterator[Batch]:
+    return _array_eval_batches(self._eval_images, self._eval_labels,
+                               self._config.eval_batch_size)
+
+
+# noisy_digits: each digit is warped onto a larger canvas, re-lit and noised.
+_CANVAS_SIZE = 24
+_MAX_ROTATION_DEGREES = 20.0
+_SCALE_RANGE = (1.6, 2.4)
+_MAX_SHIFT_FRACTION = 0.15  # of the canvas size, in x and in y
+_CONTRAST_RANGE = (0.3, 1.7)
+_BRIGHTNESS_RANGE = (-1.0, 1.0)
+_NOISE_STD = 0.2
+_NUM_NOISY_EVAL_EXAMPLES = 2048
+_NOISY_EVAL_SEED = 1  # fixed: every run evaluates on the same examples
+_NORMALIZATION_SAMPLES = 4096
+_NORMALIZATION_SEED = 2
+
+
+def _bilinear_sample(images: np.ndarray, x: np.ndarray,
+                     y: np.ndarray) -> np.ndarray:
+  """Samples images (N, H, W) at float pixel coordinates x, y (N, P); zero outside.
+
+  Vectorized over the whole batch (this runs every training step). The images
+  get a zero border (one pixel before, two after) and coordinates are clipped
+  into it, so out-of-range neighbours read zeros without per-neighbour masks.
+  The four neighbours are gathered from shifted views of the flat padded batch.
+  """
+  n, height, width = images.shape
+  row = width + 3
+  flat = np.pad(images, ((0, 0), (1, 2), (1, 2))).reshape(-1)
+  x = np.clip(x, -1, width)
+  y = np.clip(y, -1, height)
+  x0, y0 = np.floor(x), np.floor(y)
+  fx, fy = x - x0, y - y0
+  # Flat index of the top-left neighbour, computed in float32 and converted
+  # once (cheaper than integer arithmetic; exact below 2**24 elements).
+  if flat.size >= 2**24:
+    raise ValueError(f'batch of {n} images is too large to sample at once')
+  image_offsets = ((np.arange(n, dtype=np.float32) * (height + 3) + 1) * row
+                   + 1)[:, None]
+  top_left = (y0 * row + x0 + image_offsets).astype(np.int32)
+  top = _lerp(np.take(flat, top_left), np.take(flat[1:], top_left), fx)
+  bottom = _lerp(np.take(flat[row:], top_left),
+                 np.take(flat[row + 1:], top_left), fx)
+  return _lerp(top, bottom, fy)
+
+
+def _lerp(a: np.ndarray, b: np.ndarray, fraction: np.ndarray) -> np.ndarray:
+  return a + fraction * (b - a)
+
+
+@functools.cache
+def _canvas_grid() -> tuple[np.ndarray, np.ndarray]:
+  """Canvas pixel coordinates (x, y), each (1, S*S), relative to the canvas centre."""
+  coords = np.arange(_CANVAS_SIZE, dtype=np.float32) - (_CANVAS_SIZE - 1) / 2
+  grid_y, grid_x = np.meshgrid(coords, coords, indexing='ij')
+  return _read_only(grid_x.reshape(1, -1)), _read_only(grid_y.reshape(1, -1))
+
+
+def _warp_digits(digits: np.ndarray, angles: np.ndarray, scales: np.ndarray,
+                 shifts: np.ndarray) -> np.ndarray:
+  """Rotates, scales and shifts each digit (N, 8, 8) about the centres onto a zero canvas.
+
+  Inverse mapping: canvas pixel p reads the digit at
+  R(-angle) (p - canvas_centre - shift) / scale + digit_centre.
+  Angles in radians (N,), scales (N,), shifts (N, 2) in canvas pixels (x, y).
+  """
+  grid_x, grid_y = _canvas_grid()
+  cos = np.cos(angles) / scales
+  sin = np.sin(angles) / scales
+  shift_x, shift_y = shifts[:, 0], shifts[:, 1]
+  digit_centre = (digits.shape[-1] - 1) / 2
+  # The per-example constant parts of the map, so the (N, P) work is 4 ops each.
+  offset_x = digit_centre - cos * shift_x - sin * shift_y
+  offset_y = digit_centre + sin * shift_x - cos * shift_y
+  source_x = cos[:, None] * grid_x + sin[:, None] * grid_y + offset_x[:, None]
+  source_y = cos[:, None] * grid_y - sin[:, None] * grid_x + offset_y[:, None]
+  canvas = _bilinear_sample(digits, source_x, source_y)
+  return canvas.reshape(-1, _CANVAS_SIZE, _CANVAS_SIZE)
+
+
+def _render_noisy_digits(digits: np.ndarray,
+                         rng: np.random.Generator) -> np.ndarray:
+  """Unstandardized noisy images (N, S, S): random warp, contrast, brightness, noise."""
+  n = len(digits)
+
+  def uniform(bounds, shape):
+    return rng.uniform(*bounds, size=shape).astype(np.float32)
+
+  max_angle = np.deg2rad(_MAX_ROTATION_DEGREES)
+  max_shift = _MAX_SHIFT_FRACTION * _CANVAS_SIZE
+  canvas = _warp_digits(digits,
+                        angles=uniform((-max_angle, max_angle), n),
+                        scales=uniform(_SCALE_RANGE, n),
+                        shifts=uniform((-max_shift, max_shift), (n, 2)))
+  contrast = uniform(_CONTRAST_RANGE, (n, 1, 1))
+  brightness = uniform(_BRIGHTNESS_RANGE, (n, 1, 1))
+  noise = rng.standard_normal(canvas.shape, dtype=np.float32)
+  return contrast * canvas + brightness + _NOISE_STD * noise
+
+
+@functools.cache
+def _noisy_digits_mean_std() -> tuple[float, float]:
+  """Standardization constants from a fixed sample of rendered training digits."""
+  train_images = _digits_split()[0]
+  rng = np.random.default_rng(_NORMALIZATION_SEED)
+  indices = rng.integers(0, len(train_images), _NORMALIZATION_SAMPLES)
+  images = _render_noisy_digits(train_images[indices], rng)
+  return float(images.mean()), float(images.std())
+
+
+class NoisyDigitsDataset:
+  """Digits warped onto a 24x24 canvas, re-lit and noised: a hard, natural-image-like task.
+
+  Training draws fresh examples every step from the 1350 training digits; the
+  eval set is 2048 fixed renderings of the 447 held-out digits (each used 4 or
+  5 times), the same for every config.seed.
+  """
+  name = 'noisy_digits'
+  num_classes = 10
+  image_shape = (_CANVAS_SIZE, _CANVAS_SIZE, 1)
+  num_eval_examples = _NUM_NOISY_EVAL_EXAMPLES
+
+  def __init__(self, config):
+    self._config = config
+    self._train_digits, self._train_labels, held_out_digits, held_out_labels = (
+        _digits_split())
+    self.num_train_examples = len(self._train_labels)
+    self._mean, self._std = _noisy_digits_mean_std()
+    indices = np.arange(self.num_eval_examples) % len(held_out_labels)
+    rng = np.random.default_rng(_NOISY_EVAL_SEED)
+    self._eval_images = self._standardize(
+        _render_noisy_digits(held_out_digits[indices], rng))
+    self._eval_labels = held_out_labels[indices]
+
+  def _standardize(self, images: np.ndarray) -> np.ndarray:
+    return ((images - self._mean) / self._std)[..., None].astype(np.float32)
+
+  def train_batch(self, step: int) -> Batch:
+    """This process's training batch of global step `step`."""
+    rng = _step_rng(self._config.seed, step)
+    batch_size = _local_batch_size(self._config.batch_size)
+    indices = rng.integers(0, self.num_train_examples, batch_size)
+    images = _render_noisy_digits(self._train_digits[indices], rng)
+    return {'image': self._standardize(images),
+            'label': self._train_labels[indices]}
+
+  def train_batches(self, start_step: int) -> Iterator[Batch]:
+    for step in itertools.count(start_step):
+      yield self.train_batch(step)
+
+  def eval_batches(self) -> Iterator[Batch]:
+    return _array_eval_batches(self._eval_images, self._eval_labels,
+                               self._config.eval_batch_size)
+
+
+# ---------------------------------------------------------------------------
+# tensorflow-datasets: CIFAR-10/100 and ImageNet (TensorFlow imported lazily).
+
+_DEFAULT_SHUFFLE_BUFFER = 10_000
+
+
+def _unprepared_message(builder) -> str:
+  name, data_dir = builder.name, builder.data_dir_root
+  message = (f'dataset {name!r} is not prepared in data_dir={data_dir}: run '
+             f'`tfds build {name} --data_dir={data_dir}` on a machine with '
+             'internet access and copy the directory here')
+  if name == 'imagenet2012':
+    message += (' (imagenet2012 also needs the ILSVRC2012 tar files in '
+                f'{data_dir}/downloads/manual)')
+  return message
+
+
+def _split_size(builder, split: str) -> int:
+  """Number of examples in `split`; DatasetUnavailableError if the data is not prepared.
+
+  Asks `as_dataset` (which only builds the pipeline) rather than
+  `builder.is_prepared()`: under `tfds.testing.mock_data` only loading is faked,
+  so `is_prepared()` is False and `info.splits` is empty there, while
+  `as_dataset` works; for real data `as_dataset` fails on missing files.
+  tfds attaches the exact cardinality to every split it loads.
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  try:
+    dataset = builder.as_dataset(split=split)
+  except (AssertionError, tfds.core.DatasetNotFoundError) as error:
+    raise DatasetUnavailableError(_unprepared_message(builder)) from error
+  return int(dataset.cardinality())
+
+
+class _TfdsDataset:
+  """Deterministic, resumable tfds pipelines; subclasses define the preprocessing.
+
+  Training order: files and examples are shuffled with seeds from config.seed,
+  and every random augmentation is a stateless op keyed on (seed, process,
+  position of the example in the stream), so the stream is a deterministic
+  function of config.seed. `train_batches(start_step)` resumes by skipping
+  `start_step * local_batch` examples before decoding and augmentation: the
+  resume cost is proportional to the number of steps skipped (reading and
+  shuffling only).
+  """
+  name: str
+  train_split = 'train'
+  eval_split: str
+  image_shape: tuple[int, int, int]
+  decoders = None  # tfds decoders for `as_dataset`
+
+  def __init__(self, config, tfds_name: str):
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    self._config = config
+    self.name = tfds_name
+    self._builder = tfds.builder(tfds_name, data_dir=config.get('data_dir'))
+    self.num_train_examples = _split_size(self._builder, self.train_split)
+    self.num_eval_examples = _split_size(self._builder, self.eval_split)
+    self.num_classes = self._builder.info.features['label'].num_classes
+
+  def _preprocess_train(self, example, seed):
+    """(example, stateless seed of shape [2]) -> {'image': float32, 'label': int32}."""
+    raise NotImplementedError
+
+  def _preprocess_eval(self, example):
+    raise NotImplementedError
+
+  def _read(self, split: str, shuffle_files: bool):
+    """This process's part of `split`, read deterministically."""
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    options = tf.data.Options()
+    options.deterministic = True
+    read_config = tfds.ReadConfig(shuffle_seed=self._config.seed,
+                                  options=options)
+    dataset = self._builder.as_dataset(
+        split=tfds.split_for_jax_process(split), shuffle_files=shuffle_files,
+        decoders=self.decoders, read_config=read_config)
+    return dataset.with_options(options)
+
+  def train_batches(self, start_step: int) -> Iterator[Batch]:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    batch_size = _local_batch_size(self._config.batch_size)
+    seed = self._config.seed
+    dataset = self._read(self.train_split, shuffle_files=True).repeat()
+    dataset = dataset.shuffle(
+        self._config.get('shuffle_buffer', _DEFAULT_SHUFFLE_BUFFER), seed=seed)
+    # Batch k holds stream positions [k * batch_size, (k + 1) * batch_size), so
+    # skipping examples before the (expensive) map resumes exactly.
+    dataset = dataset.enumerate().skip(start_step * batch_size)
+    process_seed = tf.constant([seed, jax.process_index()], tf.int64)
+
+    def preprocess(position, example):
+      example_seed = tf.random.experimental.stateless_fold_in(
+          process_seed, position)
+      return self._preprocess_train(example, example_seed)
+
+    dataset = dataset.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.batch(batch_size, drop_remainder=True)
+    return iter(tfds.as_numpy(dataset.prefetch(tf.data.AUTOTUNE)))
+
+  def eval_batches(self) -> Iterator[Batch]:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    batch_size = _local_batch_size(self._config.eval_batch_size)
+    dataset = self._read(self.eval_split, shuffle_files=False)
+    dataset = dataset.map(self._preprocess_eval,
+                          num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return _padded_eval_batches(
+        tfds.as_numpy(dataset), batch_size,
+        _num_eval_batches(self.num_eval_examples, batch_size))
+
+
+# Per-channel statistics of the training images in [0, 1] (the true pixel
+# standard deviations, not the widely copied (0.2023, 0.1994, 0.2010)).
+_CIFAR_MEAN_STD = {
+    'cifar10': ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    'cifar100': ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+_CIFAR_PADDING = 4
+
+
+class CifarDataset(_TfdsDataset):
+  """CIFAR-10/100: random crop from the 4-pixel zero-padded image and random flip."""
+  eval_split = 'test'
+  image_shape = (32, 32, 3)
+
+  def __init__(self, config, tfds_name: str):
+    super().__init__(config, tfds_name)
+    self._mean, self._std = _CIFAR_MEAN_STD[tfds_name]
+
+  def _standardize(self, image, label):
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    image = (tf.cast(image, tf.float32) / 255.0 - self._mean) / self._std
+    return {'image': image, 'label': tf.cast(label, tf.int32)}
+
+  def _preprocess_train(self, example, seed):
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    crop_seed, flip_seed = tf.unstack(
+        tf.random.experimental.stateless_split(seed, 2))
+    pad = _CIFAR_PADDING
+    image = tf.pad(example['image'], [[pad, pad], [pad, pad], [0, 0]])
+    image = tf.image.stateless_random_crop(image, self.image_shape, crop_seed)
+    image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+    return self._standardize(image, example['label'])
+
+  def _preprocess_eval(self, example):
+    return self._standardize(example['image'], example['label'])
+
+
+# ImageNet mean and standard deviation per RGB channel, on the 0-255 scale.
+_IMAGENET_MEAN_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+_IMAGENET_STDDEV_RGB = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+# Eval crops the central image_size / (image_size + 32) of the shorter side
+# (224 / 256 at the standard size), as in the Inception/ResNet evaluations.
+_IMAGENET_CROP_PADDING = 32
+
+
+class ImageNetDataset(_TfdsDataset):
+  """ImageNet (ILSVRC2012): Inception-style random-area crops; central crop for eval.
+
+  Images stay JPEG bytes (SkipDecoding) so that only the crop is decoded.
+  """
+  eval_split = 'validation'
+
+  def __init__(self, config):
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    self.decoders = {'image': tfds.decode.SkipDecoding()}
+    image_size = config.get('image_size', 224)
+    self.image_shape = (image_size, image_size, 3)
+    super().__init__(config, 'imagenet2012')
+
+  def _resize_and_normalize(self, image):
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    image = tf.image.resize(image, self.image_shape[:2], method='bicubic')
+    return (image - _IMAGENET_MEAN_RGB) / _IMAGENET_STDDEV_RGB
+
+  def _central_crop_window(self, jpeg_shape):
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    height, width = jpeg_shape[0], jpeg_shape[1]
+    image_size = self.image_shape[0]
+    fraction = image_size / (image_size + _IMAGENET_CROP_PADDING)
+    crop_size = tf.cast(
+        fraction * tf.cast(tf.minimum(height, width), tf.float32), tf.int32)
+    return tf.stack([(height - crop_size + 1) // 2,
+                     (width - crop_size + 1) // 2, crop_size, crop_size])
+
+  def _random_crop_window(self, jpeg_shape, seed):
+    """A random box of 8-100% of the area and aspect 3/4-4/3; central crop if none fits."""
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    whole_image = tf.constant([0.0, 0.0, 1.0, 1.0], tf.float32, [1, 1, 4])
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        jpeg_shape, bounding_boxes=whole_image, seed=seed,
+        min_object_covered=0.1, aspect_ratio_range=(3 / 4, 4 / 3),
+        area_range=(0.08, 1.0), max_attempts=10)
+    window = tf.stack([begin[0], begin[1], size[0], size[1]])
+    # After max_attempts failures the sampler returns the whole image.
+    sampling_failed = tf.reduce_all(tf.equal(size[:2], jpeg_shape[:2]))
+    return tf.cond(sampling_failed,
+                   lambda: self._central_crop_window(jpeg_shape),
+                   lambda: window)
+
+  def _preprocess_train(self, example, seed):
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    crop_seed, flip_seed = tf.unstack(
+        tf.random.experimental.stateless_split(seed, 2))
+    jpeg = example['image']
+    window = self._random_crop_window(tf.image.extract_jpeg_shape(jpeg),
+                                      crop_seed)
+    image = tf.image.decode_and_crop_jpeg(jpeg, window, channels=3)
+    image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+    return {'image': self._resize_and_normalize(image),
+            'label': tf.cast(example['label'], tf.int32)}
+
+  def _preprocess_eval(self, example):
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    jpeg = example['image']
+    window = self._central_crop_window(tf.image.extract_jpeg_shape(jpeg))
+    image = tf.image.decode_and_crop_jpeg(jpeg, window, channels=3)
+    return {'image': self._resize_and_normalize(image),
+            'label': tf.cast(example['label'], tf.int32)}

@@ -1,0 +1,119 @@
+"""Evaluation of every statistics mode in one pass over the eval set.
+
+Modes (keys of ``eval.json``'s ``eval``):
+  ema            moving averages only (EvalNorm with alpha = beta = 0, which is
+                 exactly BatchNorm's evaluation);
+  evalnorm       the estimated alpha/beta (online, or offline by estimate.py);
+  rule_of_thumb  alpha = beta = 1/B^2;
+  one_over_b     alpha = beta = 1/B;
+  train_stats    batch statistics of groups of B eval examples (a reference:
+                 what the network saw in training, not a usable test-time mode).
+
+Models trained with flax's ``nn.BatchNorm`` are evaluated through EvalNorm
+(same variable names, an ``evalnorm`` collection added), so they get every mode
+but ``evalnorm`` without retraining. Batch Renorm and GroupNorm models have
+one mode: their own evaluation (``ema`` for renorm, ``groupnorm``).
+"""
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import jax_utils
+from jax import lax
+
+from evalnorm.variables import (batchnorm_to_evalnorm, one_over_b,
+                                rule_of_thumb, set_alpha_beta)
+
+PMAP_AXIS = 'batch'
+BATCH_STATISTICS_NORMS = ('evalnorm', 'batchnorm')
+
+
+def fixed_modes(evalnorm: Any, group_size: int) -> dict[str, Any]:
+  """The modes whose alpha/beta need no estimation, for normalization batch B."""
+  return {
+      'ema': set_alpha_beta(evalnorm, 0.0),
+      'rule_of_thumb': set_alpha_beta(evalnorm, rule_of_thumb(group_size)),
+      'one_over_b': set_alpha_beta(evalnorm, one_over_b(group_size)),
+  }
+
+
+def _sums(logits, batch):
+  """Masked sums of correct predictions, loss and examples, over all devices."""
+  mask = batch['mask']
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label'])
+  sums = {'correct': jnp.sum(mask * (jnp.argmax(logits, -1) == batch['label'])),
+          'loss': jnp.sum(mask * loss), 'count': jnp.sum(mask)}
+  return lax.psum(sums, PMAP_AXIS)
+
+
+def eval_step(variables, evalnorm_by_mode, batch, apply_fn, train_stats: bool):
+  """Sums for every mode on one device's batch; modes share the compiled step."""
+  results = {}
+  for mode, evalnorm in evalnorm_by_mode.items():
+    logits = apply_fn({**variables, 'evalnorm': evalnorm}, batch['image'],
+                      train=False)
+    results[mode] = _sums(logits, batch)
+  if train_stats:
+    # Training-mode pass with immutable batch_stats: groups of B use their own
+    # statistics and the EMA is left alone.
+    some_evalnorm = next(iter(evalnorm_by_mode.values()))
+    logits = apply_fn({**variables, 'evalnorm': some_evalnorm}, batch['image'],
+                      train=True)
+    results['train_stats'] = _sums(logits, batch)
+  return results
+
+
+class Evaluator:
+  """Builds the eval model and its pmapped step once; call it on any state.
+
+  ``model`` is the trained model and ``evalnorm_model`` the same architecture
+  with EvalNorm layers (groups of B), used for BatchNorm-family models.
+  """
+
+  def __init__(self, config, model, evalnorm_model):
+    self.config = config
+    self.uses_batch_statistics = config.norm in BATCH_STATISTICS_NORMS
+    eval_model = evalnorm_model if self.uses_batch_statistics else model
+    self._step = jax.pmap(
+        functools.partial(eval_step, apply_fn=eval_model.apply,
+                          train_stats=self.uses_batch_statistics),
+        axis_name=PMAP_AXIS)
+
+  def modes(self, state) -> dict[str, Any]:
+    """alpha/beta for every mode (empty trees for norms without them)."""
+    if not self.uses_batch_statistics:
+      return {'groupnorm' if self.config.norm == 'groupnorm' else 'ema': {}}
+    if self.config.norm == 'batchnorm':
+      evalnorm = batchnorm_to_evalnorm(
+          {'batch_stats': state.batch_stats},
+          per_channel=self.config.per_channel)['evalnorm']
+    else:
+      evalnorm = state.evalnorm
+    modes = fixed_modes(evalnorm, self.config.norm_batch_size)
+    if self.config.norm == 'evalnorm' and self.config.estimate_alpha_beta:
+      modes['evalnorm'] = evalnorm
+    return modes
+
+  def __call__(self, state, dataset, modes: dict[str, Any] | None = None
+               ) -> dict[str, dict[str, float]]:
+    """{mode: {'top1': percent, 'loss': mean loss}} over the whole eval set."""
+    modes = self.modes(state) if modes is None else modes
+    variables = jax_utils.replicate(
+        {'params': state.params, 'batch_stats': state.batch_stats})
+    modes = jax_utils.replicate(modes)
+    totals = None
+    for batch in dataset.eval_batches():
+      batch = jax.tree_util.tree_map(
+          lambda x: x.reshape((jax.local_device_count(), -1) + x.shape[1:]),
+          batch)
+      sums = jax_utils.unreplicate(self._step(variables, modes, batch))
+      totals = sums if totals is None else jax.tree_util.tree_map(
+          jnp.add, totals, sums)
+    totals = jax.device_get(totals)
+    return {mode: {'top1': float(100.0 * t['correct'] / t['count']),
+                   'loss': float(t['loss'] / t['count'])}
+            for mode, t in sorted(totals.items())}

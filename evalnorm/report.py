@@ -1,0 +1,23 @@
+"""The table printed at the end of a run, from the contents of eval.json."""
+
+MODE_DESCRIPTIONS = {
+    'ema': 'moving averages (plain BatchNorm evaluation)',
+    'evalnorm': 'EvalNorm, estimated alpha/beta',
+    'rule_of_thumb': 'EvalNorm, alpha = beta = 1/B^2',
+    'one_over_b': 'EvalNorm, alpha = beta = 1/B',
+    'precise_ema': 'recomputed averages (PreciseBN)',
+    'train_stats': 'batch statistics of groups of B (reference)',
+    'groupnorm': 'GroupNorm (no batch statistics)',
+}
+
+
+def results_table(results: dict) -> str:
+  """A markdown table of top-1 and loss per evaluation mode."""
+  lines = [f"{results['dataset']}, norm={results['norm']}, "
+           f"B={results['norm_batch_size']}, step {results['step']}, "
+           f"{results['num_eval_examples']} eval examples", '',
+           '| mode | top-1 (%) | loss | meaning |', '|---|---:|---:|---|']
+  for mode, metrics in results['eval'].items():
+    lines.append(f"| {mode} | {metrics['top1']:.2f} | {metrics['loss']:.4f} | "
+                 f"{MODE_DESCRIPTIONS.get(mode, '')} |")
+  return '\n'.join(lines)

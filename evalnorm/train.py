@@ -1,0 +1,270 @@
+"""Training and evaluation: pmap over local devices, per-device normalization groups.
+
+One mechanism covers the paper's two setups: the global batch is split evenly
+over devices by pmap, and each device's batch is cut into normalization groups
+of ``norm_batch_size`` examples. The CIFAR "microbatch" setup is one device
+with groups of B; the ImageNet setup is 8 devices with B examples each. BN
+statistics never cross devices (no ``axis_name`` on the norm layers).
+
+Online estimation adds the auxiliary loss of every EvalNorm layer to the task
+loss, so one backward pass yields the task gradients of ``params`` (unchanged
+by construction, see ``evalnorm.layers.auxiliary_loss``) and the gradients of
+alpha/beta, which have their own optimizer and are clipped to [0, 1].
+
+``train_and_evaluate(config, workdir)`` is what ``python -m evalnorm.main``
+runs; tests and notebooks call it directly.
+"""
+
+import functools
+import json
+import os
+import time
+from typing import Any, Callable
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from clu import metric_writers, periodic_actions
+from flax import jax_utils
+from flax.training import train_state
+from jax import lax
+
+from evalnorm import checkpoint, config_lib, data, evaluation, models
+from evalnorm.layers import EvalNorm
+from evalnorm.variables import alpha_beta_by_layer, mean_alpha_beta, total_aux_loss
+
+PMAP_AXIS = 'batch'
+
+
+class TrainingDiverged(RuntimeError):
+  """The loss or a gradient became NaN/Inf; the message names step and quantity."""
+
+
+class TrainState(train_state.TrainState):
+  """Adds BN statistics and the alpha/beta variables with their own optimizer."""
+  batch_stats: Any
+  evalnorm: Any
+  evalnorm_opt_state: Any
+  evalnorm_tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+
+  def apply_evalnorm_gradients(self, grads):
+    updates, opt_state = self.evalnorm_tx.update(
+        grads, self.evalnorm_opt_state, self.evalnorm)
+    evalnorm = optax.apply_updates(self.evalnorm, updates)
+    # alpha and beta are blend weights: keep them in [0, 1].
+    evalnorm = jax.tree_util.tree_map(lambda v: jnp.clip(v, 0.0, 1.0), evalnorm)
+    return self.replace(evalnorm=evalnorm, evalnorm_opt_state=opt_state)
+
+
+def make_norm(config: ml_collections.ConfigDict, norm_name: str | None = None):
+  """The norm layer (a ModuleDef) that ``norm_name`` (default config.norm) means."""
+  from evalnorm import baselines  # Imported here: only baseline runs need it.
+  common = dict(momentum=config.bn_momentum, epsilon=config.bn_epsilon)
+  norm_name = norm_name or config.norm
+  if norm_name == 'evalnorm':
+    return functools.partial(
+        EvalNorm, group_size=config.norm_batch_size,
+        per_channel=config.per_channel, alpha_init=config.alpha_init,
+        beta_init=config.beta_init, **common)
+  if norm_name == 'batchnorm':
+    return functools.partial(nn.BatchNorm, **common)
+  if norm_name == 'renorm':
+    return functools.partial(
+        baselines.BatchRenorm, group_size=config.norm_batch_size,
+        rmax=config.renorm_rmax, dmax=config.renorm_dmax,
+        warmup_steps=config.renorm_warmup_steps, **common)
+  if norm_name == 'groupnorm':
+    return functools.partial(baselines.GroupNormSlot,
+                             num_groups=config.groupnorm_groups,
+                             epsilon=config.bn_epsilon)
+  raise config_lib.ConfigError(f'config.norm={norm_name!r} is invalid: '
+                               f'allowed: {config_lib.NORMS}')
+
+
+def build_model(config: ml_collections.ConfigDict, num_classes: int,
+                norm_name: str | None = None) -> nn.Module:
+  norm = make_norm(config, norm_name)
+  dtype = jnp.bfloat16 if config.half_precision else jnp.float32
+  if config.model == 'resnet_v2_cifar':
+    return models.cifar_resnet_v2(config.depth, config.width, num_classes, norm,
+                                  stem_strides=config.stem_strides, dtype=dtype)
+  if config.model == 'resnet50_v2':
+    return models.resnet50_v2(num_classes, norm, dtype=dtype)
+  raise config_lib.ConfigError(f'config.model={config.model!r} is invalid: '
+                               f'allowed: {config_lib.MODELS}')
+
+
+def learning_rate_schedule(config, total_steps: int) -> optax.Schedule:
+  if config.warmup_steps:
+    return optax.warmup_cosine_decay_schedule(
+        0.0, config.learning_rate, config.warmup_steps, total_steps)
+  return optax.cosine_decay_schedule(config.learning_rate, total_steps)
+
+
+def create_train_state(config, model: nn.Module, image_shape, total_steps: int,
+                       rng: jax.Array) -> TrainState:
+  """Initializes variables in eval mode (the structure is the same in both)."""
+  dummy = jnp.zeros((config.norm_batch_size,) + tuple(image_shape), jnp.float32)
+  variables = model.init(rng, dummy, train=False)
+  tx = optax.chain(
+      optax.add_decayed_weights(config.weight_decay),
+      optax.sgd(learning_rate_schedule(config, total_steps), config.momentum))
+  evalnorm_optimizer = {'adam': optax.adam, 'sgd': optax.sgd}[
+      config.alpha_beta_optimizer]
+  evalnorm_tx = evalnorm_optimizer(config.alpha_beta_learning_rate)
+  evalnorm = variables.get('evalnorm', {})
+  return TrainState.create(
+      apply_fn=model.apply, params=variables['params'], tx=tx,
+      batch_stats=variables.get('batch_stats', {}), evalnorm=evalnorm,
+      evalnorm_opt_state=evalnorm_tx.init(evalnorm), evalnorm_tx=evalnorm_tx)
+
+
+def cross_entropy(logits, labels):
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+def train_step(state: TrainState, batch, estimate: bool):
+  """One SGD step on one device's batch; cross-device ops are explicit below."""
+  def loss_fn(params, evalnorm):
+    variables = {'params': params, 'batch_stats': state.batch_stats,
+                 'evalnorm': evalnorm}
+    mutable = ['batch_stats', 'aux_loss'] if estimate else ['batch_stats']
+    logits, new_vars = state.apply_fn(variables, batch['image'], train=True,
+                                      mutable=mutable)
+    task_loss = jnp.mean(cross_entropy(logits, batch['label']))
+    aux_loss = total_aux_loss(new_vars.get('aux_loss', {}))
+    # aux_loss sees the model only through stop_gradient: it moves alpha/beta
+    # and nothing else.
+    return task_loss + aux_loss, (new_vars.get('batch_stats', {}), task_loss,
+                                  aux_loss, logits)
+
+  grad_fn = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)
+  (_, (batch_stats, task_loss, aux_loss, logits)), grads = grad_fn(
+      state.params, state.evalnorm)
+  # Data parallelism: every replica applies the mean gradient.
+  grads = lax.pmean(grads, PMAP_AXIS)
+  # Statistics were computed per device (the point of the method); averaging
+  # the EMAs keeps the replicas identical without mixing the normalization.
+  batch_stats = lax.pmean(batch_stats, PMAP_AXIS)
+  params_grads, evalnorm_grads = grads
+  new_state = state.apply_gradients(grads=params_grads, batch_stats=batch_stats)
+  if estimate:
+    new_state = new_state.apply_evalnorm_gradients(evalnorm_grads)
+  grad_norm = optax.global_norm(params_grads)
+  metrics = {
+      'loss': task_loss, 'aux_loss': aux_loss,
+      'accuracy': jnp.mean(jnp.argmax(logits, -1) == batch['label']),
+  }
+  metrics = lax.pmean(metrics, PMAP_AXIS)
+  metrics['grad_norm'] = grad_norm
+  return new_state, metrics
+
+
+def shard(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """(local_batch, ...) -> (local_devices, local_batch / local_devices, ...)."""
+  devices = jax.local_device_count()
+  return jax.tree_util.tree_map(
+      lambda x: x.reshape((devices, -1) + x.shape[1:]), batch)
+
+
+def checkpoint_meta(config, num_classes: int) -> dict:
+  """What a checkpoint records about the run that wrote it."""
+  return {'model': config.model, 'depth': config.depth, 'width': config.width,
+          'norm': config.norm, 'dataset': config.dataset,
+          'num_classes': num_classes, 'norm_batch_size': config.norm_batch_size,
+          'batch_size': config.batch_size, 'num_devices': jax.device_count()}
+
+
+def restore_or_create(config, manager, model, dataset, total_steps, rng):
+  state = create_train_state(config, model, dataset.image_shape, total_steps, rng)
+  if manager.latest_step() is None:
+    return state
+  state, meta = checkpoint.restore(manager, state)
+  logging.info('Resumed from step %d of %s (trained with B=%s).',
+               int(state.step), manager.directory, meta.get('norm_batch_size'))
+  return state
+
+
+def check_finite(step: int, metrics: dict[str, float]) -> None:
+  for name in ('loss', 'aux_loss', 'grad_norm'):
+    if not np.isfinite(metrics[name]):
+      raise TrainingDiverged(
+          f'training diverged at step {step}: {name} is {metrics[name]} '
+          '(the last checkpoint before it is kept; lower learning_rate?)')
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains (resuming from ``workdir``), evaluates every mode, writes eval.json."""
+  config_lib.validate(config, jax.device_count(), jax.process_count())
+  dataset = data.make_dataset(config)
+  total_steps = config_lib.num_train_steps(config, dataset.num_train_examples)
+  model = build_model(config, dataset.num_classes)
+  manager = checkpoint.make_manager(workdir, config.checkpoints_to_keep)
+  state = restore_or_create(config, manager, model, dataset, total_steps,
+                            jax.random.PRNGKey(config.seed))
+  writer = metric_writers.create_default_writer(
+      workdir, just_logging=jax.process_index() > 0)
+  estimate = config.estimate_alpha_beta and config.norm == 'evalnorm'
+  evaluator = evaluation.Evaluator(
+      config, model, build_model(config, dataset.num_classes, 'evalnorm'))
+  state = train_loop(config, state, dataset, manager, writer, evaluator,
+                     total_steps, estimate)
+  state = jax.device_get(jax_utils.unreplicate(state))
+  results = evaluator(state, dataset)
+  writer.write_scalars(total_steps, {f'eval/{mode}_top1': r['top1']
+                                     for mode, r in results.items()})
+  report = {
+      'step': int(state.step), 'norm_batch_size': config.norm_batch_size,
+      'dataset': config.dataset, 'norm': config.norm,
+      'num_eval_examples': dataset.num_eval_examples, 'eval': results,
+      'alpha_beta': alpha_beta_by_layer(state.evalnorm) if estimate else {},
+  }
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'eval.json'), 'w') as f:
+      json.dump(report, f, indent=2)
+  writer.flush()
+  manager.wait_until_finished()
+  return report
+
+
+def train_loop(config, state, dataset, manager, writer, evaluator,
+               total_steps: int, estimate: bool) -> TrainState:
+  """Runs steps from ``state.step`` to ``total_steps``; returns replicated state."""
+  start_step = int(state.step)
+  meta = checkpoint_meta(config, dataset.num_classes)
+  state = jax_utils.replicate(state)
+  p_train_step = jax.pmap(functools.partial(train_step, estimate=estimate),
+                          axis_name=PMAP_AXIS, donate_argnums=(0,))
+  batches = jax_utils.prefetch_to_device(
+      map(shard, dataset.train_batches(start_step)), 2)
+  learning_rate = learning_rate_schedule(config, total_steps)
+  progress = periodic_actions.ReportProgress(
+      num_train_steps=total_steps, writer=writer)
+  for step in range(start_step + 1, total_steps + 1):
+    # Dispatch this step before reading the previous one's metrics back.
+    state, metrics = p_train_step(state, next(batches))
+    progress(step)
+    is_last = step == total_steps
+    if step % config.log_every_steps == 0 or is_last:
+      scalars = jax.device_get(jax_utils.unreplicate(metrics))
+      check_finite(step, scalars)
+      scalars = {k: float(v) for k, v in scalars.items()}
+      scalars['learning_rate'] = float(learning_rate(step))
+      if estimate:
+        scalars['alpha'], scalars['beta'] = mean_alpha_beta(
+            jax.device_get(jax_utils.unreplicate(state.evalnorm)))
+      writer.write_scalars(step, scalars)
+    if step % config.checkpoint_every_steps == 0 or is_last:
+      # A state is saved only after its step's loss was checked finite.
+      check_finite(step, jax.device_get(jax_utils.unreplicate(metrics)))
+      checkpoint.save(manager, jax.device_get(jax_utils.unreplicate(state)), meta)
+    if step % config.eval_every_steps == 0 and not is_last:
+      results = evaluator(jax.device_get(jax_utils.unreplicate(state)), dataset)
+      writer.write_scalars(step, {f'eval/{mode}_top1': r['top1']
+                                  for mode, r in results.items()})
+  return state

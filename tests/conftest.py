@@ -1,0 +1,31 @@
+"""pytest configuration shared by the test-suite.
+
+Runs before any test module is imported, so it is the place to configure JAX:
+- 8 fake CPU devices (``--xla_force_host_platform_device_count=8``) so that the
+  ``jax.pmap`` tests can run on a machine without accelerators;
+- ``JAX_PLATFORMS=cpu`` so that the tests are deterministic and never pick an
+  accelerator that happens to be present.
+These environment variables only take effect if jax has not been imported yet.
+"""
+
+import os
+import sys
+import warnings
+
+_DEVICE_FLAG = '--xla_force_host_platform_device_count=8'
+
+_flags = os.environ.get('XLA_FLAGS', '')
+if 'xla_force_host_platform_device_count' not in _flags:
+  os.environ['XLA_FLAGS'] = (_flags + ' ' + _DEVICE_FLAG).strip()
+os.environ['JAX_PLATFORMS'] = 'cpu'
+
+if 'jax' in sys.modules:  # pragma: no cover - only when a plugin imported jax.
+  warnings.warn(
+      'jax was imported before tests/conftest.py could set XLA_FLAGS; '
+      'the multi-device (pmap) tests may be skipped.'
+  )
+
+# Make the package importable when pytest is run without installing it.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _ROOT not in sys.path:
+  sys.path.insert(0, _ROOT)

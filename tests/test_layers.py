@@ -1,0 +1,858 @@
+"""Tests of `evalnorm.EvalNorm` and its variable helpers against DESIGN.md.
+
+Every equation of the design is re-implemented below in plain NumPy (float64),
+independently of the library, and the layer is checked against it:
+
+  train:   y = scale * (x - mu_g) / sqrt(var_g + eps) + bias      (per group g)
+  EMA:     mean <- m * mean + (1 - m) * avg_g(mu_g)   (same for var, biased)
+  eval:    mu_hat  = a * mu_i + (1 - a) * mu_E
+           var_hat = b * var_i + (1 - b) * var_E + b * (1 - b) * (mu_i - mu_E)^2
+           y       = scale * (x - mu_hat) / sqrt(var_hat + eps) + bias
+  aux:     L = mean | (x - mu_B) / sqrt(var_B + eps)
+                      - (x - mu_hat) / sqrt(var_hat + eps) |     (eqs. 7-9)
+
+tests/conftest.py fakes 8 CPU devices so that the pmap equivalence really runs.
+"""
+
+import functools
+import re
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from evalnorm import (
+    EvalNorm,
+    alpha_beta_by_layer,
+    batchnorm_to_evalnorm,
+    one_over_b,
+    rule_of_thumb,
+    set_alpha_beta,
+    total_aux_loss,
+)
+
+EPS = 1e-5
+CONV = (8, 5, 5, 3)      # (N, H, W, C)
+DENSE = (8, 4)           # (N, C)
+NCHW = (4, 3, 5, 5)      # (N, C, H, W), used with axis=1
+TOL = dict(rtol=1e-5, atol=2e-5)
+
+
+# --------------------------------------------------------------------------
+# Independent NumPy (float64) reference of DESIGN.md.
+# All functions take channel-last arrays; `_to_last`/`_from_last` handle axis.
+# --------------------------------------------------------------------------
+
+
+def _to_last(x, axis):
+  return np.moveaxis(np.asarray(x, np.float64), axis, -1)
+
+
+def _from_last(x, axis):
+  return np.moveaxis(x, -1, axis)
+
+
+def np_train(x, scale, bias, group_size, eps=EPS):
+  """Train-mode output, normalized input and per-group-averaged statistics."""
+  n, c = x.shape[0], x.shape[-1]
+  g = n if group_size is None else group_size
+  xg = x.reshape((n // g, g) + x.shape[1:])
+  axes = tuple(range(1, xg.ndim - 1))  # examples of the group and spatial axes
+  mu = xg.mean(axes, keepdims=True)
+  var = ((xg - mu) ** 2).mean(axes, keepdims=True)  # biased
+  xhat = ((xg - mu) / np.sqrt(var + eps)).reshape(x.shape)
+  y = scale * xhat + bias
+  return y, xhat, mu.reshape(-1, c).mean(0), var.reshape(-1, c).mean(0)
+
+
+def np_ema(old, new, momentum):
+  return momentum * old + (1 - momentum) * new
+
+
+def np_example_stats(x):
+  """Per-example statistics over every axis but batch and channel."""
+  axes = tuple(range(1, x.ndim - 1))  # () for a dense (N, C) input
+  if not axes:
+    return x.copy(), np.zeros_like(x)
+  mu = x.mean(axes, keepdims=True)
+  return mu, ((x - mu) ** 2).mean(axes, keepdims=True)
+
+
+def np_blend(mu_i, var_i, mu_e, var_e, a, b):
+  a, b = np.clip(a, 0, 1), np.clip(b, 0, 1)
+  mu_hat = a * mu_i + (1 - a) * mu_e
+  var_hat = b * var_i + (1 - b) * var_e + b * (1 - b) * (mu_i - mu_e) ** 2
+  return mu_hat, var_hat
+
+
+def np_eval(x, scale, bias, mu_e, var_e, a, b, eps=EPS):
+  mu_hat, var_hat = np_blend(*np_example_stats(x), mu_e, var_e, a, b)
+  return scale * (x - mu_hat) / np.sqrt(var_hat + eps) + bias
+
+
+def np_aux(x, mu_e, var_e, a, b, group_size, eps=EPS):
+  _, xhat_b, _, _ = np_train(x, 1.0, 0.0, group_size, eps)
+  mu_hat, var_hat = np_blend(*np_example_stats(x), mu_e, var_e, a, b)
+  xhat_e = (x - mu_hat) / np.sqrt(var_hat + eps)
+  return np.abs(xhat_b - xhat_e).mean()
+
+
+# --------------------------------------------------------------------------
+# Helpers.
+# --------------------------------------------------------------------------
+
+
+def make_x(shape, seed=0, axis=-1, dtype=np.float32):
+  """Input with a distinct mean and spread per channel."""
+  rng = np.random.default_rng(seed)
+  c = shape[axis]
+  bshape = [1] * len(shape)
+  bshape[axis] = c
+  loc = rng.normal(0.0, 1.0, c).reshape(bshape)
+  spread = rng.uniform(0.5, 2.0, c).reshape(bshape)
+  return (rng.normal(size=shape) * spread + loc).astype(dtype)
+
+
+def apply(module, variables, *args, mutable=False, **kwargs):
+  """`module.apply` under jax.jit: one compile instead of op-by-op dispatch."""
+  fn = functools.partial(module.apply, mutable=mutable, **kwargs)
+  return jax.jit(fn)(variables, *args)
+
+
+def init(module, *args, **kwargs):
+  """`module.init` under jax.jit."""
+  return jax.jit(functools.partial(module.init, **kwargs))(
+      jax.random.key(0), *args)
+
+
+def init_shapes(module, *args, **kwargs):
+  """The variable structure of `module.init` (traced only, nothing runs)."""
+  init = functools.partial(module.init, **kwargs)
+  return jax.eval_shape(init, jax.random.key(0), *args)
+
+
+def random_variables(module, *args, seed=0, **kwargs):
+  """Variables of `module` filled with non-trivial random values."""
+  rng = np.random.default_rng(seed)
+
+  def fill(path, leaf):
+    name = path[-1].key
+    if name in ('alpha', 'beta'):
+      value = rng.uniform(0.05, 0.95, leaf.shape)
+    elif name == 'scale':
+      value = rng.uniform(0.5, 1.5, leaf.shape)
+    elif name == 'var':
+      value = rng.uniform(0.5, 2.0, leaf.shape)
+    else:  # kernels, biases, running means
+      value = rng.normal(0.0, 0.5, leaf.shape)
+    return jnp.asarray(value, leaf.dtype)
+
+  return jax.tree_util.tree_map_with_path(
+      fill, init_shapes(module, *args, **kwargs))
+
+
+def make_variables(shape, axis=-1, per_channel=False, seed=1, alpha=None,
+                   beta=None, **layer_kwargs):
+  """Variables of a single EvalNorm layer with non-trivial values.
+
+  Returns (variables for the layer, float64 copies of the same values).
+  """
+  rng = np.random.default_rng(seed)
+  c = shape[axis]
+  layer = EvalNorm(axis=axis, per_channel=per_channel, **layer_kwargs)
+  shapes = init_shapes(layer, jnp.zeros(shape, jnp.float32),
+                       use_running_average=True)
+  ab_shape = (c,) if per_channel else ()
+  if alpha is None:
+    alpha = rng.uniform(0.05, 0.95, ab_shape)
+  if beta is None:
+    beta = rng.uniform(0.05, 0.95, ab_shape)
+  vals = {
+      'scale': rng.uniform(0.5, 1.5, c),
+      'bias': rng.normal(0.0, 0.5, c),
+      'mean': rng.normal(0.0, 1.0, c),
+      'var': rng.uniform(0.5, 2.0, c),
+      'alpha': np.broadcast_to(np.asarray(alpha, np.float64), ab_shape),
+      'beta': np.broadcast_to(np.asarray(beta, np.float64), ab_shape),
+  }
+  # The reference uses the float32-rounded values the layer actually sees.
+  vals = {k: np.asarray(v, np.float32).astype(np.float64)
+          for k, v in vals.items()}
+  variables = {
+      'params': {'scale': vals['scale'], 'bias': vals['bias']},
+      'batch_stats': {'mean': vals['mean'], 'var': vals['var']},
+      'evalnorm': {'alpha': vals['alpha'], 'beta': vals['beta']},
+  }
+  variables = jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), variables)
+  assert jax.tree.map(jnp.shape, variables) == jax.tree.map(jnp.shape,
+                                                            dict(shapes))
+  return variables, vals
+
+
+def assert_tree_allclose(a, b, **tol):
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(np.asarray(u, np.float64),
+                               np.asarray(v, np.float64), **tol)
+
+
+def sown_losses(updates):
+  return jax.tree.leaves(updates.get('aux_loss', {}))
+
+
+class TwoLayer(nn.Module):
+  """x -> EvalNorm -> tanh -> EvalNorm: the smallest model with two layers."""
+  group_size: int | None = None
+  per_channel: bool = False
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    norm = functools.partial(EvalNorm, group_size=self.group_size,
+                             per_channel=self.per_channel,
+                             use_running_average=not train)
+    return norm(name='n2')(jnp.tanh(norm(name='n1')(x)))
+
+
+class Block(nn.Module):
+  norm: Callable[..., Any]
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    x = nn.Conv(4, (3, 3), name='conv2')(x)
+    return self.norm(name='bn2')(x, use_running_average=not train)
+
+
+class Toy(nn.Module):
+  """Conv -> norm -> relu -> Block(conv -> norm) -> pool -> dense.
+
+  The norm layers are named explicitly so that a plain-BatchNorm model and an
+  EvalNorm model share one variable structure; `block/bn2` tests nesting.
+  """
+  norm: Callable[..., Any]
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    x = nn.Conv(4, (3, 3), name='conv1')(x)
+    x = self.norm(name='bn1')(x, use_running_average=not train)
+    x = Block(self.norm, name='block')(nn.relu(x), train)
+    return nn.Dense(3, name='head')(x.mean((1, 2)))
+
+
+# --------------------------------------------------------------------------
+# 1-2. Train mode: output and EMA update.
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('shape,axis', [(CONV, -1), (DENSE, -1), (NCHW, 1)],
+                         ids=['conv', 'dense', 'nchw'])
+def test_train_matches_batchnorm(shape, axis):
+  x = make_x(shape, axis=axis)
+  v, ref = make_variables(shape, axis=axis)
+  bn_vars = {'params': v['params'], 'batch_stats': v['batch_stats']}
+  y, upd = apply(EvalNorm(axis=axis, momentum=0.9),
+      v, x, use_running_average=False, mutable=['batch_stats'])
+  y_bn, upd_bn = apply(nn.BatchNorm(axis=axis, momentum=0.9),
+      bn_vars, x, use_running_average=False, mutable=['batch_stats'])
+  np.testing.assert_allclose(y, y_bn, **TOL)
+  assert_tree_allclose(upd['batch_stats'], upd_bn['batch_stats'], **TOL)
+  # And against the NumPy reference.
+  y_ref, _, mu, var = np_train(_to_last(x, axis), ref['scale'], ref['bias'],
+                               None)
+  np.testing.assert_allclose(y, _from_last(y_ref, axis), **TOL)
+  np.testing.assert_allclose(upd['batch_stats']['mean'],
+                             np_ema(ref['mean'], mu, 0.9), **TOL)
+  np.testing.assert_allclose(upd['batch_stats']['var'],
+                             np_ema(ref['var'], var, 0.9), **TOL)
+
+
+@pytest.mark.parametrize('group_size', [2, 4])
+@pytest.mark.parametrize('shape,axis', [(CONV, -1), (DENSE, -1), (NCHW, 1)],
+                         ids=['conv', 'dense', 'nchw'])
+def test_train_groups(shape, axis, group_size):
+  x = make_x(shape, axis=axis, seed=3)
+  v, ref = make_variables(shape, axis=axis)
+  layer = EvalNorm(axis=axis, momentum=0.8, group_size=group_size)
+  y, upd = apply(layer, v, x, use_running_average=False,
+                       mutable=['batch_stats'])
+  y_ref, _, mu, var = np_train(_to_last(x, axis), ref['scale'], ref['bias'],
+                               group_size)
+  np.testing.assert_allclose(y, _from_last(y_ref, axis), **TOL)
+  np.testing.assert_allclose(upd['batch_stats']['mean'],
+                             np_ema(ref['mean'], mu, 0.8), **TOL)
+  np.testing.assert_allclose(upd['batch_stats']['var'],
+                             np_ema(ref['var'], var, 0.8), **TOL)
+  # Groups are independent: one group alone gives the same output.
+  y0 = apply(layer, v, x[:group_size], use_running_average=False,
+                   mutable=['batch_stats'])[0]
+  np.testing.assert_allclose(y0, y[:group_size], **TOL)
+
+
+def test_train_output_ignores_alpha_beta():
+  x = make_x(CONV)
+  v, _ = make_variables(CONV, alpha=0.1, beta=0.2)
+  w, _ = make_variables(CONV, alpha=0.9, beta=0.7)
+  layer = EvalNorm(group_size=2)
+  y1 = apply(layer, v, x, use_running_average=False, mutable=True)
+  y2 = apply(layer, w, x, use_running_average=False, mutable=True)
+  assert_tree_allclose(y1, y2, rtol=0, atol=0)
+
+
+def test_group_size_must_divide_batch():
+  x = make_x((10, 3, 3, 2))
+  v, _ = make_variables((10, 3, 3, 2))
+  with pytest.raises(ValueError) as err:
+    apply(EvalNorm(group_size=4), v, x, use_running_average=False,
+                                 mutable=['batch_stats'])
+  msg = str(err.value)
+  assert re.search(r'\b10\b', msg) and re.search(r'\b4\b', msg), msg
+
+
+# --------------------------------------------------------------------------
+# 3-5. Eval mode.
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('per_channel', [False, True])
+@pytest.mark.parametrize('shape,axis', [(CONV, -1), (DENSE, -1), (NCHW, 1)],
+                         ids=['conv', 'dense', 'nchw'])
+def test_eval_evalnorm_formula(shape, axis, per_channel):
+  x = make_x(shape, axis=axis, seed=5)
+  v, ref = make_variables(shape, axis=axis, per_channel=per_channel)
+  y = apply(EvalNorm(axis=axis, per_channel=per_channel),
+      v, x, use_running_average=True)
+  xl = _to_last(x, axis)
+  y_ref = np_eval(xl, ref['scale'], ref['bias'], ref['mean'], ref['var'],
+                  ref['alpha'], ref['beta'])
+  np.testing.assert_allclose(y, _from_last(y_ref, axis), **TOL)
+  # The reference is not degenerate: EMA-only evaluation differs.
+  y_ema = np_eval(xl, ref['scale'], ref['bias'], ref['mean'], ref['var'],
+                  0.0, 0.0)
+  assert np.abs(y_ref - y_ema).max() > 1e-2
+
+
+def test_eval_per_example_stats_definition():
+  """Hand-checked case: alpha=beta=1 uses the example's own statistics."""
+  x = make_x((2, 4, 4, 3), seed=7)
+  v, ref = make_variables(x.shape, alpha=1.0, beta=1.0)
+  y = apply(EvalNorm(), v, x, use_running_average=True)
+  x64 = x.astype(np.float64)
+  mu = x64.mean((1, 2), keepdims=True)
+  var = x64.var((1, 2), keepdims=True)
+  y_ref = ref['scale'] * (x64 - mu) / np.sqrt(var + EPS) + ref['bias']
+  np.testing.assert_allclose(y, y_ref, **TOL)
+
+
+def test_eval_clips_alpha_beta():
+  """alpha/beta outside [0, 1] are clipped before use."""
+  x = make_x(CONV, seed=8)
+  alpha = np.array([1.7, -0.3, 0.4])
+  beta = np.array([-0.5, 1.2, 0.6])
+  v, ref = make_variables(CONV, per_channel=True, alpha=alpha, beta=beta)
+  y = apply(EvalNorm(per_channel=True), v, x, use_running_average=True)
+  y_ref = np_eval(x.astype(np.float64), ref['scale'], ref['bias'],
+                  ref['mean'], ref['var'], np.clip(alpha, 0, 1),
+                  np.clip(beta, 0, 1))
+  np.testing.assert_allclose(y, y_ref, **TOL)
+
+
+@pytest.mark.parametrize('shape,axis', [(CONV, -1), (DENSE, -1), (NCHW, 1)],
+                         ids=['conv', 'dense', 'nchw'])
+def test_eval_ema_equals_batchnorm(shape, axis):
+  x = make_x(shape, axis=axis, seed=9)
+  v, _ = make_variables(shape, axis=axis, alpha=0.4, beta=0.6)
+  bn_vars = {'params': v['params'], 'batch_stats': v['batch_stats']}
+  y_bn = apply(nn.BatchNorm(axis=axis, use_running_average=True), bn_vars, x)
+  y_ema = apply(EvalNorm(axis=axis, eval_stats='ema'),
+      v, x, use_running_average=True)
+  np.testing.assert_allclose(y_ema, y_bn, rtol=1e-6, atol=1e-6)
+  # 'evalnorm' with alpha = beta = 0 is plain EMA evaluation too.
+  v0, _ = make_variables(shape, axis=axis, alpha=0.0, beta=0.0)
+  y0 = apply(EvalNorm(axis=axis, eval_stats='evalnorm'),
+      v0, x, use_running_average=True)
+  np.testing.assert_allclose(y0, y_bn, rtol=1e-6, atol=1e-6)
+  # ... while non-zero alpha/beta do change the 'evalnorm' output.
+  y1 = apply(EvalNorm(axis=axis), v, x, use_running_average=True)
+  assert np.abs(np.asarray(y1) - np.asarray(y_bn)).max() > 1e-2
+
+
+@pytest.mark.parametrize('eval_stats', ['evalnorm', 'ema'])
+@pytest.mark.parametrize('shape', [CONV, DENSE], ids=['conv', 'dense'])
+def test_eval_each_example_alone(shape, eval_stats):
+  x = make_x(shape, seed=10)
+  v, _ = make_variables(shape, per_channel=True)
+  layer = EvalNorm(eval_stats=eval_stats, group_size=2, per_channel=True)
+  run = jax.jit(lambda v, x: layer.apply(v, x, use_running_average=True))
+  y = run(v, x)
+  for i in range(x.shape[0]):
+    np.testing.assert_allclose(run(v, x[i:i + 1])[0], y[i],
+                               rtol=1e-6, atol=1e-6)
+
+
+def test_use_running_average_attribute_and_call_arg():
+  x = make_x(CONV)
+  v, _ = make_variables(CONV)
+  y_attr = apply(EvalNorm(use_running_average=True), v, x)
+  y_arg = apply(EvalNorm(), v, x, use_running_average=True)
+  np.testing.assert_array_equal(y_attr, y_arg)
+
+
+# --------------------------------------------------------------------------
+# 6. Auxiliary loss (eqs. 7-9).
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('per_channel', [False, True])
+@pytest.mark.parametrize('group_size', [2, None])
+@pytest.mark.parametrize('shape', [CONV, DENSE], ids=['conv', 'dense'])
+def test_aux_loss_value(shape, group_size, per_channel):
+  x = make_x(shape, seed=11)
+  v, ref = make_variables(shape, per_channel=per_channel)
+  layer = EvalNorm(group_size=group_size, per_channel=per_channel,
+                   momentum=0.5)
+  _, upd = apply(layer, v, x, use_running_average=False,
+                       mutable=['batch_stats', 'aux_loss'])
+  losses = sown_losses(upd)
+  assert len(losses) == 1 and np.shape(losses[0]) == ()
+  # mu_E, var_E are the EMA statistics *before* this step's update.
+  want = np_aux(x.astype(np.float64), ref['mean'], ref['var'], ref['alpha'],
+                ref['beta'], group_size)
+  np.testing.assert_allclose(total_aux_loss(upd['aux_loss']), want,
+                             rtol=1e-5, atol=1e-6)
+  # With the post-update EMA the value would differ noticeably (momentum 0.5).
+  after = np_aux(x.astype(np.float64),
+                 np.asarray(upd['batch_stats']['mean'], np.float64),
+                 np.asarray(upd['batch_stats']['var'], np.float64),
+                 ref['alpha'], ref['beta'], group_size)
+  assert abs(after - want) > 1e-3
+
+
+def test_aux_loss_only_when_mutable_in_train():
+  x = make_x(CONV)
+  v, _ = make_variables(CONV)
+  layer = EvalNorm(group_size=2)
+  _, upd = apply(layer, v, x, use_running_average=False,
+                       mutable=['batch_stats'])
+  assert 'aux_loss' not in upd
+  _, upd = apply(layer, v, x, use_running_average=True, mutable=['aux_loss'])
+  assert not sown_losses(upd)
+
+
+@pytest.mark.parametrize('per_channel', [False, True])
+@pytest.mark.parametrize('group_size', [2, None])
+def test_total_aux_loss_two_layers(group_size, per_channel):
+  x = make_x(CONV, seed=12)
+  model = TwoLayer(group_size=group_size, per_channel=per_channel)
+  (v1, r1), (v2, r2) = (make_variables(CONV, per_channel=per_channel, seed=s)
+                        for s in (21, 22))
+  variables = {col: {'n1': v1[col], 'n2': v2[col]} for col in v1}
+  assert (jax.tree.map(jnp.shape, variables)
+          == jax.tree.map(jnp.shape, init_shapes(model, x, train=False)))
+  _, upd = apply(model, variables, x, train=True,
+                       mutable=['batch_stats', 'aux_loss'])
+  assert set(upd['aux_loss']) == {'n1', 'n2'}
+  assert len(sown_losses(upd)) == 2
+  x64 = x.astype(np.float64)
+  y1, _, _, _ = np_train(x64, r1['scale'], r1['bias'], group_size)
+  h = np.tanh(y1)
+  want = (np_aux(x64, r1['mean'], r1['var'], r1['alpha'], r1['beta'],
+                 group_size)
+          + np_aux(h, r2['mean'], r2['var'], r2['alpha'], r2['beta'],
+                   group_size))
+  np.testing.assert_allclose(total_aux_loss(upd['aux_loss']), want,
+                             rtol=1e-5, atol=1e-6)
+
+
+def test_total_aux_loss_sums_leaves():
+  coll = {'a': {'loss': (jnp.float32(1.5), jnp.float32(2.0))},
+          'b': {'c': {'loss': (jnp.float32(0.25),)}}}
+  np.testing.assert_allclose(total_aux_loss(coll), 3.75)
+
+
+# --------------------------------------------------------------------------
+# 7. Stop-gradient isolation: the aux loss never changes training.
+# --------------------------------------------------------------------------
+
+
+def test_aux_loss_gradient_isolation():
+  model = Toy(functools.partial(EvalNorm, group_size=2, per_channel=True))
+  x = jnp.asarray(make_x((4, 6, 6, 2), seed=13))
+  target = jnp.asarray(np.random.default_rng(14).normal(size=(4, 3)),
+                       jnp.float32)
+  # Random weights, EMA statistics and alpha/beta (all non-trivial).
+  variables = random_variables(model, x, train=False, seed=1)
+  params, stats, ev = (variables[c] for c in
+                       ('params', 'batch_stats', 'evalnorm'))
+
+  def losses(params, ev, x):
+    out, upd = model.apply(
+        {'params': params, 'batch_stats': stats, 'evalnorm': ev}, x,
+        train=True, mutable=['batch_stats', 'aux_loss'])
+    return jnp.mean((out - target) ** 2), total_aux_loss(upd['aux_loss'])
+
+  task = jax.jit(jax.grad(lambda p, x: losses(p, ev, x)[0], argnums=(0, 1)))
+  both = jax.jit(jax.grad(lambda p, x: sum(losses(p, ev, x)), argnums=(0, 1)))
+  g_task, g_both = task(params, x), both(params, x)
+  assert jax.tree.structure(g_task) == jax.tree.structure(g_both)
+  for a, b in zip(jax.tree.leaves(g_task), jax.tree.leaves(g_both)):
+    np.testing.assert_array_equal(a, b)
+  assert all(np.abs(a).max() > 0 for a in jax.tree.leaves(g_task))
+
+  # The aux loss does reach alpha and beta of every layer ...
+  g_ev = jax.jit(jax.grad(lambda e: losses(params, e, x)[1]))(ev)
+  for leaf in jax.tree.leaves(g_ev):
+    assert np.all(np.isfinite(leaf)) and np.abs(leaf).max() > 0
+  # ... and the task loss does not depend on them in train mode.
+  g_ev_task = jax.jit(jax.grad(lambda e: losses(params, e, x)[0]))(ev)
+  for leaf in jax.tree.leaves(g_ev_task):
+    np.testing.assert_array_equal(leaf, np.zeros_like(leaf))
+
+
+def test_aux_loss_gradient_at_default_init():
+  """Online estimation starts at alpha=beta=0: it must not be stuck there."""
+  x = make_x(CONV, seed=15)
+  layer = EvalNorm(group_size=2)
+  variables = jax.jit(functools.partial(layer.init, use_running_average=False))(
+      jax.random.key(0), x)
+  np.testing.assert_array_equal(variables['evalnorm']['alpha'], 0.0)
+  np.testing.assert_array_equal(variables['evalnorm']['beta'], 0.0)
+  stats = {'mean': jnp.full((3,), 0.2), 'var': jnp.full((3,), 1.5)}
+
+  def aux(ev):
+    _, upd = layer.apply({'params': variables['params'], 'batch_stats': stats,
+                          'evalnorm': ev}, x, use_running_average=False,
+                         mutable=['aux_loss'])
+    return total_aux_loss(upd['aux_loss'])
+
+  g = jax.jit(jax.grad(aux))(variables['evalnorm'])
+  assert float(g['alpha']) != 0.0 and float(g['beta']) != 0.0, g
+
+
+# --------------------------------------------------------------------------
+# 8. Frozen EMA (offline estimation).
+# --------------------------------------------------------------------------
+
+
+def test_frozen_ema():
+  x = make_x(CONV, seed=16)
+  v, ref = make_variables(CONV)
+  layer = EvalNorm(group_size=2, momentum=0.9)
+  y_upd, upd = apply(layer, v, x, use_running_average=False,
+                           mutable=['batch_stats', 'aux_loss'])
+  # Not mutable at all: runs, same output.
+  y = apply(layer, v, x, use_running_average=False, mutable=False)
+  np.testing.assert_allclose(y, y_upd, rtol=1e-6, atol=1e-6)
+  # Only aux_loss mutable: batch_stats untouched, same aux loss.
+  y2, upd2 = apply(layer, v, x, use_running_average=False,
+                         mutable=['aux_loss'])
+  assert set(upd2) == {'aux_loss'}
+  np.testing.assert_allclose(y2, y_upd, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(total_aux_loss(upd2['aux_loss']),
+                             total_aux_loss(upd['aux_loss']), rtol=1e-6)
+  np.testing.assert_array_equal(v['batch_stats']['mean'], ref['mean'])
+  # Mutable: the EMA moves.
+  _, _, mu, var = np_train(x.astype(np.float64), 1.0, 0.0, 2)
+  np.testing.assert_allclose(upd['batch_stats']['mean'],
+                             np_ema(ref['mean'], mu, 0.9), **TOL)
+  np.testing.assert_allclose(upd['batch_stats']['var'],
+                             np_ema(ref['var'], var, 0.9), **TOL)
+  assert np.abs(upd['batch_stats']['mean'] - ref['mean']).max() > 1e-3
+
+
+# --------------------------------------------------------------------------
+# 10. Converting a plain nn.BatchNorm model.
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope='module')
+def trained_bn_model():
+  """A Toy model with nn.BatchNorm and a few train steps of batch_stats."""
+  model = Toy(functools.partial(nn.BatchNorm, momentum=0.5))
+  x = jnp.asarray(make_x((4, 6, 6, 2), seed=17))
+  variables = random_variables(model, x, train=False, seed=2)
+  step = jax.jit(functools.partial(model.apply, train=True,
+                                   mutable=['batch_stats']))
+  for k in range(3):
+    _, upd = step(variables, x * (1 + k) + k)
+    variables = {**variables, **upd}
+  return model, variables, x
+
+
+def test_batchnorm_to_evalnorm(trained_bn_model):
+  bn_model, bn_vars, x = trained_bn_model
+  snapshot = jax.tree.map(np.array, bn_vars)
+  conv = batchnorm_to_evalnorm(bn_vars)
+  assert set(conv) == {'params', 'batch_stats', 'evalnorm'}
+  assert_tree_allclose(conv['params'], bn_vars['params'], rtol=0, atol=0)
+  assert_tree_allclose(conv['batch_stats'], bn_vars['batch_stats'],
+                       rtol=0, atol=0)
+  assert_tree_allclose(bn_vars, snapshot, rtol=0, atol=0)  # input untouched
+  # Same structure as an EvalNorm model's own init.
+  en_model = Toy(functools.partial(EvalNorm, momentum=0.5))
+  assert (jax.tree.map(jnp.shape, conv)
+          == jax.tree.map(jnp.shape, init_shapes(en_model, x, train=False)))
+  for leaf in jax.tree.leaves(conv['evalnorm']):
+    np.testing.assert_array_equal(leaf, 0.0)
+
+  y_bn = apply(bn_model, bn_vars, x, train=False)
+  y_ema = apply(Toy(functools.partial(EvalNorm, eval_stats='ema')),
+      conv, x, train=False)
+  np.testing.assert_allclose(y_ema, y_bn, rtol=1e-6, atol=1e-6)
+  y_en0 = apply(en_model, conv, x, train=False)
+  np.testing.assert_allclose(y_en0, y_bn, rtol=1e-5, atol=1e-6)
+  conv_ab = batchnorm_to_evalnorm(bn_vars, alpha=0.25)
+  y_en = apply(en_model, conv_ab, x, train=False)
+  assert np.abs(np.asarray(y_en) - np.asarray(y_bn)).max() > 1e-3
+
+
+def test_batchnorm_to_evalnorm_per_channel(trained_bn_model):
+  _, bn_vars, x = trained_bn_model
+  conv = batchnorm_to_evalnorm(bn_vars, alpha=0.3, per_channel=True)
+  assert set(conv['evalnorm']) == {'bn1', 'block'}
+  for layer in (conv['evalnorm']['bn1'], conv['evalnorm']['block']['bn2']):
+    assert set(layer) == {'alpha', 'beta'}
+    for name in ('alpha', 'beta'):  # beta defaults to alpha
+      assert np.shape(layer[name]) == (4,)
+      np.testing.assert_allclose(layer[name], 0.3)
+  conv = batchnorm_to_evalnorm(bn_vars, alpha=0.3, beta=0.6)
+  np.testing.assert_allclose(conv['evalnorm']['bn1']['beta'], 0.6)
+  assert np.shape(conv['evalnorm']['bn1']['alpha']) == ()
+  # Works with a per-channel EvalNorm model.
+  model = Toy(functools.partial(EvalNorm, per_channel=True))
+  conv = batchnorm_to_evalnorm(bn_vars, alpha=0.3, per_channel=True)
+  assert np.all(np.isfinite(apply(model, conv, x, train=False)))
+
+
+# --------------------------------------------------------------------------
+# 11. Variable structure.
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('eval_stats', ['evalnorm', 'ema'])
+@pytest.mark.parametrize('per_channel', [False, True])
+def test_init_structure(per_channel, eval_stats):
+  x = make_x(CONV)
+  layer = EvalNorm(per_channel=per_channel, eval_stats=eval_stats,
+                   alpha_init=0.25, beta_init=0.5)
+  v_eval = init(layer, x, use_running_average=True)
+  v_train = init(layer, x, use_running_average=False)
+  cols = ('params', 'batch_stats', 'evalnorm')
+  assert set(v_eval) == set(cols)
+  shapes = lambda v: jax.tree.map(jnp.shape, {c: v[c] for c in cols})
+  assert shapes(v_eval) == shapes(v_train)
+  ab = (3,) if per_channel else ()
+  assert shapes(v_eval) == {
+      'params': {'scale': (3,), 'bias': (3,)},
+      'batch_stats': {'mean': (3,), 'var': (3,)},
+      'evalnorm': {'alpha': ab, 'beta': ab},
+  }
+  for v in (v_eval, v_train):
+    np.testing.assert_array_equal(v['evalnorm']['alpha'], 0.25)
+    np.testing.assert_array_equal(v['evalnorm']['beta'], 0.5)
+    np.testing.assert_array_equal(v['params']['scale'], 1.0)
+    np.testing.assert_array_equal(v['params']['bias'], 0.0)
+    np.testing.assert_array_equal(v['batch_stats']['mean'], 0.0)
+    np.testing.assert_array_equal(v['batch_stats']['var'], 1.0)
+    assert v['params']['scale'].dtype == jnp.float32
+    assert v['batch_stats']['mean'].dtype == jnp.float32
+
+
+def test_defaults_match_batchnorm():
+  en, bn = EvalNorm(), nn.BatchNorm()
+  for name in ('use_running_average', 'axis', 'momentum', 'epsilon', 'dtype',
+               'param_dtype', 'use_bias', 'use_scale', 'axis_name',
+               'axis_index_groups', 'use_fast_variance'):
+    assert getattr(en, name) == getattr(bn, name), name
+  assert en.group_size is None and en.eval_stats == 'evalnorm'
+  assert en.per_channel is False
+  assert en.alpha_init == 0.0 and en.beta_init == 0.0
+
+
+@pytest.mark.parametrize('use_scale,use_bias',
+                         [(False, True), (True, False), (False, False)])
+def test_affine_flags_like_batchnorm(use_scale, use_bias):
+  x = make_x(CONV)
+  kw = dict(use_scale=use_scale, use_bias=use_bias,
+            scale_init=nn.initializers.constant(2.0),
+            bias_init=nn.initializers.constant(-1.0))
+  bn = init(nn.BatchNorm(**kw), x, use_running_average=True)
+  en = init(EvalNorm(**kw), x, use_running_average=True)
+  assert_tree_allclose(en.get('params', {}), bn.get('params', {}),
+                       rtol=0, atol=0)
+  y_bn = apply(nn.BatchNorm(**kw), bn, x, use_running_average=False,
+                                  mutable=['batch_stats'])[0]
+  y_en = apply(EvalNorm(**kw), en, x, use_running_average=False,
+                              mutable=['batch_stats'])[0]
+  np.testing.assert_allclose(y_en, y_bn, **TOL)
+
+
+# --------------------------------------------------------------------------
+# 12. pmap equivalence (the ImageNet setup) and synchronized BN.
+# --------------------------------------------------------------------------
+
+D, B = 8, 2
+
+
+def _replicate(tree):
+  return jax.tree.map(lambda a: np.broadcast_to(a, (D,) + np.shape(a)), tree)
+
+
+@pytest.fixture(scope='module')
+def need_8_devices():
+  if jax.local_device_count() < D:
+    pytest.skip(f'needs {D} devices (tests/conftest.py sets XLA_FLAGS)')
+
+
+def test_pmap_equals_group_size(need_8_devices):
+  del need_8_devices
+  x = make_x((D * B, 4, 4, 3), seed=18)
+  v, _ = make_variables(x.shape)
+  per_device = EvalNorm(momentum=0.9)                  # axis_name=None
+  one_call = EvalNorm(momentum=0.9, group_size=B)
+  mutable = ['batch_stats', 'aux_loss']
+
+  def step(v, x):
+    return per_device.apply(v, x, use_running_average=False, mutable=mutable)
+
+  y_p, upd_p = jax.pmap(step)(_replicate(v), x.reshape((D, B) + x.shape[1:]))
+  y_1, upd_1 = apply(one_call, v, x, use_running_average=False,
+                              mutable=mutable)
+  np.testing.assert_allclose(np.asarray(y_p).reshape(x.shape), y_1,
+                             atol=1e-5, rtol=1e-5)
+  # The pmean over devices of per-device batch_stats is the single-call EMA.
+  mean_over_devices = jax.tree.map(lambda a: np.asarray(a).mean(0),
+                                   upd_p['batch_stats'])
+  assert_tree_allclose(mean_over_devices, upd_1['batch_stats'],
+                       atol=1e-5, rtol=1e-5)
+  # Per-device stats really differ (each device sees its own group).
+  assert np.abs(np.ptp(np.asarray(upd_p['batch_stats']['mean']), 0)).max() > 1e-2
+  # Equal-sized groups: the aux loss is the mean of the per-device ones.
+  np.testing.assert_allclose(
+      np.mean(jax.vmap(total_aux_loss)(upd_p['aux_loss'])),
+      total_aux_loss(upd_1['aux_loss']), rtol=1e-5, atol=1e-6)
+
+
+def test_pmap_synchronized_batchnorm(need_8_devices):
+  del need_8_devices
+  x = make_x((D * B, 4, 4, 3), seed=19)
+  v, _ = make_variables(x.shape)
+  layer = EvalNorm(momentum=0.9, axis_name='batch')
+
+  def step(v, x):
+    return layer.apply(v, x, use_running_average=False,
+                       mutable=['batch_stats'])
+
+  y_p, upd_p = jax.pmap(step, axis_name='batch')(
+      _replicate(v), x.reshape((D, B) + x.shape[1:]))
+  bn_vars = {'params': v['params'], 'batch_stats': v['batch_stats']}
+  y_bn, upd_bn = apply(nn.BatchNorm(momentum=0.9),
+      bn_vars, x, use_running_average=False, mutable=['batch_stats'])
+  np.testing.assert_allclose(np.asarray(y_p).reshape(x.shape), y_bn,
+                             atol=1e-5, rtol=1e-5)
+  for d in range(D):
+    assert_tree_allclose(jax.tree.map(lambda a: a[d], upd_p['batch_stats']),
+                         upd_bn['batch_stats'], atol=1e-5, rtol=1e-5)
+
+
+# --------------------------------------------------------------------------
+# 13. bfloat16.
+# --------------------------------------------------------------------------
+
+
+def test_bfloat16():
+  x32 = make_x(CONV, seed=20)
+  x = jnp.asarray(x32, jnp.bfloat16)
+  xr = np.asarray(x, np.float32)  # the bf16-rounded values in float32
+  layer16 = EvalNorm(dtype=jnp.bfloat16, group_size=2)
+  layer32 = EvalNorm(group_size=2)
+  v16 = init_shapes(layer16, x, use_running_average=True)
+  for leaf in jax.tree.leaves(v16):
+    assert leaf.dtype == jnp.float32
+  v, _ = make_variables(CONV, per_channel=False)
+  y16, upd16 = apply(layer16, v, x, use_running_average=False,
+                             mutable=['batch_stats', 'aux_loss'])
+  y32, upd32 = apply(layer32, v, xr, use_running_average=False,
+                             mutable=['batch_stats', 'aux_loss'])
+  assert y16.dtype == jnp.bfloat16
+  assert upd16['batch_stats']['mean'].dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(y16, np.float32), y32,
+                             rtol=2e-2, atol=5e-2)
+  assert_tree_allclose(upd16['batch_stats'], upd32['batch_stats'],
+                       rtol=1e-2, atol=1e-2)
+  np.testing.assert_allclose(float(total_aux_loss(upd16['aux_loss'])),
+                             float(total_aux_loss(upd32['aux_loss'])),
+                             rtol=5e-2, atol=5e-3)
+  e16 = apply(layer16, v, x, use_running_average=True)
+  e32 = apply(layer32, v, xr, use_running_average=True)
+  assert e16.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(e16, np.float32), e32,
+                             rtol=2e-2, atol=5e-2)
+
+
+# --------------------------------------------------------------------------
+# 14. mask.
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('use_running_average', [False, True])
+def test_mask_not_implemented(use_running_average):
+  x = make_x(CONV)
+  v, _ = make_variables(CONV)
+  with pytest.raises(NotImplementedError, match='(?i)mask'):
+    apply(EvalNorm(), v, x, use_running_average=use_running_average,
+                     mask=jnp.ones(x.shape, bool), mutable=['batch_stats'])
+
+
+# --------------------------------------------------------------------------
+# 15. Helpers.
+# --------------------------------------------------------------------------
+
+
+def test_rule_of_thumb_and_one_over_b():
+  for b in (1, 2, 4, 8, 32):
+    assert rule_of_thumb(b) == pytest.approx(1.0 / b ** 2)
+    assert one_over_b(b) == pytest.approx(1.0 / b)
+
+
+def _evalnorm_collection(per_channel):
+  model = TwoLayer(per_channel=per_channel)
+  shapes = init_shapes(model, make_x(CONV), train=False)['evalnorm']
+  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
+@pytest.mark.parametrize('per_channel', [False, True])
+def test_set_alpha_beta(per_channel):
+  coll = _evalnorm_collection(per_channel)
+  before = jax.tree.map(np.array, coll)
+  new = set_alpha_beta(coll, 0.125)
+  assert jax.tree.map(jnp.shape, new) == jax.tree.map(jnp.shape, coll)
+  for layer in ('n1', 'n2'):
+    np.testing.assert_array_equal(new[layer]['alpha'], 0.125)
+    np.testing.assert_array_equal(new[layer]['beta'], 0.125)  # beta = alpha
+  new = set_alpha_beta(coll, 0.25, 0.75)
+  for layer in ('n1', 'n2'):
+    np.testing.assert_array_equal(new[layer]['alpha'], 0.25)
+    np.testing.assert_array_equal(new[layer]['beta'], 0.75)
+  assert_tree_allclose(coll, before, rtol=0, atol=0)  # input untouched
+
+
+def test_alpha_beta_by_layer(trained_bn_model):
+  _, bn_vars, _ = trained_bn_model
+  coll = batchnorm_to_evalnorm(bn_vars, alpha=0.25, beta=0.5)['evalnorm']
+  table = alpha_beta_by_layer(coll)
+  assert set(table) == {'bn1', 'block/bn2'}
+  for row in table.values():
+    assert isinstance(row['alpha'], float) and isinstance(row['beta'], float)
+    assert row['alpha'] == pytest.approx(0.25)
+    assert row['beta'] == pytest.approx(0.5)
+  coll = batchnorm_to_evalnorm(bn_vars, alpha=0.25, per_channel=True)
+  coll = coll['evalnorm']
+  coll = {'bn1': coll['bn1'],
+          'block': {'bn2': {'alpha': coll['block']['bn2']['alpha'],
+                            'beta': jnp.asarray([0.1, 0.2, 0.3, 0.4])}}}
+  table = alpha_beta_by_layer(coll)
+  assert isinstance(table['block/bn2']['beta'], list)
+  assert table['block/bn2']['beta'] == pytest.approx([0.1, 0.2, 0.3, 0.4])
+  assert table['bn1']['alpha'] == pytest.approx([0.25] * 4)
