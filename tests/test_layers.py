@@ -295,9 +295,9 @@ def test_train_output_ignores_alpha_beta():
   v, _ = make_variables(CONV, alpha=0.1, beta=0.2)
   w, _ = make_variables(CONV, alpha=0.9, beta=0.7)
   layer = EvalNorm(group_size=2)
-  y1 = apply(layer, v, x, use_running_average=False, mutable=True)
-  y2 = apply(layer, w, x, use_running_average=False, mutable=True)
-  assert_tree_allclose(y1, y2, rtol=0, atol=0)
+  run = jax.jit(functools.partial(layer.apply, use_running_average=False,
+                                  mutable=['batch_stats']))
+  assert_tree_allclose(run(v, x), run(w, x), rtol=0, atol=0)
 
 
 def test_group_size_must_divide_batch():
@@ -492,20 +492,28 @@ def test_aux_loss_gradient_isolation():
         train=True, mutable=['batch_stats', 'aux_loss'])
     return jnp.mean((out - target) ** 2), total_aux_loss(upd['aux_loss'])
 
+  # Two separately compiled programs, as in training with and without the
+  # auxiliary loss; the second also differentiates w.r.t. alpha/beta.
   task = jax.jit(jax.grad(lambda p, x: losses(p, ev, x)[0], argnums=(0, 1)))
-  both = jax.jit(jax.grad(lambda p, x: sum(losses(p, ev, x)), argnums=(0, 1)))
-  g_task, g_both = task(params, x), both(params, x)
+
+  @jax.jit
+  def both(params, ev, x):
+    total = lambda p, e, x: sum(losses(p, e, x))
+    aux = lambda e: losses(params, e, x)[1]
+    task_only = lambda e: losses(params, e, x)[0]
+    return (jax.grad(total, argnums=(0, 2))(params, ev, x),
+            jax.grad(aux)(ev), jax.grad(task_only)(ev))
+
+  g_task = task(params, x)
+  g_both, g_ev, g_ev_task = both(params, ev, x)
   assert jax.tree.structure(g_task) == jax.tree.structure(g_both)
   for a, b in zip(jax.tree.leaves(g_task), jax.tree.leaves(g_both)):
     np.testing.assert_array_equal(a, b)
   assert all(np.abs(a).max() > 0 for a in jax.tree.leaves(g_task))
-
   # The aux loss does reach alpha and beta of every layer ...
-  g_ev = jax.jit(jax.grad(lambda e: losses(params, e, x)[1]))(ev)
   for leaf in jax.tree.leaves(g_ev):
     assert np.all(np.isfinite(leaf)) and np.abs(leaf).max() > 0
   # ... and the task loss does not depend on them in train mode.
-  g_ev_task = jax.jit(jax.grad(lambda e: losses(params, e, x)[0]))(ev)
   for leaf in jax.tree.leaves(g_ev_task):
     np.testing.assert_array_equal(leaf, np.zeros_like(leaf))
 

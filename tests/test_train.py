@@ -1,0 +1,190 @@
+"""Training system: step isolation, device equivalence, resume, configs end to end."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import jax_utils
+
+from evalnorm import config_lib, data, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, 'configs'))
+
+import cifar as cifar_config  # noqa: E402  (configs/ is not a package)
+import digits as digits_config  # noqa: E402
+import imagenet as imagenet_config  # noqa: E402
+
+
+def small_digits_config(**overrides):
+  """The digits config shrunk to a few seconds: the same code path, less work."""
+  config = digits_config.get_config()
+  config.update(dict(num_train_steps=30, batch_size=16, eval_batch_size=64,
+                     log_every_steps=10, checkpoint_every_steps=10,
+                     eval_every_steps=1000))
+  config.update(overrides)
+  return config
+
+
+def read_eval(workdir):
+  with open(os.path.join(workdir, 'eval.json')) as f:
+    return json.load(f)
+
+
+def one_step(config, estimate):
+  dataset = data.make_dataset(config)
+  model = train.build_model(config, dataset.num_classes)
+  state = train.create_train_state(config, model, dataset.image_shape, 10,
+                                   jax.random.PRNGKey(0))
+  batch = train.shard(next(dataset.train_batches(0)))
+  step = jax.pmap(lambda s, b: train.train_step(s, b, estimate=estimate),
+                  axis_name=train.PMAP_AXIS)
+  new_state, metrics = step(jax_utils.replicate(state), batch)
+  return jax.device_get(jax_utils.unreplicate(new_state)), metrics
+
+
+def test_estimation_leaves_training_bit_identical():
+  config = small_digits_config()
+  with_estimation, metrics = one_step(config, estimate=True)
+  without, _ = one_step(config, estimate=False)
+  for name in ('params', 'batch_stats', 'opt_state'):
+    jax.tree_util.tree_map(np.testing.assert_array_equal,
+                           getattr(with_estimation, name), getattr(without, name))
+  # ... while alpha/beta moved (they start at 0) and the aux loss is real.
+  alphas = [a for p, a in jax.tree_util.tree_leaves_with_path(
+      with_estimation.evalnorm)]
+  assert all(float(a) > 0 for a in alphas)
+  assert float(metrics['aux_loss'][0]) > 0
+  jax.tree_util.tree_map(lambda a: np.testing.assert_array_equal(a, 0.0),
+                         without.evalnorm)
+
+
+def test_eight_devices_match_one_device(tmp_path):
+  """Per-device statistics on 8 devices x 2 == groups of 2 on one device."""
+  assert jax.local_device_count() == 8
+  args = ['--config.batch_size=16', '--config.norm_batch_size=2',
+          '--config.num_train_steps=30', '--config.eval_batch_size=64',
+          '--config.log_every_steps=10', '--config.checkpoint_every_steps=30']
+  train.train_and_evaluate(small_digits_config(), str(tmp_path / 'eight'))
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1',
+             JAX_PLATFORMS='cpu')
+  one = subprocess.run(
+      [sys.executable, '-m', 'evalnorm.main', '--config=configs/digits.py',
+       f'--workdir={tmp_path / "one"}', *args],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert one.returncode == 0, one.stderr[-2000:]
+  eight, single = read_eval(tmp_path / 'eight'), read_eval(tmp_path / 'one')
+  for mode, metrics in eight['eval'].items():
+    assert metrics['loss'] == pytest.approx(single['eval'][mode]['loss'], abs=1e-3)
+  for layer, values in eight['alpha_beta'].items():
+    for name, value in values.items():
+      assert value == pytest.approx(single['alpha_beta'][layer][name], abs=1e-3)
+
+
+def test_resume_reproduces_uninterrupted_run(tmp_path):
+  config = small_digits_config(num_train_steps=20)
+  workdir = str(tmp_path / 'run')
+  uninterrupted = train.train_and_evaluate(config, workdir)
+  # Pretend the run died after the step-10 checkpoint.
+  shutil.rmtree(os.path.join(workdir, 'checkpoints', '20'))
+  os.remove(os.path.join(workdir, 'eval.json'))
+  resumed = train.train_and_evaluate(config, workdir)
+  assert resumed['step'] == 20
+  assert resumed['eval'] == uninterrupted['eval']
+  assert resumed['alpha_beta'] == uninterrupted['alpha_beta']
+
+
+def test_eval_json_has_every_mode_and_layer(tmp_path):
+  report = train.train_and_evaluate(small_digits_config(num_train_steps=10),
+                                    str(tmp_path))
+  assert report == read_eval(tmp_path)
+  assert set(report['eval']) == {'ema', 'evalnorm', 'rule_of_thumb',
+                                 'one_over_b', 'train_stats'}
+  assert report['step'] == 10 and report['norm_batch_size'] == 2
+  assert len(report['alpha_beta']) == 7  # 3 blocks x 2 norms + final norm
+  for metrics in report['eval'].values():
+    assert 0 <= metrics['top1'] <= 100 and np.isfinite(metrics['loss'])
+
+
+def test_batchnorm_model_reports_fixed_modes(tmp_path):
+  # flax's BatchNorm normalizes the whole per-device batch: 16 / 8 devices = 2.
+  config = small_digits_config(norm='batchnorm', num_train_steps=10)
+  report = train.train_and_evaluate(config, str(tmp_path))
+  assert set(report['eval']) == {'ema', 'rule_of_thumb', 'one_over_b',
+                                 'train_stats'}
+
+
+@pytest.mark.parametrize('key, value, fragment', [
+    ('dataset', 'mnist', "config.dataset='mnist'"),
+    ('norm', 'layernorm', "config.norm='layernorm'"),
+    ('model', 'vit', "config.model='vit'"),
+    ('norm_batch_size', 3, 'norm_batch_size=3'),
+    ('batch_size', 12, 'batch_size=12'),
+    ('num_train_steps', 0, 'num_train_steps=0'),
+    ('learning_rate', -0.1, 'learning_rate=-0.1'),
+    ('depth', 21, 'depth=21'),
+    ('alpha_init', 1.5, 'alpha_init=1.5'),
+    ('alpha_beta_optimizer', 'lbfgs', "alpha_beta_optimizer='lbfgs'"),
+])
+def test_invalid_config_values_name_key_and_value(key, value, fragment):
+  config = small_digits_config()
+  config[key] = value
+  with pytest.raises(config_lib.ConfigError) as error:
+    config_lib.validate(config, num_devices=8)
+  message = str(error.value)
+  assert fragment in message and '\n' not in message
+
+
+def test_bad_config_on_command_line_is_one_line_and_exit_2(tmp_path):
+  result = subprocess.run(
+      [sys.executable, '-m', 'evalnorm.main', '--config=configs/digits.py',
+       f'--workdir={tmp_path}', '--config.norm_batch_size=3'],
+      cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 2
+  assert 'Traceback' not in result.stderr
+  errors = [l for l in result.stderr.splitlines() if l.startswith('error:')]
+  assert len(errors) == 1 and 'norm_batch_size=3' in errors[0]
+
+
+def test_config_arguments_parse_and_reject_unknown_keys():
+  config = cifar_config.get_config('depth=56,width=2,dataset=cifar100')
+  assert (config.depth, config.width, config.dataset) == (56, 2, 'cifar100')
+  with pytest.raises(config_lib.ConfigError, match='depht'):
+    cifar_config.get_config('depht=56')
+  config = imagenet_config.get_config('norm_batch_size=4')
+  assert config.batch_size == 32 and config.learning_rate == pytest.approx(0.0125)
+  config.norm_batch_size = 16  # as --config.norm_batch_size=16 would
+  assert config.batch_size == 128 and config.learning_rate == pytest.approx(0.05)
+
+
+def test_num_epochs_overrides_steps():
+  config = small_digits_config(num_epochs=2.0, batch_size=100)
+  assert config_lib.num_train_steps(config, num_train_examples=1350) == 27
+
+
+def test_cifar_config_one_step_on_mock_data(tmp_path):
+  import tensorflow_datasets as tfds
+  config = cifar_config.get_config('norm_batch_size=2')
+  config.update(dict(num_train_steps=1, batch_size=16, eval_batch_size=16,
+                     depth=8, checkpoint_every_steps=1))
+  with tfds.testing.mock_data(num_examples=20):
+    report = train.train_and_evaluate(config, str(tmp_path))
+  assert report['num_eval_examples'] == 20
+  assert set(report['eval']) >= {'ema', 'evalnorm', 'rule_of_thumb'}
+
+
+def test_imagenet_config_one_step_on_mock_data_8_devices(tmp_path):
+  import tensorflow_datasets as tfds
+  config = imagenet_config.get_config('norm_batch_size=2')
+  config.update(dict(image_size=32, num_epochs=None, num_train_steps=1,
+                     checkpoint_every_steps=1))
+  assert config.batch_size == 16  # 8 devices x B=2, one group per device
+  with tfds.testing.mock_data(num_examples=16):
+    report = train.train_and_evaluate(config, str(tmp_path))
+  assert report['step'] == 1 and len(report['alpha_beta']) == 49  # 16 blocks x 3 + final
