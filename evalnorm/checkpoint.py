@@ -25,14 +25,19 @@ def make_manager(workdir: str, max_to_keep: int = 3,
   """The manager of ``workdir/checkpoints`` (absolute paths, as orbax needs)."""
   directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create)
-  return ocp.CheckpointManager(directory, options=options)
+  # Naming the handlers lets item_metadata read a checkpoint's tree without
+  # restoring it first.
+  handlers = {'state': ocp.PyTreeCheckpointHandler(),
+              'meta': ocp.JsonCheckpointHandler()}
+  return ocp.CheckpointManager(directory, options=options,
+                               item_handlers=handlers)
 
 
 def save(manager: ocp.CheckpointManager, state: Any, meta: dict) -> None:
   """Saves an unreplicated train state at its own step (asynchronously)."""
   step = int(jax.device_get(state.step))
   manager.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(serialization.to_state_dict(state)),
+      state=ocp.args.PyTreeSave(serialization.to_state_dict(state)),
       meta=ocp.args.JsonSave(meta)))
 
 
@@ -46,18 +51,68 @@ def restore(manager: ocp.CheckpointManager, template: Any,
   step = manager.latest_step() if step is None else step
   if step is None:
     raise CheckpointError(f'no checkpoint in {manager.directory}')
-  target = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct,
-                                  serialization.to_state_dict(template))
   restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+      state=_restore_args(serialization.to_state_dict(template)),
+      meta=ocp.args.JsonRestore()))
   return serialization.from_state_dict(template, restored['state']), restored['meta']
 
 
+def open_existing(workdir: str) -> ocp.CheckpointManager:
+  """The manager of a finished run's workdir, which must hold a checkpoint."""
+  directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+  if not os.path.isdir(workdir):
+    raise CheckpointError(f'checkpoint directory {workdir} does not exist: '
+                          'expected the --workdir of a training run')
+  if not os.path.isdir(directory):
+    raise CheckpointError(f'{workdir} holds no checkpoints/ directory: '
+                          'expected the --workdir of a training run')
+  manager = make_manager(workdir, create=False)
+  if manager.latest_step() is None:
+    raise CheckpointError(f'{directory} holds no complete checkpoint')
+  return manager
+
+
 def read_meta(manager: ocp.CheckpointManager, step: int | None = None) -> dict:
-  """The JSON metadata of a checkpoint, without reading its arrays."""
+  """The JSON metadata of a checkpoint (plus its step), without its arrays."""
   step = manager.latest_step() if step is None else step
   if step is None:
     raise CheckpointError(f'no checkpoint in {manager.directory}')
   restored = manager.restore(step, args=ocp.args.Composite(
       meta=ocp.args.JsonRestore()))
-  return restored['meta']
+  return {**restored['meta'], 'step': step}
+
+
+def restore_variables(manager: ocp.CheckpointManager, template: dict) -> dict:
+  """The model variables of the latest checkpoint, without optimizer state.
+
+  ``template`` (the model's ``init`` output) fixes the collections, shapes
+  and dtypes to read; a checkpoint of another architecture is an error.
+  """
+  step = manager.latest_step()
+  state_template = {name: template.get(name, {})
+                    for name in ('params', 'batch_stats', 'evalnorm')}
+  saved = manager.item_metadata(step)['state']
+  saved_shapes = {name: jax.tree_util.tree_map(lambda m: tuple(m.shape),
+                                               saved.get(name) or {})
+                  for name in ('params', 'batch_stats')}
+  wanted_shapes = {name: jax.tree_util.tree_map(jax.numpy.shape,
+                                                state_template[name])
+                   for name in ('params', 'batch_stats')}
+  if saved_shapes != wanted_shapes:
+    raise CheckpointError(
+        f'checkpoint in {manager.directory} holds a different model than the '
+        'config builds (parameter names or shapes differ)')
+  if not (saved.get('evalnorm') or {}):
+    state_template.pop('evalnorm')
+  # A partial restore: these collections, not the optimizer states.
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=_restore_args(state_template, partial=True)))
+  return dict(restored['state'])
+
+
+def _restore_args(template, partial: bool = False) -> ocp.args.PyTreeRestore:
+  """Restore exactly the structure, shapes and dtypes of ``template``."""
+  target = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
+  return ocp.args.PyTreeRestore(
+      target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+      partial_restore=partial)

@@ -45,6 +45,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.beta_init = 0.0                  # initial beta
   c.alpha_beta_optimizer = 'adam'    # 'adam' or 'sgd', separate from the model's
   c.alpha_beta_learning_rate = 3e-3  # its learning rate (constant)
+  c.offline_estimation_steps = 300   # batches for offline estimation (evalnorm.estimate)
+  c.fixed_alpha_beta = (0.05, 0.1, 0.5)  # constants also evaluated by evalnorm.estimate
+  c.precise_ema_batches = 0          # >0: evalnorm.estimate adds the PreciseBN mode
   c.batch_size = 128                 # global SGD batch, split evenly over devices
   c.eval_batch_size = 256            # global evaluation batch
   c.num_train_steps = 1000           # training length in steps ...
@@ -133,6 +136,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int,
     _require(c.num_epochs > 0, 'num_epochs', c.num_epochs, 'must be positive or None')
   for key in ('learning_rate', 'alpha_beta_learning_rate'):
     _require(c[key] > 0, key, c[key], 'must be positive')
+  _require(c.offline_estimation_steps > 0, 'offline_estimation_steps',
+           c.offline_estimation_steps, 'must be a positive integer')
+  _require(c.precise_ema_batches >= 0, 'precise_ema_batches',
+           c.precise_ema_batches, 'must be >= 0 (0 turns PreciseBN off)')
+  _require(all(0 <= v <= 1 for v in c.fixed_alpha_beta), 'fixed_alpha_beta',
+           c.fixed_alpha_beta, 'every value must be in [0, 1]')
   _require(c.weight_decay >= 0, 'weight_decay', c.weight_decay, 'must be >= 0')
   _require(0 <= c.warmup_steps, 'warmup_steps', c.warmup_steps, 'must be >= 0')
   _require(0 <= c.bn_momentum < 1, 'bn_momentum', c.bn_momentum, 'must be in [0, 1)')

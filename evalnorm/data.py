@@ -4,10 +4,10 @@
 batches are NumPy arrays for *this process*:
 
 - `train_batches(start_step)`: an infinite stream of
-  `{'image': float32 (local_batch, H, W, C), 'label': int32 (local_batch,)}` with
-  `local_batch = config.batch_size // jax.process_count()`. The batch of step `s`
-  is a deterministic function of `(config.seed, s)` (and the process index), so
-  a run resumed at step `s` sees exactly the batches of an uninterrupted run.
+  `{'image': float32 (local_batch, H, W, C), 'label': int32 (local_batch,)}`,
+  `local_batch = config.batch_size // jax.process_count()`. The batch of step
+  `s` is a deterministic function of `(config.seed, s)` (and the process
+  index), so a run resumed at step `s` sees the batches of an uninterrupted run.
 - `eval_batches()`: one pass over this process's share of the eval set in
   batches of `config.eval_batch_size // jax.process_count()`, every batch full.
   The last batch is padded by repeating real examples from the start of the
@@ -23,26 +23,28 @@ digits run does not pay its import time (several seconds).
 import functools
 import itertools
 import math
+import os
 import typing
 from typing import Iterable, Iterator
 
 import jax
 import numpy as np
 
-DATASET_NAMES = ('noisy_digits', 'digits', 'cifar10', 'cifar100', 'imagenet2012')
+DATASET_NAMES = ('noisy_digits', 'digits', 'cifar10', 'cifar100',
+                 'imagenet2012')
 
 Batch = dict[str, np.ndarray]
 
 
 class DatasetUnavailableError(Exception):
-  """The dataset is not prepared in the data directory (one-line message: how to prepare it)."""
+  """The dataset is not prepared in data_dir; the message says how to fix it."""
 
 
 class Dataset(typing.Protocol):
   """What the training loop needs from a dataset."""
   name: str
   num_classes: int
-  image_shape: tuple[int, int, int]  # (H, W, C) of model inputs, after preprocessing
+  image_shape: tuple[int, int, int]  # (H, W, C) after preprocessing
   num_train_examples: int
   num_eval_examples: int  # real (unpadded) examples in the whole eval set
 
@@ -91,7 +93,7 @@ def _num_eval_batches(num_examples: int, local_batch_size: int) -> int:
 
 
 def _pad_batch(batch: Batch, padding_source: Batch, batch_size: int) -> Batch:
-  """Fills `batch` up to `batch_size` rows with rows of `padding_source` (mask 0)."""
+  """Fills `batch` up to `batch_size` rows from `padding_source` (mask 0)."""
   num_real = len(batch['label'])
   repeats = np.arange(batch_size - num_real) % len(padding_source['label'])
   padded = {key: np.concatenate([batch[key], padding_source[key][repeats]])
@@ -103,12 +105,12 @@ def _pad_batch(batch: Batch, padding_source: Batch, batch_size: int) -> Batch:
 
 def _padded_eval_batches(batches: Iterable[Batch], batch_size: int,
                          num_batches: int) -> Iterator[Batch]:
-  """Yields exactly `num_batches` full batches; padding repeats the first batch's rows."""
+  """Exactly `num_batches` full batches, padded with the first batch's rows."""
   padding_source = None
   num_yielded = 0
   for batch in batches:
     if padding_source is None:
-      padding_source = batch  # the start of this process's share of the eval set
+      padding_source = batch  # the start of this process's share
     yield _pad_batch(batch, padding_source, batch_size)
     num_yielded += 1
   if padding_source is None:
@@ -120,7 +122,7 @@ def _padded_eval_batches(batches: Iterable[Batch], batch_size: int,
 
 def _array_eval_batches(images: np.ndarray, labels: np.ndarray,
                         global_batch_size: int) -> Iterator[Batch]:
-  """Eval batches from in-memory arrays; process p takes examples p::process_count."""
+  """Eval batches of in-memory arrays; process p takes examples p::processes."""
   batch_size = _local_batch_size(global_batch_size)
   num_batches = _num_eval_batches(len(labels), batch_size)
   share = slice(jax.process_index(), None, jax.process_count())
@@ -145,8 +147,9 @@ def _read_only(array: np.ndarray) -> np.ndarray:
 
 @functools.cache
 def _digits_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-  """(train_images, train_labels, held_out_images, held_out_labels), images (N, 8, 8) in [0, 1]."""
-  from sklearn import datasets, model_selection  # pylint: disable=g-import-not-at-top
+  """Stratified 1350/447 split of the digits: (train_images, train_labels,
+  held_out_images, held_out_labels), images (N, 8, 8) in [0, 1]."""
+  from sklearn import datasets, model_selection  # slow import: only when used
   digits = datasets.load_digits()
   images = (digits.images / 16.0).astype(np.float32)
   labels = digits.target.astype(np.int32)
@@ -156,6 +159,12 @@ def _digits_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
   train_images, held_out_images, train_labels, held_out_labels = split
   return tuple(_read_only(a) for a in (
       train_images, train_labels, held_out_images, held_out_labels))
+
+
+def _standardize_digits(images: np.ndarray, mean: float,
+                        std: float) -> np.ndarray:
+  """(N, H, W) -> standardized float32 (N, H, W, 1)."""
+  return ((images - mean) / std)[..., None].astype(np.float32, copy=False)
 
 
 def _step_rng(seed: int, step: int) -> np.random.Generator:
@@ -173,23 +182,25 @@ class DigitsDataset:
     self._config = config
     self._train_images, self._train_labels, eval_images, self._eval_labels = (
         _digits_split())
-    # Fixed constants from the training split, so eval never sees its own statistics.
+    # Fixed constants from the training split (eval never uses its own).
     self._mean = float(self._train_images.mean())
     self._std = float(self._train_images.std())
-    self._eval_images = self._standardize(eval_images)
+    self._eval_images = _standardize_digits(eval_images, self._mean, self._std)
     self.num_train_examples = len(self._train_labels)
     self.num_eval_examples = len(self._eval_labels)
 
-  def _standardize(self, images: np.ndarray) -> np.ndarray:
-    return ((images - self._mean) / self._std)[..., None].astype(np.float32)
+  def train_batch(self, step: int) -> Batch:
+    """This process's training batch of global step `step`."""
+    rng = _step_rng(self._config.seed, step)
+    batch_size = _local_batch_size(self._config.batch_size)
+    indices = rng.integers(0, self.num_train_examples, batch_size)
+    images = self._train_images[indices]
+    return {'image': _standardize_digits(images, self._mean, self._std),
+            'label': self._train_labels[indices]}
 
   def train_batches(self, start_step: int) -> Iterator[Batch]:
-    batch_size = _local_batch_size(self._config.batch_size)
     for step in itertools.count(start_step):
-      rng = _step_rng(self._config.seed, step)
-      indices = rng.integers(0, self.num_train_examples, batch_size)
-      yield {'image': self._standardize(self._train_images[indices]),
-             'label': self._train_labels[indices]}
+      yield self.train_batch(step)
 
   def eval_batches(self) -> Iterator[Batch]:
     return _array_eval_batches(self._eval_images, self._eval_labels,
@@ -212,7 +223,7 @@ _NORMALIZATION_SEED = 2
 
 def _bilinear_sample(images: np.ndarray, x: np.ndarray,
                      y: np.ndarray) -> np.ndarray:
-  """Samples images (N, H, W) at float pixel coordinates x, y (N, P); zero outside.
+  """Samples images (N, H, W) at float pixel coordinates x, y (N, P), 0 outside.
 
   Vectorized over the whole batch (this runs every training step). The images
   get a zero border (one pixel before, two after) and coordinates are clipped
@@ -245,7 +256,7 @@ def _lerp(a: np.ndarray, b: np.ndarray, fraction: np.ndarray) -> np.ndarray:
 
 @functools.cache
 def _canvas_grid() -> tuple[np.ndarray, np.ndarray]:
-  """Canvas pixel coordinates (x, y), each (1, S*S), relative to the canvas centre."""
+  """Canvas pixel coordinates (x, y), each (1, S*S), relative to its centre."""
   coords = np.arange(_CANVAS_SIZE, dtype=np.float32) - (_CANVAS_SIZE - 1) / 2
   grid_y, grid_x = np.meshgrid(coords, coords, indexing='ij')
   return _read_only(grid_x.reshape(1, -1)), _read_only(grid_y.reshape(1, -1))
@@ -253,7 +264,7 @@ def _canvas_grid() -> tuple[np.ndarray, np.ndarray]:
 
 def _warp_digits(digits: np.ndarray, angles: np.ndarray, scales: np.ndarray,
                  shifts: np.ndarray) -> np.ndarray:
-  """Rotates, scales and shifts each digit (N, 8, 8) about the centres onto a zero canvas.
+  """Rotates, scales and shifts digits (N, 8, 8) onto zero canvases (N, S, S).
 
   Inverse mapping: canvas pixel p reads the digit at
   R(-angle) (p - canvas_centre - shift) / scale + digit_centre.
@@ -264,7 +275,7 @@ def _warp_digits(digits: np.ndarray, angles: np.ndarray, scales: np.ndarray,
   sin = np.sin(angles) / scales
   shift_x, shift_y = shifts[:, 0], shifts[:, 1]
   digit_centre = (digits.shape[-1] - 1) / 2
-  # The per-example constant parts of the map, so the (N, P) work is 4 ops each.
+  # Per-example constant parts of the map first: the (N, P) work is 4 ops each.
   offset_x = digit_centre - cos * shift_x - sin * shift_y
   offset_y = digit_centre + sin * shift_x - cos * shift_y
   source_x = cos[:, None] * grid_x + sin[:, None] * grid_y + offset_x[:, None]
@@ -275,7 +286,7 @@ def _warp_digits(digits: np.ndarray, angles: np.ndarray, scales: np.ndarray,
 
 def _render_noisy_digits(digits: np.ndarray,
                          rng: np.random.Generator) -> np.ndarray:
-  """Unstandardized noisy images (N, S, S): random warp, contrast, brightness, noise."""
+  """Raw noisy images (N, S, S): random warp, contrast, brightness and noise."""
   n = len(digits)
 
   def uniform(bounds, shape):
@@ -295,7 +306,7 @@ def _render_noisy_digits(digits: np.ndarray,
 
 @functools.cache
 def _noisy_digits_mean_std() -> tuple[float, float]:
-  """Standardization constants from a fixed sample of rendered training digits."""
+  """Standardization constants from a fixed sample of rendered train digits."""
   train_images = _digits_split()[0]
   rng = np.random.default_rng(_NORMALIZATION_SEED)
   indices = rng.integers(0, len(train_images), _NORMALIZATION_SAMPLES)
@@ -304,7 +315,10 @@ def _noisy_digits_mean_std() -> tuple[float, float]:
 
 
 class NoisyDigitsDataset:
-  """Digits warped onto a 24x24 canvas, re-lit and noised: a hard, natural-image-like task.
+  """Digits warped onto a 24x24 canvas, re-lit and noised (the default dataset).
+
+  A hard task with natural-image-like variation in pose, contrast, brightness
+  and noise, so per-example statistics differ a lot between examples.
 
   Training draws fresh examples every step from the 1350 training digits; the
   eval set is 2048 fixed renderings of the 447 held-out digits (each used 4 or
@@ -323,12 +337,10 @@ class NoisyDigitsDataset:
     self._mean, self._std = _noisy_digits_mean_std()
     indices = np.arange(self.num_eval_examples) % len(held_out_labels)
     rng = np.random.default_rng(_NOISY_EVAL_SEED)
-    self._eval_images = self._standardize(
-        _render_noisy_digits(held_out_digits[indices], rng))
+    self._eval_images = _standardize_digits(
+        _render_noisy_digits(held_out_digits[indices], rng), self._mean,
+        self._std)
     self._eval_labels = held_out_labels[indices]
-
-  def _standardize(self, images: np.ndarray) -> np.ndarray:
-    return ((images - self._mean) / self._std)[..., None].astype(np.float32)
 
   def train_batch(self, step: int) -> Batch:
     """This process's training batch of global step `step`."""
@@ -336,7 +348,7 @@ class NoisyDigitsDataset:
     batch_size = _local_batch_size(self._config.batch_size)
     indices = rng.integers(0, self.num_train_examples, batch_size)
     images = _render_noisy_digits(self._train_digits[indices], rng)
-    return {'image': self._standardize(images),
+    return {'image': _standardize_digits(images, self._mean, self._std),
             'label': self._train_labels[indices]}
 
   def train_batches(self, start_step: int) -> Iterator[Batch]:
@@ -349,7 +361,8 @@ class NoisyDigitsDataset:
 
 
 # ---------------------------------------------------------------------------
-# tensorflow-datasets: CIFAR-10/100 and ImageNet (TensorFlow imported lazily).
+# tensorflow-datasets: CIFAR-10/100 and ImageNet. TensorFlow and tfds are
+# imported inside the functions that use them, so digits runs never load them.
 
 _DEFAULT_SHUFFLE_BUFFER = 10_000
 
@@ -366,7 +379,7 @@ def _unprepared_message(builder) -> str:
 
 
 def _split_size(builder, split: str) -> int:
-  """Number of examples in `split`; DatasetUnavailableError if the data is not prepared.
+  """Number of examples in `split`; DatasetUnavailableError if not prepared.
 
   Asks `as_dataset` (which only builds the pipeline) rather than
   `builder.is_prepared()`: under `tfds.testing.mock_data` only loading is faked,
@@ -374,7 +387,7 @@ def _split_size(builder, split: str) -> int:
   `as_dataset` works; for real data `as_dataset` fails on missing files.
   tfds attaches the exact cardinality to every split it loads.
   """
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds
   try:
     dataset = builder.as_dataset(split=split)
   except (AssertionError, tfds.core.DatasetNotFoundError) as error:
@@ -383,7 +396,7 @@ def _split_size(builder, split: str) -> int:
 
 
 class _TfdsDataset:
-  """Deterministic, resumable tfds pipelines; subclasses define the preprocessing.
+  """Deterministic, resumable tfds pipelines; subclasses define preprocessing.
 
   Training order: files and examples are shuffled with seeds from config.seed,
   and every random augmentation is a stateless op keyed on (seed, process,
@@ -400,16 +413,19 @@ class _TfdsDataset:
   decoders = None  # tfds decoders for `as_dataset`
 
   def __init__(self, config, tfds_name: str):
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    import tensorflow_datasets as tfds
     self._config = config
     self.name = tfds_name
-    self._builder = tfds.builder(tfds_name, data_dir=config.get('data_dir'))
+    data_dir = config.get('data_dir')
+    if data_dir:  # tfds does not expand '~' itself
+      data_dir = os.path.expanduser(data_dir)
+    self._builder = tfds.builder(tfds_name, data_dir=data_dir)
     self.num_train_examples = _split_size(self._builder, self.train_split)
     self.num_eval_examples = _split_size(self._builder, self.eval_split)
     self.num_classes = self._builder.info.features['label'].num_classes
 
   def _preprocess_train(self, example, seed):
-    """(example, stateless seed of shape [2]) -> {'image': float32, 'label': int32}."""
+    """(example, stateless seed [2]) -> {'image': float32, 'label': int32}."""
     raise NotImplementedError
 
   def _preprocess_eval(self, example):
@@ -417,8 +433,8 @@ class _TfdsDataset:
 
   def _read(self, split: str, shuffle_files: bool):
     """This process's part of `split`, read deterministically."""
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
     options = tf.data.Options()
     options.deterministic = True
     read_config = tfds.ReadConfig(shuffle_seed=self._config.seed,
@@ -429,13 +445,16 @@ class _TfdsDataset:
     return dataset.with_options(options)
 
   def train_batches(self, start_step: int) -> Iterator[Batch]:
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
     batch_size = _local_batch_size(self._config.batch_size)
     seed = self._config.seed
     dataset = self._read(self.train_split, shuffle_files=True).repeat()
-    dataset = dataset.shuffle(
-        self._config.get('shuffle_buffer', _DEFAULT_SHUFFLE_BUFFER), seed=seed)
+    # A buffer beyond the split size buys nothing (and under mock_data, filling
+    # 10k examples from its Python generator takes half a minute).
+    buffer_size = (self._config.get('shuffle_buffer') or
+                   min(_DEFAULT_SHUFFLE_BUFFER, self.num_train_examples))
+    dataset = dataset.shuffle(buffer_size, seed=seed)
     # Batch k holds stream positions [k * batch_size, (k + 1) * batch_size), so
     # skipping examples before the (expensive) map resumes exactly.
     dataset = dataset.enumerate().skip(start_step * batch_size)
@@ -451,8 +470,8 @@ class _TfdsDataset:
     return iter(tfds.as_numpy(dataset.prefetch(tf.data.AUTOTUNE)))
 
   def eval_batches(self) -> Iterator[Batch]:
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
     batch_size = _local_batch_size(self._config.eval_batch_size)
     dataset = self._read(self.eval_split, shuffle_files=False)
     dataset = dataset.map(self._preprocess_eval,
@@ -473,7 +492,7 @@ _CIFAR_PADDING = 4
 
 
 class CifarDataset(_TfdsDataset):
-  """CIFAR-10/100: random crop from the 4-pixel zero-padded image and random flip."""
+  """CIFAR-10/100: random crop of the 4-pixel zero-padded image, random flip."""
   eval_split = 'test'
   image_shape = (32, 32, 3)
 
@@ -482,12 +501,12 @@ class CifarDataset(_TfdsDataset):
     self._mean, self._std = _CIFAR_MEAN_STD[tfds_name]
 
   def _standardize(self, image, label):
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    import tensorflow as tf
     image = (tf.cast(image, tf.float32) / 255.0 - self._mean) / self._std
     return {'image': image, 'label': tf.cast(label, tf.int32)}
 
   def _preprocess_train(self, example, seed):
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    import tensorflow as tf
     crop_seed, flip_seed = tf.unstack(
         tf.random.experimental.stateless_split(seed, 2))
     pad = _CIFAR_PADDING
@@ -509,26 +528,26 @@ _IMAGENET_CROP_PADDING = 32
 
 
 class ImageNetDataset(_TfdsDataset):
-  """ImageNet (ILSVRC2012): Inception-style random-area crops; central crop for eval.
+  """ImageNet (ILSVRC2012): Inception-style random crops; central crop for eval.
 
   Images stay JPEG bytes (SkipDecoding) so that only the crop is decoded.
   """
   eval_split = 'validation'
 
   def __init__(self, config):
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    import tensorflow_datasets as tfds
     self.decoders = {'image': tfds.decode.SkipDecoding()}
     image_size = config.get('image_size', 224)
     self.image_shape = (image_size, image_size, 3)
     super().__init__(config, 'imagenet2012')
 
   def _resize_and_normalize(self, image):
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    import tensorflow as tf
     image = tf.image.resize(image, self.image_shape[:2], method='bicubic')
     return (image - _IMAGENET_MEAN_RGB) / _IMAGENET_STDDEV_RGB
 
   def _central_crop_window(self, jpeg_shape):
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    import tensorflow as tf
     height, width = jpeg_shape[0], jpeg_shape[1]
     image_size = self.image_shape[0]
     fraction = image_size / (image_size + _IMAGENET_CROP_PADDING)
@@ -538,8 +557,8 @@ class ImageNetDataset(_TfdsDataset):
                      (width - crop_size + 1) // 2, crop_size, crop_size])
 
   def _random_crop_window(self, jpeg_shape, seed):
-    """A random box of 8-100% of the area and aspect 3/4-4/3; central crop if none fits."""
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    """A box of 8-100% of the area, aspect 3/4-4/3; else the central crop."""
+    import tensorflow as tf
     whole_image = tf.constant([0.0, 0.0, 1.0, 1.0], tf.float32, [1, 1, 4])
     begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
         jpeg_shape, bounding_boxes=whole_image, seed=seed,
@@ -553,7 +572,7 @@ class ImageNetDataset(_TfdsDataset):
                    lambda: window)
 
   def _preprocess_train(self, example, seed):
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    import tensorflow as tf
     crop_seed, flip_seed = tf.unstack(
         tf.random.experimental.stateless_split(seed, 2))
     jpeg = example['image']
@@ -565,9 +584,16 @@ class ImageNetDataset(_TfdsDataset):
             'label': tf.cast(example['label'], tf.int32)}
 
   def _preprocess_eval(self, example):
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    import tensorflow as tf
     jpeg = example['image']
     window = self._central_crop_window(tf.image.extract_jpeg_shape(jpeg))
     image = tf.image.decode_and_crop_jpeg(jpeg, window, channels=3)
     return {'image': self._resize_and_normalize(image),
             'label': tf.cast(example['label'], tf.int32)}
+
+
+def shard(batch: Batch) -> Batch:
+  """(local_batch, ...) -> (local_devices, local_batch / local_devices, ...) for pmap."""
+  devices = jax.local_device_count()
+  return jax.tree_util.tree_map(
+      lambda x: x.reshape((devices, -1) + x.shape[1:]), batch)

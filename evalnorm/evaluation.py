@@ -25,6 +25,7 @@ import optax
 from flax import jax_utils
 from jax import lax
 
+from evalnorm.data import shard
 from evalnorm.variables import (batchnorm_to_evalnorm, one_over_b,
                                 rule_of_thumb, set_alpha_beta)
 
@@ -50,21 +51,33 @@ def _sums(logits, batch):
   return lax.psum(sums, PMAP_AXIS)
 
 
-def eval_step(variables, evalnorm_by_mode, batch, apply_fn, train_stats: bool):
-  """Sums for every mode on one device's batch; modes share the compiled step."""
+def eval_step(params, mode_variables, batch, apply_fn, train_stats: bool):
+  """Sums for every mode on one device's batch; modes share the compiled step.
+
+  ``mode_variables`` maps each mode to its ``batch_stats`` and ``evalnorm``
+  collections; ``params`` are shared.
+  """
   results = {}
-  for mode, evalnorm in evalnorm_by_mode.items():
-    logits = apply_fn({**variables, 'evalnorm': evalnorm}, batch['image'],
+  for mode, variables in mode_variables.items():
+    logits = apply_fn({'params': params, **variables}, batch['image'],
                       train=False)
     results[mode] = _sums(logits, batch)
   if train_stats:
     # Training-mode pass with immutable batch_stats: groups of B use their own
     # statistics and the EMA is left alone.
-    some_evalnorm = next(iter(evalnorm_by_mode.values()))
-    logits = apply_fn({**variables, 'evalnorm': some_evalnorm}, batch['image'],
+    some_variables = next(iter(mode_variables.values()))
+    logits = apply_fn({'params': params, **some_variables}, batch['image'],
                       train=True)
     results['train_stats'] = _sums(logits, batch)
   return results
+
+
+def evalnorm_collection(config, state) -> Any:
+  """The state's alpha/beta, or zeros for a model trained with nn.BatchNorm."""
+  if config.norm == 'batchnorm':
+    return batchnorm_to_evalnorm({'batch_stats': state.batch_stats},
+                                 per_channel=config.per_channel)['evalnorm']
+  return state.evalnorm
 
 
 class Evaluator:
@@ -84,33 +97,29 @@ class Evaluator:
         axis_name=PMAP_AXIS)
 
   def modes(self, state) -> dict[str, Any]:
-    """alpha/beta for every mode (empty trees for norms without them)."""
+    """{mode: {'batch_stats', 'evalnorm'}} for the modes a trained state has."""
     if not self.uses_batch_statistics:
-      return {'groupnorm' if self.config.norm == 'groupnorm' else 'ema': {}}
-    if self.config.norm == 'batchnorm':
-      evalnorm = batchnorm_to_evalnorm(
-          {'batch_stats': state.batch_stats},
-          per_channel=self.config.per_channel)['evalnorm']
-    else:
-      evalnorm = state.evalnorm
+      mode = 'groupnorm' if self.config.norm == 'groupnorm' else 'ema'
+      return {mode: {'batch_stats': state.batch_stats, 'evalnorm': {}}}
+    evalnorm = evalnorm_collection(self.config, state)
     modes = fixed_modes(evalnorm, self.config.norm_batch_size)
     if self.config.norm == 'evalnorm' and self.config.estimate_alpha_beta:
       modes['evalnorm'] = evalnorm
-    return modes
+    return {mode: {'batch_stats': state.batch_stats, 'evalnorm': alpha_beta}
+            for mode, alpha_beta in modes.items()}
 
-  def __call__(self, state, dataset, modes: dict[str, Any] | None = None
+  def __call__(self, params, mode_variables: dict[str, Any], dataset
                ) -> dict[str, dict[str, float]]:
-    """{mode: {'top1': percent, 'loss': mean loss}} over the whole eval set."""
-    modes = self.modes(state) if modes is None else modes
-    variables = jax_utils.replicate(
-        {'params': state.params, 'batch_stats': state.batch_stats})
-    modes = jax_utils.replicate(modes)
+    """{mode: {'top1': percent, 'loss': mean loss}} over the whole eval set.
+
+    ``mode_variables`` (e.g. ``self.modes(state)``) maps each mode to the
+    ``batch_stats`` and ``evalnorm`` collections it evaluates with.
+    """
+    modes = jax_utils.replicate(mode_variables)
+    params = jax_utils.replicate(params)
     totals = None
     for batch in dataset.eval_batches():
-      batch = jax.tree_util.tree_map(
-          lambda x: x.reshape((jax.local_device_count(), -1) + x.shape[1:]),
-          batch)
-      sums = jax_utils.unreplicate(self._step(variables, modes, batch))
+      sums = jax_utils.unreplicate(self._step(params, modes, shard(batch)))
       totals = sums if totals is None else jax.tree_util.tree_map(
           jnp.add, totals, sums)
     totals = jax.device_get(totals)

@@ -17,7 +17,11 @@ def results_table(results: dict) -> str:
            f"B={results['norm_batch_size']}, step {results['step']}, "
            f"{results['num_eval_examples']} eval examples", '',
            '| mode | top-1 (%) | loss | meaning |', '|---|---:|---:|---|']
-  for mode, metrics in results['eval'].items():
+  modes = results['eval']
+  ordered = [m for m in MODE_DESCRIPTIONS if m in modes]
+  ordered += sorted(set(modes) - set(ordered))
+  for mode in ordered:
+    metrics = modes[mode]
     lines.append(f"| {mode} | {metrics['top1']:.2f} | {metrics['loss']:.4f} | "
                  f"{MODE_DESCRIPTIONS.get(mode, '')} |")
   return '\n'.join(lines)

@@ -38,7 +38,8 @@ from evalnorm import checkpoint, config_lib, data, evaluation, models
 from evalnorm.layers import EvalNorm
 from evalnorm.variables import alpha_beta_by_layer, mean_alpha_beta, total_aux_loss
 
-PMAP_AXIS = 'batch'
+# One pmap axis for training and evaluation (defined with the eval step).
+PMAP_AXIS = evaluation.PMAP_AXIS
 
 
 class TrainingDiverged(RuntimeError):
@@ -155,7 +156,7 @@ def train_step(state: TrainState, batch, estimate: bool):
   new_state = state.apply_gradients(grads=params_grads, batch_stats=batch_stats)
   if estimate:
     new_state = new_state.apply_evalnorm_gradients(evalnorm_grads)
-  grad_norm = optax.global_norm(params_grads)
+  grad_norm = optax.tree.norm(params_grads)
   metrics = {
       'loss': task_loss, 'aux_loss': aux_loss,
       'accuracy': jnp.mean(jnp.argmax(logits, -1) == batch['label']),
@@ -163,13 +164,6 @@ def train_step(state: TrainState, batch, estimate: bool):
   metrics = lax.pmean(metrics, PMAP_AXIS)
   metrics['grad_norm'] = grad_norm
   return new_state, metrics
-
-
-def shard(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """(local_batch, ...) -> (local_devices, local_batch / local_devices, ...)."""
-  devices = jax.local_device_count()
-  return jax.tree_util.tree_map(
-      lambda x: x.reshape((devices, -1) + x.shape[1:]), batch)
 
 
 def checkpoint_meta(config, num_classes: int) -> dict:
@@ -215,7 +209,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   state = train_loop(config, state, dataset, manager, writer, evaluator,
                      total_steps, estimate)
   state = jax.device_get(jax_utils.unreplicate(state))
-  results = evaluator(state, dataset)
+  results = evaluator(state.params, evaluator.modes(state), dataset)
   writer.write_scalars(total_steps, {f'eval/{mode}_top1': r['top1']
                                      for mode, r in results.items()})
   report = {
@@ -241,7 +235,7 @@ def train_loop(config, state, dataset, manager, writer, evaluator,
   p_train_step = jax.pmap(functools.partial(train_step, estimate=estimate),
                           axis_name=PMAP_AXIS, donate_argnums=(0,))
   batches = jax_utils.prefetch_to_device(
-      map(shard, dataset.train_batches(start_step)), 2)
+      map(data.shard, dataset.train_batches(start_step)), 2)
   learning_rate = learning_rate_schedule(config, total_steps)
   progress = periodic_actions.ReportProgress(
       num_train_steps=total_steps, writer=writer)
@@ -264,7 +258,8 @@ def train_loop(config, state, dataset, manager, writer, evaluator,
       check_finite(step, jax.device_get(jax_utils.unreplicate(metrics)))
       checkpoint.save(manager, jax.device_get(jax_utils.unreplicate(state)), meta)
     if step % config.eval_every_steps == 0 and not is_last:
-      results = evaluator(jax.device_get(jax_utils.unreplicate(state)), dataset)
+      current = jax.device_get(jax_utils.unreplicate(state))
+      results = evaluator(current.params, evaluator.modes(current), dataset)
       writer.write_scalars(step, {f'eval/{mode}_top1': r['top1']
                                   for mode, r in results.items()})
   return state

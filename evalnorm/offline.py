@@ -1,0 +1,169 @@
+"""Offline estimation: alpha/beta for a trained model whose weights stay frozen.
+
+``python -m evalnorm.estimate`` runs ``estimate_and_evaluate``. It loads the latest checkpoint in DIR (an EvalNorm run, or a plain ``nn.BatchNorm``
+run whose variables are converted), runs training-mode forward passes in groups
+of B over training data with ``params`` and ``batch_stats`` immutable, minimizes
+the summed auxiliary loss over alpha/beta only, then evaluates every mode and
+writes OUT/eval.json (``evalnorm`` = the offline estimate). Nothing in DIR is
+written. Also evaluates fixed alpha = beta constants (``fixed_alpha_beta``) and
+PreciseBN statistics (``precise_ema_batches``) when the config asks.
+"""
+
+import functools
+import json
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import optax
+from absl import logging
+from flax import jax_utils
+from jax import lax
+
+from evalnorm import checkpoint, config_lib, data, evaluation, train
+from evalnorm.variables import (alpha_beta_by_layer, batchnorm_to_evalnorm,
+                                mean_alpha_beta, set_alpha_beta, total_aux_loss)
+
+PMAP_AXIS = evaluation.PMAP_AXIS
+
+
+def aux_loss_step(evalnorm, opt_state, params, batch_stats, batch, apply_fn,
+                  tx):
+  """One optimizer step on alpha/beta; params and batch_stats are read-only."""
+  def loss_fn(evalnorm):
+    _, new_vars = apply_fn(
+        {'params': params, 'batch_stats': batch_stats, 'evalnorm': evalnorm},
+        batch['image'], train=True, mutable=['aux_loss'])
+    return total_aux_loss(new_vars['aux_loss'])
+  loss, grads = jax.value_and_grad(loss_fn)(evalnorm)
+  grads = lax.pmean(grads, PMAP_AXIS)
+  updates, opt_state = tx.update(grads, opt_state, evalnorm)
+  evalnorm = jax.tree_util.tree_map(lambda v: jnp.clip(v, 0.0, 1.0),
+                                    optax.apply_updates(evalnorm, updates))
+  return evalnorm, opt_state, lax.pmean(loss, PMAP_AXIS)
+
+
+def estimate_offline(config, model, variables, dataset) -> tuple[dict, int]:
+  """Estimated ``evalnorm`` collection and the number of examples it used."""
+  tx = {'adam': optax.adam, 'sgd': optax.sgd}[config.alpha_beta_optimizer](
+      config.alpha_beta_learning_rate)
+  evalnorm = set_alpha_beta(variables['evalnorm'], config.alpha_init,
+                            config.beta_init)
+  step = jax.pmap(functools.partial(aux_loss_step, apply_fn=model.apply, tx=tx),
+                  axis_name=PMAP_AXIS)
+  frozen = jax_utils.replicate((variables['params'], variables['batch_stats']))
+  evalnorm, opt_state = jax_utils.replicate((evalnorm, tx.init(evalnorm)))
+  batches = dataset.train_batches(0)
+  for i in range(config.offline_estimation_steps):
+    evalnorm, opt_state, loss = step(evalnorm, opt_state, *frozen,
+                                     data.shard(next(batches)))
+    if (i + 1) % config.log_every_steps == 0:
+      alpha, beta = mean_alpha_beta(jax_utils.unreplicate(evalnorm))
+      logging.info('offline step %d: aux_loss=%.4f mean alpha=%.3f beta=%.3f',
+                   i + 1, float(loss[0]), alpha, beta)
+  examples = config.offline_estimation_steps * config.batch_size
+  return jax.device_get(jax_utils.unreplicate(evalnorm)), examples
+
+
+def precise_batch_stats(config, model, variables, dataset) -> dict:
+  """PreciseBN: batch_stats recomputed as the true mean of per-batch statistics.
+
+  Each of ``precise_ema_batches`` training batches runs in training mode with
+  momentum 0, so the returned ``batch_stats`` are that batch's average group
+  statistics; averaging them over batches (and devices) gives the population
+  estimate without EMA's bias towards recent, older weights.
+  """
+  def batch_statistics(batch):
+    _, new_vars = model.apply(variables, batch['image'], train=True,
+                              mutable=['batch_stats'])
+    return lax.pmean(new_vars['batch_stats'], PMAP_AXIS)
+  step = jax.pmap(batch_statistics, axis_name=PMAP_AXIS)
+  batches = dataset.train_batches(0)
+  total = None
+  for _ in range(config.precise_ema_batches):
+    stats = jax_utils.unreplicate(step(data.shard(next(batches))))
+    total = stats if total is None else jax.tree_util.tree_map(
+        jnp.add, total, stats)
+  return jax.tree_util.tree_map(lambda t: t / config.precise_ema_batches,
+                                jax.device_get(total))
+
+
+def check_checkpoint_matches(directory: str, meta: dict, config) -> None:
+  """One clear error when the checkpoint was trained for another setup."""
+  expected = {'model': config.model, 'norm': config.norm,
+              'dataset': config.dataset}
+  if config.model == 'resnet_v2_cifar':
+    expected.update(depth=config.depth, width=config.width)
+  wrong = {k: (meta.get(k), v) for k, v in expected.items() if meta.get(k) != v}
+  if wrong:
+    details = ', '.join(f'{k}={found!r} (config: {want!r})'
+                        for k, (found, want) in wrong.items())
+    raise checkpoint.CheckpointError(
+        f'checkpoint in {directory} was trained with {details}: set those '
+        'config values to match it')
+
+
+def load_trained_variables(config, checkpoint_dir: str, template: dict):
+  """EvalNorm variables (params, batch_stats, evalnorm) and metadata of DIR."""
+  manager = checkpoint.open_existing(checkpoint_dir)
+  meta = checkpoint.read_meta(manager)
+  check_checkpoint_matches(checkpoint_dir, meta, config)
+  variables = checkpoint.restore_variables(manager, template)
+  if config.norm == 'batchnorm':
+    variables = batchnorm_to_evalnorm(variables, per_channel=config.per_channel)
+  return variables, meta
+
+
+def warn_if_rules_assume_other_b(config, meta: dict) -> None:
+  trained_b = meta.get('norm_batch_size')
+  if config.norm == 'batchnorm':
+    trained_b = meta.get('batch_size', 0) // max(meta.get('num_devices', 1), 1)
+  if trained_b and trained_b != config.norm_batch_size:
+    message = (f'warning: the model was trained with B={trained_b}, but the '
+               f'rules 1/B^2 and 1/B and the estimation use norm_batch_size='
+               f'{config.norm_batch_size}')
+    logging.warning(message)
+    print(message, file=sys.stderr)
+
+
+def estimate_and_evaluate(config, checkpoint_dir: str, workdir: str) -> dict:
+  """The whole offline run; returns what it writes to workdir/eval.json."""
+  config_lib.validate(config, jax.device_count(), jax.process_count())
+  if config.norm not in evaluation.BATCH_STATISTICS_NORMS:
+    raise config_lib.ConfigError(
+        f'config.norm={config.norm!r} is invalid for offline estimation: '
+        f'allowed: {evaluation.BATCH_STATISTICS_NORMS}')
+  dataset = data.make_dataset(config)
+  trained_model = train.build_model(config, dataset.num_classes)
+  model = train.build_model(config, dataset.num_classes, 'evalnorm')
+  template = trained_model.init(
+      jax.random.PRNGKey(0),
+      jnp.zeros((config.norm_batch_size,) + dataset.image_shape), train=False)
+  variables, meta = load_trained_variables(config, checkpoint_dir, template)
+  warn_if_rules_assume_other_b(config, meta)
+  evalnorm, num_examples = estimate_offline(config, model, variables, dataset)
+  logging.info('Offline estimate from %d examples: %s', num_examples,
+               alpha_beta_by_layer(evalnorm))
+  modes = evaluation.fixed_modes(evalnorm, config.norm_batch_size)
+  modes['evalnorm'] = evalnorm
+  for value in config.fixed_alpha_beta:
+    modes[f'fixed_{value:g}'] = set_alpha_beta(evalnorm, value)
+  mode_variables = {m: {'batch_stats': variables['batch_stats'], 'evalnorm': e}
+                    for m, e in modes.items()}
+  if config.precise_ema_batches:
+    mode_variables['precise_ema'] = {
+        'batch_stats': precise_batch_stats(config, model, variables, dataset),
+        'evalnorm': modes['ema']}
+  evaluator = evaluation.Evaluator(config, trained_model, model)
+  results = evaluator(variables['params'], mode_variables, dataset)
+  output = {'step': meta.get('step'), 'norm_batch_size': config.norm_batch_size,
+            'dataset': config.dataset, 'norm': config.norm,
+            'num_eval_examples': dataset.num_eval_examples,
+            'offline_examples': num_examples, 'checkpoint': checkpoint_dir,
+            'eval': results, 'alpha_beta': alpha_beta_by_layer(evalnorm)}
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, 'eval.json'), 'w') as f:
+      json.dump(output, f, indent=2)
+  return output
