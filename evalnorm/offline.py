@@ -66,7 +66,7 @@ def estimate_offline(config, model, variables, dataset) -> tuple[dict, int]:
   return jax.device_get(jax_utils.unreplicate(evalnorm)), examples
 
 
-def precise_batch_stats(config, model, variables, dataset) -> dict:
+def precise_batch_stats(config, num_classes, variables, dataset) -> dict:
   """PreciseBN: batch_stats recomputed as the true mean of per-batch statistics.
 
   Each of ``precise_ema_batches`` training batches runs in training mode with
@@ -74,6 +74,10 @@ def precise_batch_stats(config, model, variables, dataset) -> dict:
   statistics; averaging them over batches (and devices) gives the population
   estimate without EMA's bias towards recent, older weights.
   """
+  momentum_zero = config.copy_and_resolve_references()
+  momentum_zero.bn_momentum = 0.0
+  model = train.build_model(momentum_zero, num_classes, 'evalnorm')
+
   def batch_statistics(batch):
     _, new_vars = model.apply(variables, batch['image'], train=True,
                               mutable=['batch_stats'])
@@ -153,7 +157,8 @@ def estimate_and_evaluate(config, checkpoint_dir: str, workdir: str) -> dict:
                     for m, e in modes.items()}
   if config.precise_ema_batches:
     mode_variables['precise_ema'] = {
-        'batch_stats': precise_batch_stats(config, model, variables, dataset),
+        'batch_stats': precise_batch_stats(config, dataset.num_classes, variables,
+                                           dataset),
         'evalnorm': modes['ema']}
   evaluator = evaluation.Evaluator(config, trained_model, model)
   results = evaluator(variables['params'], mode_variables, dataset)

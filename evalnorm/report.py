@@ -11,6 +11,12 @@ MODE_DESCRIPTIONS = {
 }
 
 
+def describe(mode: str) -> str:
+  if mode.startswith('fixed_'):
+    return f"EvalNorm, alpha = beta = {mode.removeprefix('fixed_')}"
+  return MODE_DESCRIPTIONS.get(mode, '')
+
+
 def results_table(results: dict) -> str:
   """A markdown table of top-1 and loss per evaluation mode."""
   lines = [f"{results['dataset']}, norm={results['norm']}, "
@@ -23,5 +29,5 @@ def results_table(results: dict) -> str:
   for mode in ordered:
     metrics = modes[mode]
     lines.append(f"| {mode} | {metrics['top1']:.2f} | {metrics['loss']:.4f} | "
-                 f"{MODE_DESCRIPTIONS.get(mode, '')} |")
+                 f"{describe(mode)} |")
   return '\n'.join(lines)

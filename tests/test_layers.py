@@ -130,8 +130,8 @@ def init(module, *args, **kwargs):
 
 def init_shapes(module, *args, **kwargs):
   """The variable structure of `module.init` (traced only, nothing runs)."""
-  init = functools.partial(module.init, **kwargs)
-  return jax.eval_shape(init, jax.random.key(0), *args)
+  fn = functools.partial(module.init, **kwargs)
+  return jax.eval_shape(fn, jax.random.key(0), *args)
 
 
 def random_variables(module, *args, seed=0, **kwargs):
@@ -253,9 +253,10 @@ def test_train_matches_batchnorm(shape, axis):
   v, ref = make_variables(shape, axis=axis)
   bn_vars = {'params': v['params'], 'batch_stats': v['batch_stats']}
   y, upd = apply(EvalNorm(axis=axis, momentum=0.9),
-      v, x, use_running_average=False, mutable=['batch_stats'])
+                 v, x, use_running_average=False, mutable=['batch_stats'])
   y_bn, upd_bn = apply(nn.BatchNorm(axis=axis, momentum=0.9),
-      bn_vars, x, use_running_average=False, mutable=['batch_stats'])
+                       bn_vars, x, use_running_average=False,
+                       mutable=['batch_stats'])
   np.testing.assert_allclose(y, y_bn, **TOL)
   assert_tree_allclose(upd['batch_stats'], upd_bn['batch_stats'], **TOL)
   # And against the NumPy reference.
@@ -276,7 +277,7 @@ def test_train_groups(shape, axis, group_size):
   v, ref = make_variables(shape, axis=axis)
   layer = EvalNorm(axis=axis, momentum=0.8, group_size=group_size)
   y, upd = apply(layer, v, x, use_running_average=False,
-                       mutable=['batch_stats'])
+                 mutable=['batch_stats'])
   y_ref, _, mu, var = np_train(_to_last(x, axis), ref['scale'], ref['bias'],
                                group_size)
   np.testing.assert_allclose(y, _from_last(y_ref, axis), **TOL)
@@ -301,7 +302,7 @@ def test_group_size_must_divide_batch():
   v, _ = make_variables((10, 3, 3, 2))
   with pytest.raises(ValueError) as err:
     apply(EvalNorm(group_size=4), v, x, use_running_average=False,
-                                 mutable=['batch_stats'])
+          mutable=['batch_stats'])
   msg = str(err.value)
   assert re.search(r'\b10\b', msg) and re.search(r'\b4\b', msg), msg
 
@@ -318,7 +319,7 @@ def test_eval_evalnorm_formula(shape, axis, per_channel):
   x = make_x(shape, axis=axis, seed=5)
   v, ref = make_variables(shape, axis=axis, per_channel=per_channel)
   y = apply(EvalNorm(axis=axis, per_channel=per_channel),
-      v, x, use_running_average=True)
+            v, x, use_running_average=True)
   xl = _to_last(x, axis)
   y_ref = np_eval(xl, ref['scale'], ref['bias'], ref['mean'], ref['var'],
                   ref['alpha'], ref['beta'])
@@ -362,12 +363,12 @@ def test_eval_ema_equals_batchnorm(shape, axis):
   bn_vars = {'params': v['params'], 'batch_stats': v['batch_stats']}
   y_bn = apply(nn.BatchNorm(axis=axis, use_running_average=True), bn_vars, x)
   y_ema = apply(EvalNorm(axis=axis, eval_stats='ema'),
-      v, x, use_running_average=True)
+                v, x, use_running_average=True)
   np.testing.assert_allclose(y_ema, y_bn, rtol=1e-6, atol=1e-6)
   # 'evalnorm' with alpha = beta = 0 is plain EMA evaluation too.
   v0, _ = make_variables(shape, axis=axis, alpha=0.0, beta=0.0)
   y0 = apply(EvalNorm(axis=axis, eval_stats='evalnorm'),
-      v0, x, use_running_average=True)
+             v0, x, use_running_average=True)
   np.testing.assert_allclose(y0, y_bn, rtol=1e-6, atol=1e-6)
   # ... while non-zero alpha/beta do change the 'evalnorm' output.
   y1 = apply(EvalNorm(axis=axis), v, x, use_running_average=True)
@@ -409,7 +410,7 @@ def test_aux_loss_value(shape, group_size, per_channel):
   layer = EvalNorm(group_size=group_size, per_channel=per_channel,
                    momentum=0.5)
   _, upd = apply(layer, v, x, use_running_average=False,
-                       mutable=['batch_stats', 'aux_loss'])
+                 mutable=['batch_stats', 'aux_loss'])
   losses = sown_losses(upd)
   assert len(losses) == 1 and np.shape(losses[0]) == ()
   # mu_E, var_E are the EMA statistics *before* this step's update.
@@ -430,14 +431,13 @@ def test_aux_loss_only_when_mutable_in_train():
   v, _ = make_variables(CONV)
   layer = EvalNorm(group_size=2)
   _, upd = apply(layer, v, x, use_running_average=False,
-                       mutable=['batch_stats'])
+                 mutable=['batch_stats'])
   assert 'aux_loss' not in upd
   _, upd = apply(layer, v, x, use_running_average=True, mutable=['aux_loss'])
   assert not sown_losses(upd)
 
 
-@pytest.mark.parametrize('per_channel', [False, True])
-@pytest.mark.parametrize('group_size', [2, None])
+@pytest.mark.parametrize('group_size,per_channel', [(2, True), (None, False)])
 def test_total_aux_loss_two_layers(group_size, per_channel):
   x = make_x(CONV, seed=12)
   model = TwoLayer(group_size=group_size, per_channel=per_channel)
@@ -447,7 +447,7 @@ def test_total_aux_loss_two_layers(group_size, per_channel):
   assert (jax.tree.map(jnp.shape, variables)
           == jax.tree.map(jnp.shape, init_shapes(model, x, train=False)))
   _, upd = apply(model, variables, x, train=True,
-                       mutable=['batch_stats', 'aux_loss'])
+                 mutable=['batch_stats', 'aux_loss'])
   assert set(upd['aux_loss']) == {'n1', 'n2'}
   assert len(sown_losses(upd)) == 2
   x64 = x.astype(np.float64)
@@ -544,13 +544,13 @@ def test_frozen_ema():
   v, ref = make_variables(CONV)
   layer = EvalNorm(group_size=2, momentum=0.9)
   y_upd, upd = apply(layer, v, x, use_running_average=False,
-                           mutable=['batch_stats', 'aux_loss'])
+                     mutable=['batch_stats', 'aux_loss'])
   # Not mutable at all: runs, same output.
   y = apply(layer, v, x, use_running_average=False, mutable=False)
   np.testing.assert_allclose(y, y_upd, rtol=1e-6, atol=1e-6)
   # Only aux_loss mutable: batch_stats untouched, same aux loss.
   y2, upd2 = apply(layer, v, x, use_running_average=False,
-                         mutable=['aux_loss'])
+                   mutable=['aux_loss'])
   assert set(upd2) == {'aux_loss'}
   np.testing.assert_allclose(y2, y_upd, rtol=1e-6, atol=1e-6)
   np.testing.assert_allclose(total_aux_loss(upd2['aux_loss']),
@@ -602,7 +602,7 @@ def test_batchnorm_to_evalnorm(trained_bn_model):
 
   y_bn = apply(bn_model, bn_vars, x, train=False)
   y_ema = apply(Toy(functools.partial(EvalNorm, eval_stats='ema')),
-      conv, x, train=False)
+                conv, x, train=False)
   np.testing.assert_allclose(y_ema, y_bn, rtol=1e-6, atol=1e-6)
   y_en0 = apply(en_model, conv, x, train=False)
   np.testing.assert_allclose(y_en0, y_bn, rtol=1e-5, atol=1e-6)
@@ -714,8 +714,8 @@ def need_8_devices():
     pytest.skip(f'needs {D} devices (tests/conftest.py sets XLA_FLAGS)')
 
 
-def test_pmap_equals_group_size(need_8_devices):
-  del need_8_devices
+@pytest.mark.usefixtures('need_8_devices')
+def test_pmap_equals_group_size():
   x = make_x((D * B, 4, 4, 3), seed=18)
   v, _ = make_variables(x.shape)
   per_device = EvalNorm(momentum=0.9)                  # axis_name=None
@@ -727,7 +727,7 @@ def test_pmap_equals_group_size(need_8_devices):
 
   y_p, upd_p = jax.pmap(step)(_replicate(v), x.reshape((D, B) + x.shape[1:]))
   y_1, upd_1 = apply(one_call, v, x, use_running_average=False,
-                              mutable=mutable)
+                     mutable=mutable)
   np.testing.assert_allclose(np.asarray(y_p).reshape(x.shape), y_1,
                              atol=1e-5, rtol=1e-5)
   # The pmean over devices of per-device batch_stats is the single-call EMA.
@@ -736,15 +736,15 @@ def test_pmap_equals_group_size(need_8_devices):
   assert_tree_allclose(mean_over_devices, upd_1['batch_stats'],
                        atol=1e-5, rtol=1e-5)
   # Per-device stats really differ (each device sees its own group).
-  assert np.abs(np.ptp(np.asarray(upd_p['batch_stats']['mean']), 0)).max() > 1e-2
+  assert np.ptp(np.asarray(upd_p['batch_stats']['mean']), 0).max() > 1e-2
   # Equal-sized groups: the aux loss is the mean of the per-device ones.
   np.testing.assert_allclose(
       np.mean(jax.vmap(total_aux_loss)(upd_p['aux_loss'])),
       total_aux_loss(upd_1['aux_loss']), rtol=1e-5, atol=1e-6)
 
 
-def test_pmap_synchronized_batchnorm(need_8_devices):
-  del need_8_devices
+@pytest.mark.usefixtures('need_8_devices')
+def test_pmap_synchronized_batchnorm():
   x = make_x((D * B, 4, 4, 3), seed=19)
   v, _ = make_variables(x.shape)
   layer = EvalNorm(momentum=0.9, axis_name='batch')
@@ -757,7 +757,8 @@ def test_pmap_synchronized_batchnorm(need_8_devices):
       _replicate(v), x.reshape((D, B) + x.shape[1:]))
   bn_vars = {'params': v['params'], 'batch_stats': v['batch_stats']}
   y_bn, upd_bn = apply(nn.BatchNorm(momentum=0.9),
-      bn_vars, x, use_running_average=False, mutable=['batch_stats'])
+                       bn_vars, x, use_running_average=False,
+                       mutable=['batch_stats'])
   np.testing.assert_allclose(np.asarray(y_p).reshape(x.shape), y_bn,
                              atol=1e-5, rtol=1e-5)
   for d in range(D):
@@ -781,9 +782,9 @@ def test_bfloat16():
     assert leaf.dtype == jnp.float32
   v, _ = make_variables(CONV, per_channel=False)
   y16, upd16 = apply(layer16, v, x, use_running_average=False,
-                             mutable=['batch_stats', 'aux_loss'])
+                     mutable=['batch_stats', 'aux_loss'])
   y32, upd32 = apply(layer32, v, xr, use_running_average=False,
-                             mutable=['batch_stats', 'aux_loss'])
+                     mutable=['batch_stats', 'aux_loss'])
   assert y16.dtype == jnp.bfloat16
   assert upd16['batch_stats']['mean'].dtype == jnp.float32
   np.testing.assert_allclose(np.asarray(y16, np.float32), y32,
@@ -811,7 +812,7 @@ def test_mask_not_implemented(use_running_average):
   v, _ = make_variables(CONV)
   with pytest.raises(NotImplementedError, match='(?i)mask'):
     apply(EvalNorm(), v, x, use_running_average=use_running_average,
-                     mask=jnp.ones(x.shape, bool), mutable=['batch_stats'])
+          mask=jnp.ones(x.shape, bool), mutable=['batch_stats'])
 
 
 # --------------------------------------------------------------------------
@@ -845,6 +846,10 @@ def test_set_alpha_beta(per_channel):
     np.testing.assert_array_equal(new[layer]['alpha'], 0.25)
     np.testing.assert_array_equal(new[layer]['beta'], 0.75)
   assert_tree_allclose(coll, before, rtol=0, atol=0)  # input untouched
+  # A full variables dict holding an 'evalnorm' collection works too.
+  full = set_alpha_beta({'params': {'w': jnp.ones(2)}, 'evalnorm': coll}, 0.5)
+  np.testing.assert_array_equal(full['params']['w'], 1.0)
+  np.testing.assert_array_equal(full['evalnorm']['n2']['beta'], 0.5)
 
 
 def test_alpha_beta_by_layer(trained_bn_model):
