@@ -20,11 +20,13 @@ class CheckpointError(RuntimeError):
   """A checkpoint directory that cannot be used; the message is one line."""
 
 
-def make_manager(workdir: str, max_to_keep: int = 3,
-                 create: bool = True) -> ocp.CheckpointManager:
+def make_manager(workdir: str, max_to_keep: int = 3, create: bool = True,
+                 asynchronous: bool = True) -> ocp.CheckpointManager:
   """The manager of ``workdir/checkpoints`` (absolute paths, as orbax needs)."""
   directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
-  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create)
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=max_to_keep, create=create,
+      enable_async_checkpointing=asynchronous)
   # Naming the handlers lets item_metadata read a checkpoint's tree without
   # restoring it first.
   handlers = {'state': ocp.PyTreeCheckpointHandler(),

@@ -59,6 +59,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0                         # parameters, data order and augmentation
   c.checkpoint_every_steps = 1000    # a checkpoint also is written at the end
   c.checkpoints_to_keep = 3          # older checkpoints are deleted
+  c.async_checkpointing = True       # write checkpoints in a background thread
   c.eval_every_steps = 1000          # periodic evaluation (logged, not in eval.json)
   c.log_every_steps = 100            # loss, learning rate, mean alpha/beta, steps/s
   c.distributed = False              # call jax.distributed.initialize() (multi-host)

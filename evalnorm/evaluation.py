@@ -51,22 +51,26 @@ def _sums(logits, batch):
   return lax.psum(sums, PMAP_AXIS)
 
 
-def eval_step(params, mode_variables, batch, apply_fn, train_stats: bool):
-  """Sums for every mode on one device's batch; modes share the compiled step.
+def eval_step(params, stacked_modes, batch, apply_fn, train_stats: bool):
+  """Sums for every mode on one device's batch.
 
-  ``mode_variables`` maps each mode to its ``batch_stats`` and ``evalnorm``
-  collections; ``params`` are shared.
+  ``stacked_modes`` holds every mode's ``batch_stats`` and ``evalnorm``
+  stacked on a leading axis; the forward pass is vmapped over it, so XLA
+  compiles one (batched) network instead of one per mode.
   """
-  results = {}
-  for mode, variables in mode_variables.items():
+  # Only GroupNorm's single mode has no variables to infer the mode count from.
+  num_modes = None if jax.tree_util.tree_leaves(stacked_modes) else 1
+
+  def mode_sums(variables):
     logits = apply_fn({'params': params, **variables}, batch['image'],
                       train=False)
-    results[mode] = _sums(logits, batch)
+    return _sums(logits, batch)
+  results = {'modes': jax.vmap(mode_sums, axis_size=num_modes)(stacked_modes)}
   if train_stats:
     # Training-mode pass with immutable batch_stats: groups of B use their own
     # statistics and the EMA is left alone.
-    some_variables = next(iter(mode_variables.values()))
-    logits = apply_fn({'params': params, **some_variables}, batch['image'],
+    first_mode = jax.tree_util.tree_map(lambda v: v[0], stacked_modes)
+    logits = apply_fn({'params': params, **first_mode}, batch['image'],
                       train=True)
     results['train_stats'] = _sums(logits, batch)
   return results
@@ -115,14 +119,19 @@ class Evaluator:
     ``mode_variables`` (e.g. ``self.modes(state)``) maps each mode to the
     ``batch_stats`` and ``evalnorm`` collections it evaluates with.
     """
-    modes = jax_utils.replicate(mode_variables)
-    params = jax_utils.replicate(params)
+    names = list(mode_variables)
+    stacked = jax.tree_util.tree_map(lambda *v: np.stack(v),
+                                     *mode_variables.values())
+    stacked, params = jax_utils.replicate((stacked, params))
     totals = None
     for batch in dataset.eval_batches():
-      sums = jax_utils.unreplicate(self._step(params, modes, shard(batch)))
+      sums = jax_utils.unreplicate(self._step(params, stacked, shard(batch)))
       totals = sums if totals is None else jax.tree_util.tree_map(
           jnp.add, totals, sums)
     totals = jax.device_get(totals)
+    for i, name in enumerate(names):
+      totals[name] = {k: v[i] for k, v in totals['modes'].items()}
+    del totals['modes']
     return {mode: {'top1': float(100.0 * t['correct'] / t['count']),
                    'loss': float(t['loss'] / t['count'])}
             for mode, t in sorted(totals.items())}

@@ -111,7 +111,8 @@ def create_train_state(config, model: nn.Module, image_shape, total_steps: int,
                        rng: jax.Array) -> TrainState:
   """Initializes variables in eval mode (the structure is the same in both)."""
   dummy = jnp.zeros((config.norm_batch_size,) + tuple(image_shape), jnp.float32)
-  variables = model.init(rng, dummy, train=False)
+  # Jitted: eager init dispatches every op of the network one by one.
+  variables = jax.jit(functools.partial(model.init, train=False))(rng, dummy)
   tx = optax.chain(
       optax.add_decayed_weights(config.weight_decay),
       optax.sgd(learning_rate_schedule(config, total_steps), config.momentum))
@@ -119,10 +120,13 @@ def create_train_state(config, model: nn.Module, image_shape, total_steps: int,
       config.alpha_beta_optimizer]
   evalnorm_tx = evalnorm_optimizer(config.alpha_beta_learning_rate)
   evalnorm = variables.get('evalnorm', {})
-  return TrainState.create(
+  state = TrainState.create(
       apply_fn=model.apply, params=variables['params'], tx=tx,
       batch_stats=variables.get('batch_stats', {}), evalnorm=evalnorm,
       evalnorm_opt_state=evalnorm_tx.init(evalnorm), evalnorm_tx=evalnorm_tx)
+  # A strongly typed step: the weakly typed Python 0 would make the second
+  # train step, whose input step is int32, compile the whole step again.
+  return state.replace(step=jnp.zeros((), jnp.int32))
 
 
 def cross_entropy(logits, labels):
@@ -198,7 +202,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   dataset = data.make_dataset(config)
   total_steps = config_lib.num_train_steps(config, dataset.num_train_examples)
   model = build_model(config, dataset.num_classes)
-  manager = checkpoint.make_manager(workdir, config.checkpoints_to_keep)
+  manager = checkpoint.make_manager(workdir, config.checkpoints_to_keep,
+                                    asynchronous=config.async_checkpointing)
   state = restore_or_create(config, manager, model, dataset, total_steps,
                             jax.random.PRNGKey(config.seed))
   writer = metric_writers.create_default_writer(
@@ -226,12 +231,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return report
 
 
+def replicate(tree):
+  """Copies ``tree`` to every local device, laid out as pmap outputs are.
+
+  jax_utils.replicate's arrays carry another mesh than the train step's
+  outputs, and jax caches compilations by input sharding: without this, the
+  second step would compile the whole train step again.
+  """
+  return jax.pmap(lambda x: x, axis_name=PMAP_AXIS)(jax_utils.replicate(tree))
+
+
 def train_loop(config, state, dataset, manager, writer, evaluator,
                total_steps: int, estimate: bool) -> TrainState:
   """Runs steps from ``state.step`` to ``total_steps``; returns replicated state."""
   start_step = int(state.step)
   meta = checkpoint_meta(config, dataset.num_classes)
-  state = jax_utils.replicate(state)
+  state = replicate(state)
   p_train_step = jax.pmap(functools.partial(train_step, estimate=estimate),
                           axis_name=PMAP_AXIS, donate_argnums=(0,))
   batches = jax_utils.prefetch_to_device(

@@ -10,6 +10,7 @@ These environment variables only take effect if jax has not been imported yet.
 
 import os
 import sys
+import tempfile
 import warnings
 
 _DEVICE_FLAG = '--xla_force_host_platform_device_count=8'
@@ -18,6 +19,12 @@ _flags = os.environ.get('XLA_FLAGS', '')
 if 'xla_force_host_platform_device_count' not in _flags:
   os.environ['XLA_FLAGS'] = (_flags + ' ' + _DEVICE_FLAG).strip()
 os.environ['JAX_PLATFORMS'] = 'cpu'
+# Many tests build the same small networks: a compilation cache shared by the
+# session (and its subprocesses) compiles each once. It is fresh per session,
+# so no result depends on an earlier run.
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
+                      tempfile.mkdtemp(prefix='evalnorm-jax-cache-'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.2')
 
 if 'jax' in sys.modules:  # pragma: no cover - only when a plugin imported jax.
   warnings.warn(

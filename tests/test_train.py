@@ -25,7 +25,9 @@ import imagenet as imagenet_config  # noqa: E402
 def small_digits_config(**overrides):
   """The digits config shrunk to a few seconds: the same code path, less work."""
   config = digits_config.get_config()
-  config.update(dict(num_train_steps=30, batch_size=16, eval_batch_size=64,
+  # Plain 8x8 digits: the same network and code path, a 447-example eval set.
+  config.update(dict(dataset='digits', stem_strides=1,
+                     num_train_steps=30, batch_size=16, eval_batch_size=64,
                      log_every_steps=10, checkpoint_every_steps=10,
                      eval_every_steps=1000))
   config.update(overrides)
@@ -85,12 +87,17 @@ def steps_on_devices(config, num_devices, num_steps):
 
 
 def test_train_steps_on_eight_devices_match_one_device():
-  """8 devices x 2 examples == one device with groups of 2, step by step."""
+  """8 devices x 2 examples == one device with groups of 2, one step.
+
+  The tolerance is float32 round-off (different reduction order) times the up
+  to 1/sqrt(epsilon) ~ 300 gain of a 2-example normalization; normalizing
+  over the wrong examples would move parameters by ~lr * grad ~ 1e-2.
+  """
   config = small_digits_config()
-  eight, one = steps_on_devices(config, 8, 3), steps_on_devices(config, 1, 3)
+  eight, one = steps_on_devices(config, 8, 1), steps_on_devices(config, 1, 1)
   for name in ('params', 'batch_stats', 'evalnorm'):
     jax.tree_util.tree_map(
-        lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-5),
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-4),
         getattr(eight, name), getattr(one, name))
 
 
@@ -104,7 +111,8 @@ def test_eight_devices_match_one_device_end_to_end(tmp_path):
   step at lr 0.1 and reaches 1e-1 after 30 steps. At lr 0.002 it stays < 1e-3.
   """
   assert jax.local_device_count() == 8
-  args = ['--config.batch_size=16', '--config.norm_batch_size=2',
+  args = ['--config.dataset=digits', '--config.stem_strides=1',
+          '--config.batch_size=16', '--config.norm_batch_size=2',
           '--config.num_train_steps=30', '--config.eval_batch_size=64',
           '--config.learning_rate=0.002', '--config.checkpoint_every_steps=30']
   config = small_digits_config(learning_rate=0.002)
@@ -211,18 +219,22 @@ def test_cifar_config_one_step_on_mock_data(tmp_path):
   import tensorflow_datasets as tfds
   config = cifar_config.get_config('norm_batch_size=2')
   config.update(dict(num_train_steps=1, batch_size=16, eval_batch_size=16,
-                     depth=8, checkpoint_every_steps=1))
+                     depth=8, checkpoint_every_steps=1,
+                     # mock_data swaps the file system while it builds a
+                     # pipeline, which would race an async checkpoint write.
+                     async_checkpointing=False))
   with tfds.testing.mock_data(num_examples=20):
     report = train.train_and_evaluate(config, str(tmp_path))
   assert report['num_eval_examples'] == 20
   assert set(report['eval']) >= {'ema', 'evalnorm', 'rule_of_thumb'}
 
 
+@pytest.mark.slow  # ~100 s on 2 cores: compiling ResNet-50 for 8 devices.
 def test_imagenet_config_one_step_on_mock_data_8_devices(tmp_path):
   import tensorflow_datasets as tfds
   config = imagenet_config.get_config('norm_batch_size=2')
   config.update(dict(image_size=32, num_epochs=None, num_train_steps=1,
-                     checkpoint_every_steps=1))
+                     checkpoint_every_steps=1, async_checkpointing=False))
   assert config.batch_size == 16  # 8 devices x B=2, one group per device
   with tfds.testing.mock_data(num_examples=16):
     report = train.train_and_evaluate(config, str(tmp_path))
