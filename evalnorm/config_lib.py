@@ -114,8 +114,12 @@ def _require(ok: bool, key: str, value, allowed: str):
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int,
-             num_processes: int = 1) -> None:
-  """Raises ConfigError for the first value that cannot work."""
+             num_processes: int = 1, training: bool = True) -> None:
+  """Raises ConfigError for the first value that cannot work.
+
+  ``training=False`` (offline estimation and evaluation) lifts the rule that
+  flax's BatchNorm trains on whole per-device batches.
+  """
   c = config
   _require(c.dataset in DATASETS, 'dataset', c.dataset, f'allowed: {DATASETS}')
   _require(c.norm in NORMS, 'norm', c.norm, f'allowed: {NORMS}')
@@ -149,10 +153,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int,
   _require(c.bn_epsilon > 0, 'bn_epsilon', c.bn_epsilon, 'must be positive')
   for key in ('alpha_init', 'beta_init'):
     _require(0 <= c[key] <= 1, key, c[key], 'must be in [0, 1]')
-  _validate_batches(c, num_devices, num_processes)
+  _validate_batches(c, num_devices, num_processes, training)
 
 
-def _validate_batches(c, num_devices: int, num_processes: int) -> None:
+def _validate_batches(c, num_devices: int, num_processes: int,
+                      training: bool) -> None:
   for key in ('batch_size', 'eval_batch_size'):
     _require(c[key] % num_devices == 0, key, c[key],
              f'must divide evenly over the {num_devices} devices '
@@ -167,7 +172,7 @@ def _validate_batches(c, num_devices: int, num_processes: int) -> None:
            c.eval_batch_size,
            f'its per-device share {per_device_eval} must be a multiple of '
            f'norm_batch_size={c.norm_batch_size}')
-  if c.norm == 'batchnorm':
+  if c.norm == 'batchnorm' and training:
     _require(c.norm_batch_size == per_device, 'norm_batch_size',
              c.norm_batch_size,
              f"norm='batchnorm' (flax's nn.BatchNorm) normalizes the whole "

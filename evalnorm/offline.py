@@ -133,7 +133,8 @@ def warn_if_rules_assume_other_b(config, meta: dict) -> None:
 
 def estimate_and_evaluate(config, checkpoint_dir: str, workdir: str) -> dict:
   """The whole offline run; returns what it writes to workdir/eval.json."""
-  config_lib.validate(config, jax.device_count(), jax.process_count())
+  config_lib.validate(config, jax.device_count(), jax.process_count(),
+                      training=False)
   if config.norm not in evaluation.BATCH_STATISTICS_NORMS:
     raise config_lib.ConfigError(
         f'config.norm={config.norm!r} is invalid for offline estimation: '

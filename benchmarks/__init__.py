@@ -1,0 +1,1 @@
+"""Speed and memory benchmarks, each printing ratios against flax's BatchNorm."""

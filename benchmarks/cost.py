@@ -1,0 +1,495 @@
+r"""Cost of EvalNorm against flax's nn.BatchNorm: train step, evaluation, memory.
+
+    .venv/bin/python -m benchmarks.cost [--model cifar|resnet50|both] [--repeats N]
+        [--warmup N] [--half_precision] [--ablate] [--smoke]
+
+(``python benchmarks/cost.py ...`` works too.) One model is built three ways
+through the training program's own code (``evalnorm.train.build_model`` and
+``create_train_state`` from an ml_collections config):
+
+  (a) flax ``nn.BatchNorm`` (``norm='batchnorm'``), the reference;
+  (b) EvalNorm with B = the per-device batch (one group) and online estimation;
+  (c) EvalNorm with B = 2 and online estimation.
+
+Train step: ``evalnorm.train.train_step`` pmapped over one device with axis
+``evalnorm.train.PMAP_AXIS`` and the state donated, as ``train_loop`` runs it.
+Evaluation: ``model.apply(variables, images, train=False)`` jitted, for flax
+BatchNorm (EMA statistics) and EvalNorm with ``eval_stats='ema'`` and
+``'evalnorm'`` (the EvalNorm forward pass does not depend on B).
+
+Timing: every function is compiled ahead of time (compilation excluded), called
+``--warmup`` times, then ``--repeats`` rounds call each variant once, in a
+rotating order, blocking on the results; so a change in machine load hits all
+variants alike. Reported: min and median ms and three ratios against flax
+BatchNorm from this same run: of the minimums (the most stable on a noisy
+machine), of the medians, and the median of the per-round ratios.
+
+Memory: XLA's compiled memory analysis, peak = arguments + outputs - donated
+(aliased) buffers + temporaries; ``temp`` is the activation/workspace part. On
+a GPU the allocator's ``peak_bytes_in_use`` is printed too (a process-wide
+running maximum, read after each variant's warm-up, so exact for the first
+variant and an upper bound for the others). HLO cost: XLA's ``cost_analysis``
+flops and bytes accessed of the compiled step.
+
+Models: CIFAR ResNet-20 v2 at batch 128 on 32x32x3 inputs (20 repeats by
+default); ResNet-50 v2 at batch 32 on 64x64x3 inputs (5 repeats), small enough
+to compile and run on 2 CPU cores. ``--smoke``: ResNet-8 v2, batch 8, 8x8
+inputs, 2 repeats, XLA CPU backend optimization off (fast compile; its numbers
+only show that the benchmark runs).
+"""
+
+import argparse
+import dataclasses
+import functools
+import math
+import os
+import re
+import statistics
+import sys
+import time
+from typing import Any, Callable
+
+if __package__ in (None, ''):  # Run as a script: python benchmarks/cost.py
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import flax  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import jax_utils  # noqa: E402
+
+from evalnorm import config_lib, train  # noqa: E402
+from evalnorm.variables import rule_of_thumb, set_alpha_beta  # noqa: E402
+
+MIB = 2.0**20
+# The issue's targets for EvalNorm against flax BatchNorm (ratios of time).
+GOAL, CEILING = 1.05, 1.10
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """One model at one input size and batch."""
+  name: str
+  title: str
+  model: str                     # config.model
+  depth: int                     # config.depth (CIFAR ResNets only)
+  image_shape: tuple[int, int, int]
+  batch: int                     # per-device batch (one device)
+  small_group: int               # B of variant (c)
+  num_classes: int
+  repeats: int                   # default --repeats
+  compiler_options: dict | None = None  # XLA options (smoke: fast compile)
+
+
+SETUPS = {
+    'cifar': Setup('cifar', 'CIFAR ResNet-20 v2', 'resnet_v2_cifar', 20,
+                   (32, 32, 3), 128, 2, 10, 20),
+    'resnet50': Setup('resnet50', 'ResNet-50 v2', 'resnet50_v2', 20,
+                      (64, 64, 3), 32, 2, 1000, 5),
+}
+SMOKE = Setup('smoke', 'ResNet-8 v2 (smoke run)', 'resnet_v2_cifar', 8,
+              (8, 8, 3), 8, 2, 10, 2,
+              compiler_options={'xla_backend_optimization_level': 0})
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+  """One way to build the model's norm layers (and to train it)."""
+  key: str
+  label: str
+  norm: str
+  group_size: int
+  estimate: bool = False
+
+
+def train_variants(setup: Setup, ablate: bool) -> list[Variant]:
+  b, small = setup.batch, setup.small_group
+  variants = [
+      Variant('batchnorm', 'flax nn.BatchNorm', 'batchnorm', b),
+      Variant(f'evalnorm_B{b}', f'EvalNorm B={b}, estimation on', 'evalnorm',
+              b, True),
+      Variant(f'evalnorm_B{small}', f'EvalNorm B={small}, estimation on',
+              'evalnorm', small, True),
+  ]
+  if ablate:  # Profiling aids: what the estimation and the groups each cost.
+    variants += [
+        Variant(f'evalnorm_B{b}_noest', f'EvalNorm B={b}, estimation off',
+                'evalnorm', b),
+        Variant(f'evalnorm_B{small}_noest',
+                f'EvalNorm B={small}, estimation off', 'evalnorm', small),
+    ]
+  return variants
+
+
+def make_config(setup: Setup, norm: str, group_size: int,
+                half_precision: bool):
+  """The training program's config for this setup (validated for 1 device)."""
+  config = config_lib.base_config()
+  config.model = setup.model
+  config.depth = setup.depth
+  config.width = 1
+  config.stem_strides = 1
+  config.image_size = setup.image_shape[0]
+  config.batch_size = config.eval_batch_size = setup.batch
+  config.norm = norm
+  config.norm_batch_size = group_size
+  config.half_precision = half_precision
+  config.estimate_alpha_beta = True
+  config_lib.validate(config, num_devices=1)
+  return config
+
+
+# --------------------------------------------------------------------------
+# Measurement helpers.
+
+
+def replicate(tree, device):
+  """``tree`` laid out as the outputs of a pmap over ``[device]`` are.
+
+  As ``evalnorm.train.replicate`` does for all local devices; it also gives
+  every variant buffers of its own, so donating one state frees no other.
+  """
+  return jax.pmap(lambda x: x, axis_name=train.PMAP_AXIS, devices=[device])(
+      jax_utils.replicate(tree, devices=[device]))
+
+
+def compile_ahead(jitted, *args, compiler_options=None):
+  lowered = jitted.lower(*args)
+  if compiler_options:
+    return lowered.compile(compiler_options=compiler_options)
+  return lowered.compile()
+
+
+def _first(analysis):
+  if isinstance(analysis, (list, tuple)):
+    return analysis[0] if analysis else None
+  return analysis
+
+
+def memory_of(compiled) -> dict[str, float]:
+  """Compiled memory analysis in bytes: peak estimate and temporaries."""
+  try:
+    m = _first(compiled.memory_analysis())
+  except Exception:  # pylint: disable=broad-except  # Backend without it.
+    m = None
+  if m is None:
+    return {'peak': math.nan, 'temp': math.nan}
+  peak = (m.argument_size_in_bytes + m.output_size_in_bytes
+          - m.alias_size_in_bytes + m.temp_size_in_bytes)
+  return {'peak': float(peak), 'temp': float(m.temp_size_in_bytes)}
+
+
+def cost_of(compiled) -> dict[str, float]:
+  """XLA's HLO cost analysis: flops and bytes accessed."""
+  try:
+    c = _first(compiled.cost_analysis())
+  except Exception:  # pylint: disable=broad-except
+    c = None
+  c = c or {}
+  return {'flops': float(c.get('flops', math.nan)),
+          'bytes': float(c.get('bytes accessed', math.nan))}
+
+
+def device_peak_bytes(device) -> float:
+  """The allocator's running peak (GPU/TPU); NaN where there is none (CPU)."""
+  try:
+    stats = device.memory_stats()
+  except Exception:  # pylint: disable=broad-except
+    stats = None
+  if not stats or 'peak_bytes_in_use' not in stats:
+    return math.nan
+  return float(stats['peak_bytes_in_use'])
+
+
+class TrainRunner:
+  """Calls the compiled train step on its own state, as train_loop does."""
+
+  def __init__(self, compiled, state, batch):
+    self.compiled, self.state, self.batch = compiled, state, batch
+
+  def __call__(self):
+    self.state, metrics = self.compiled(self.state, self.batch)
+    jax.block_until_ready((self.state, metrics))
+
+
+def warm_up(runners: dict[str, Callable[[], None]], calls: int,
+            device) -> dict[str, float]:
+  """Calls each runner ``calls`` times; returns the device peak after each."""
+  peaks = {}
+  for key, run in runners.items():
+    for _ in range(calls):
+      run()
+    peaks[key] = device_peak_bytes(device)
+  return peaks
+
+
+def time_interleaved(runners: dict[str, Callable[[], None]],
+                     repeats: int) -> dict[str, list[float]]:
+  """Seconds per call; each round calls every runner once, rotating the order."""
+  keys = list(runners)
+  times = {key: [] for key in keys}
+  for r in range(repeats):
+    shift = r % len(keys)
+    for key in keys[shift:] + keys[:shift]:
+      start = time.perf_counter()
+      runners[key]()
+      times[key].append(time.perf_counter() - start)
+  return times
+
+
+def summarize(times: dict[str, list[float]], ref: str) -> dict[str, dict]:
+  """min/median seconds and ratios against ``ref`` (min, median, paired)."""
+  out = {}
+  ref_min, ref_median = min(times[ref]), statistics.median(times[ref])
+  for key, ts in times.items():
+    t_min, t_median = min(ts), statistics.median(ts)
+    out[key] = {
+        'min_s': t_min, 'median_s': t_median,
+        'ratio_min': t_min / ref_min, 'ratio_median': t_median / ref_median,
+        'ratio_paired': statistics.median(
+            t / r for t, r in zip(ts, times[ref])),
+    }
+  return out
+
+
+def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
+  align = ['---'] + ['---:'] * (len(headers) - 1)
+  lines = ['| ' + ' | '.join(headers) + ' |', '|' + '|'.join(align) + '|']
+  lines += ['| ' + ' | '.join(row) + ' |' for row in rows]
+  return '\n'.join(lines)
+
+
+def _fmt(value: float, spec: str) -> str:
+  return 'n/a' if value is None or not math.isfinite(value) else format(value, spec)
+
+
+def _ratio(value: float, ref: float) -> float:
+  return value / ref if ref and math.isfinite(ref) else math.nan
+
+
+def result_table(rows: dict[str, dict], labels: dict[str, str], ref: str,
+                 first_column: str) -> str:
+  headers = [first_column, 'min ms', 'median ms', 'ratio (min)',
+             'ratio (median)', 'ratio (paired median)', 'peak MiB',
+             'peak ratio', 'temp MiB', 'temp ratio', 'GFLOP', 'GB accessed']
+  gpu = any(math.isfinite(r['device_peak']) for r in rows.values())
+  if gpu:
+    headers.insert(10, 'device peak MiB')
+  table = []
+  for key, r in rows.items():
+    row = [labels[key], _fmt(1e3 * r['min_s'], '.2f'),
+           _fmt(1e3 * r['median_s'], '.2f'),
+           _fmt(r['ratio_min'], '.3f') + 'x', _fmt(r['ratio_median'], '.3f') + 'x',
+           _fmt(r['ratio_paired'], '.3f') + 'x',
+           _fmt(r['peak'] / MIB, '.1f'), _fmt(_ratio(r['peak'], rows[ref]['peak']), '.3f') + 'x',
+           _fmt(r['temp'] / MIB, '.1f'), _fmt(_ratio(r['temp'], rows[ref]['temp']), '.3f') + 'x',
+           _fmt(r['flops'] / 1e9, '.3f'), _fmt(r['bytes'] / 1e9, '.3f')]
+    if gpu:
+      row.insert(10, _fmt(r['device_peak'] / MIB, '.1f'))
+    table.append(row)
+  return markdown_table(headers, table)
+
+
+# --------------------------------------------------------------------------
+# The benchmark.
+
+
+def build_states(setup: Setup, variants: list[Variant], half_precision: bool):
+  """Models and host train states; every variant starts from the same weights.
+
+  One ``create_train_state`` (an EvalNorm model: its variables are BatchNorm's
+  plus the ``evalnorm`` collection) serves every variant: the norm layers of
+  all variants have the same ``params`` and ``batch_stats``.
+  """
+  models, configs = {}, {}
+  for v in variants:
+    configs[v.key] = make_config(setup, v.norm, v.group_size, half_precision)
+    models[v.key] = train.build_model(configs[v.key], setup.num_classes)
+  init_key = next(v.key for v in variants if v.norm == 'evalnorm')
+  state = train.create_train_state(
+      configs[init_key], models[init_key], setup.image_shape, total_steps=1000,
+      rng=jax.random.PRNGKey(0))
+  state = jax.device_get(state)
+  states = {}
+  for v in variants:
+    s = state.replace(apply_fn=models[v.key].apply)
+    if v.norm == 'batchnorm':
+      s = s.replace(evalnorm={}, evalnorm_opt_state=s.evalnorm_tx.init({}))
+    states[v.key] = s
+  return models, configs, states
+
+
+def run_setup(setup: Setup, repeats: int, warmup: int, half_precision: bool,
+              ablate: bool) -> dict[str, Any]:
+  device = jax.local_devices()[0]
+  dtype = 'bfloat16' if half_precision else 'float32'
+  h, w, c = setup.image_shape
+  print(f'\n## {setup.title}: batch {setup.batch}, {h}x{w}x{c} inputs, '
+        f'{dtype} activations\n')
+  print(f'device: {device.device_kind} (platform {device.platform}, '
+        f'{jax.local_device_count()} local device(s), 1 used; '
+        f'{os.cpu_count()} CPU cores); jax {jax.__version__}, '
+        f'flax {flax.__version__}')
+  print(f'timing: {repeats} interleaved rounds after {warmup} warm-up call(s); '
+        'compilation excluded')
+  if setup.compiler_options:
+    print(f'XLA compiler options: {setup.compiler_options} (smoke run: the '
+          'numbers only show that the benchmark works)')
+
+  variants = train_variants(setup, ablate)
+  ref = variants[0].key
+  labels = {v.key: v.label for v in variants}
+  models, configs, states = build_states(setup, variants, half_precision)
+  rng = np.random.default_rng(0)
+  images = rng.standard_normal((setup.batch,) + setup.image_shape).astype(np.float32)
+  labels_np = rng.integers(0, setup.num_classes, setup.batch).astype(np.int32)
+  opts = setup.compiler_options if device.platform == 'cpu' else None
+
+  # Train step, as train_loop runs it (pmap over one device, state donated).
+  runners, train_rows = {}, {}
+  compile_s = {}
+  for v in variants:
+    start = time.perf_counter()
+    state = replicate(states[v.key], device)
+    batch = replicate({'image': images, 'label': labels_np}, device)
+    step = jax.pmap(functools.partial(train.train_step, estimate=v.estimate),
+                    axis_name=train.PMAP_AXIS, devices=[device],
+                    donate_argnums=(0,))
+    compiled = compile_ahead(step, state, batch, compiler_options=opts)
+    compile_s[v.key] = time.perf_counter() - start
+    train_rows[v.key] = {**memory_of(compiled), **cost_of(compiled)}
+    runners[v.key] = TrainRunner(compiled, state, batch)
+  peaks = warm_up(runners, warmup, device)
+  times = time_interleaved(runners, repeats)
+  for key, stats in summarize(times, ref).items():
+    train_rows[key].update(stats, device_peak=peaks[key])
+  del runners
+
+  # Evaluation forward pass (train=False): flax BN's EMA against EvalNorm.
+  en_key = next(v.key for v in variants
+                if v.norm == 'evalnorm' and v.group_size == setup.small_group)
+  en_model = models[en_key]
+  host = states[en_key]
+  bn_vars = {'params': host.params, 'batch_stats': host.batch_stats}
+  en_vars = {**bn_vars, 'evalnorm': set_alpha_beta(
+      host.evalnorm, rule_of_thumb(setup.small_group))}
+  eval_models = {
+      'batchnorm': (models[ref], bn_vars, 'flax nn.BatchNorm (EMA)'),
+      'evalnorm_ema': (
+          en_model.clone(norm=functools.partial(en_model.norm, eval_stats='ema')),
+          en_vars, "EvalNorm eval_stats='ema'"),
+      'evalnorm': (en_model, en_vars, "EvalNorm eval_stats='evalnorm'"),
+  }
+  eval_runners, eval_rows, eval_labels = {}, {}, {}
+  x = jax.device_put(images, device)
+  for key, (model, variables, label) in eval_models.items():
+    variables = jax.device_put(variables, device)
+    compiled = compile_ahead(jax.jit(functools.partial(model.apply, train=False)),
+                             variables, x, compiler_options=opts)
+    eval_rows[key] = {**memory_of(compiled), **cost_of(compiled)}
+    eval_labels[key] = label
+    eval_runners[key] = functools.partial(
+        lambda f, v: jax.block_until_ready(f(v, x)), compiled, variables)
+  eval_peaks = warm_up(eval_runners, warmup, device)
+  eval_times = time_interleaved(eval_runners, repeats)
+  for key, stats in summarize(eval_times, 'batchnorm').items():
+    eval_rows[key].update(stats, device_peak=eval_peaks[key])
+
+  print(f'\n### Train step (train_step, batch {setup.batch})\n')
+  print(result_table(train_rows, labels, ref, 'train step'))
+  print(f'\n### Evaluation forward pass (apply, train=False, batch {setup.batch})\n')
+  print(result_table(eval_rows, eval_labels, 'batchnorm', 'evaluation'))
+
+  b, small = setup.batch, setup.small_group
+  ratios = {
+      f'train_B{b}': train_rows[f'evalnorm_B{b}']['ratio_min'],
+      f'train_B{small}': train_rows[f'evalnorm_B{small}']['ratio_min'],
+      'eval_evalnorm': eval_rows['evalnorm']['ratio_min'],
+      'eval_ema': eval_rows['evalnorm_ema']['ratio_min'],
+      f'train_peak_B{b}': _ratio(train_rows[f'evalnorm_B{b}']['peak'],
+                                 train_rows[ref]['peak']),
+      f'train_peak_B{small}': _ratio(train_rows[f'evalnorm_B{small}']['peak'],
+                                     train_rows[ref]['peak']),
+      'eval_peak_evalnorm': _ratio(eval_rows['evalnorm']['peak'],
+                                   eval_rows['batchnorm']['peak']),
+  }
+  print(f'\n### Against the goals (ratio of minimums; goal <= {GOAL:.2f}x, '
+        f'ceiling {CEILING:.2f}x)\n')
+  checks = [
+      (f'train step, EvalNorm B={b} + estimation', ratios[f'train_B{b}']),
+      (f'train step, EvalNorm B={small} + estimation', ratios[f'train_B{small}']),
+      ("evaluation, EvalNorm eval_stats='evalnorm'", ratios['eval_evalnorm']),
+  ]
+  for name, value in checks:
+    verdict = ('meets the goal' if value <= GOAL else
+               'within the ceiling' if value <= CEILING else 'ABOVE the ceiling')
+    print(f'- {name}: {value:.3f}x flax BatchNorm ({verdict})')
+  b2_vs_b = (train_rows[f'evalnorm_B{small}']['min_s']
+             / train_rows[f'evalnorm_B{b}']['min_s'])
+  print(f'- B={small} against B={b} (both with estimation): {b2_vs_b:.3f}x')
+  ratios[f'train_B{small}_vs_B{b}'] = b2_vs_b
+  print('- compile seconds (train step, not timed above): '
+        + ', '.join(f'{labels[k]} {s:.1f}' for k, s in compile_s.items()))
+  print('\nratios: ' + ' '.join(f'{k}={v:.4f}' for k, v in ratios.items()))
+  return {'setup': setup, 'train': train_rows, 'eval': eval_rows,
+          'ratios': ratios}
+
+
+RATIOS_LINE = re.compile(r'^ratios: (.*)$', re.MULTILINE)
+
+
+def parse_ratios(text: str) -> dict[str, float]:
+  """The ``ratios:`` lines of the printed report, for tests and scripts."""
+  out = {}
+  for line in RATIOS_LINE.findall(text):
+    for item in line.split():
+      key, _, value = item.partition('=')
+      out[key] = float(value)
+  return out
+
+
+def parse_args(argv):
+  parser = argparse.ArgumentParser(
+      prog='python -m benchmarks.cost',
+      description="EvalNorm's train-step, evaluation and memory cost against "
+                  "flax's nn.BatchNorm, as ratios measured in one process.")
+  parser.add_argument('--model', choices=('cifar', 'resnet50', 'both'),
+                      default='cifar')
+  parser.add_argument('--repeats', type=int, default=None,
+                      help='timed rounds (default: 20 cifar, 5 resnet50, 2 smoke)')
+  parser.add_argument('--warmup', type=int, default=None,
+                      help='untimed calls after compilation (default 2, smoke 1)')
+  parser.add_argument('--half_precision', action='store_true',
+                      help='bfloat16 activations (config.half_precision=True)')
+  parser.add_argument('--ablate', action='store_true',
+                      help='add EvalNorm train steps with estimation off')
+  parser.add_argument('--smoke', action='store_true',
+                      help='tiny model and batch, 2 repeats: checks that it runs')
+  args = parser.parse_args(argv)
+  for name in ('repeats', 'warmup'):
+    value = getattr(args, name)
+    if value is not None and value < (1 if name == 'repeats' else 0):
+      parser.error(f'--{name}={value} is too small')
+  return args
+
+
+def main(argv=None) -> dict[str, dict[str, Any]]:
+  args = parse_args(argv)
+  if args.smoke:
+    setups = [SMOKE]
+  elif args.model == 'both':
+    setups = [SETUPS['cifar'], SETUPS['resnet50']]
+  else:
+    setups = [SETUPS[args.model]]
+  print('# EvalNorm cost against flax nn.BatchNorm')
+  results = {}
+  for setup in setups:
+    repeats = args.repeats or setup.repeats
+    warmup = args.warmup if args.warmup is not None else (1 if args.smoke else 2)
+    results[setup.name] = run_setup(setup, repeats, warmup,
+                                    args.half_precision, args.ablate)
+  return results
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,103 @@
+"""Offline estimation on frozen checkpoints (evalnorm.estimate / evalnorm.offline)."""
+
+import hashlib
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from evalnorm import checkpoint, offline, train
+
+from test_train import ROOT, small_digits_config
+
+
+def tree_digest(directory):
+  """Hash of every file's path and bytes under ``directory``."""
+  digest = hashlib.sha256()
+  for root, _, files in sorted(os.walk(directory)):
+    for name in sorted(files):
+      path = os.path.join(root, name)
+      digest.update(path.encode())
+      with open(path, 'rb') as f:
+        digest.update(f.read())
+  return digest.hexdigest()
+
+
+@pytest.fixture(scope='module')
+def batchnorm_run(tmp_path_factory):
+  """A plain nn.BatchNorm model trained 10 steps, 8 devices x 2 examples."""
+  workdir = str(tmp_path_factory.mktemp('batchnorm_run'))
+  config = small_digits_config(norm='batchnorm', num_train_steps=10)
+  train.train_and_evaluate(config, workdir)
+  return config, workdir
+
+
+def restored_variables(config, workdir):
+  model = train.build_model(config, 10)
+  template = model.init(jax.random.PRNGKey(0), jnp.zeros((2, 8, 8, 1)),
+                        train=False)
+  return checkpoint.restore_variables(checkpoint.open_existing(workdir), template)
+
+
+def test_offline_estimation_leaves_checkpoint_bit_identical(batchnorm_run,
+                                                            tmp_path):
+  config, workdir = batchnorm_run
+  before_files = tree_digest(workdir)
+  before = restored_variables(config, workdir)
+  config = config.copy_and_resolve_references()
+  config.update(dict(offline_estimation_steps=5, precise_ema_batches=2))
+  results = offline.estimate_and_evaluate(config, workdir, str(tmp_path))
+  assert tree_digest(workdir) == before_files
+  after = restored_variables(config, workdir)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, before, after)
+  assert set(results['eval']) == {
+      'ema', 'evalnorm', 'rule_of_thumb', 'one_over_b', 'precise_ema',
+      'train_stats', 'fixed_0.05', 'fixed_0.1', 'fixed_0.5'}
+  assert results['offline_examples'] == 5 * config.batch_size
+  assert os.path.exists(tmp_path / 'eval.json')
+  alphas = [v['alpha'] for v in results['alpha_beta'].values()]
+  assert len(alphas) == 7 and any(a > 0 for a in alphas)
+  # precise_ema really recomputed the statistics.
+  assert results['eval']['precise_ema'] != results['eval']['ema']
+
+
+@pytest.mark.parametrize('make_dir, fragment', [
+    (lambda tmp: str(tmp / 'missing'), 'does not exist'),
+    (lambda tmp: str(tmp), 'no checkpoints/'),
+])
+def test_missing_checkpoint_is_one_clear_error(tmp_path, make_dir, fragment):
+  directory = make_dir(tmp_path)
+  with pytest.raises(checkpoint.CheckpointError) as error:
+    offline.estimate_and_evaluate(small_digits_config(norm='batchnorm'),
+                                  directory, str(tmp_path / 'out'))
+  assert fragment in str(error.value) and directory in str(error.value)
+
+
+def test_checkpoint_of_other_model_is_refused(batchnorm_run, tmp_path):
+  _, workdir = batchnorm_run
+  before = tree_digest(workdir)
+  with pytest.raises(checkpoint.CheckpointError, match='depth=8.*config: 20'):
+    offline.estimate_and_evaluate(small_digits_config(norm='batchnorm', depth=20),
+                                  workdir, str(tmp_path))
+  with pytest.raises(checkpoint.CheckpointError, match="norm='batchnorm'"):
+    offline.estimate_and_evaluate(small_digits_config(), workdir, str(tmp_path))
+  assert tree_digest(workdir) == before
+
+
+def test_command_line_warns_when_rules_assume_another_b(batchnorm_run, tmp_path):
+  _, workdir = batchnorm_run
+  result = subprocess.run(
+      [sys.executable, '-m', 'evalnorm.estimate', '--config=configs/digits.py',
+       f'--checkpoint={workdir}', f'--workdir={tmp_path}',
+       '--config.dataset=digits', '--config.stem_strides=1',
+       '--config.norm=batchnorm', '--config.batch_size=32',
+       '--config.eval_batch_size=64', '--config.norm_batch_size=4',
+       '--config.offline_estimation_steps=2', '--config.log_every_steps=1'],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert 'trained with B=2' in result.stderr and 'norm_batch_size=4' in result.stderr
+  assert '| evalnorm |' in result.stdout
