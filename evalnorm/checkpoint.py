@@ -9,10 +9,12 @@ step), so restoring the step restores the data order.
 """
 
 import os
+import time
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 from flax import serialization
 
 
@@ -57,6 +59,49 @@ def restore(manager: ocp.CheckpointManager, template: Any,
       state=_restore_args(serialization.to_state_dict(template)),
       meta=ocp.args.JsonRestore()))
   return serialization.from_state_dict(template, restored['state']), restored['meta']
+
+
+def restore_latest_usable(manager: ocp.CheckpointManager,
+                          template: Any) -> tuple[Any, dict]:
+  """Restores the newest checkpoint that reads back; older ones on failure.
+
+  A truncated or garbled checkpoint (a disk filled up, a copy cut short)
+  falls back to the one before it with a warning; when none can be read the
+  run stops rather than silently starting over the old run's files.
+  """
+  steps = sorted(manager.all_steps(), reverse=True)
+  failures = []
+  for step in steps:
+    try:
+      restored = restore(manager, template, step)
+    except Exception as error:  # orbax raises many types for damaged files.
+      failures.append(f'step {step}: {type(error).__name__}')
+      logging.warning('checkpoint step %d in %s is unreadable (%s); trying '
+                      'an older one', step, manager.directory, error)
+      continue
+    set_aside_unreadable(manager, [s for s in steps if s > step])
+    return restored
+  raise CheckpointError(
+      f'no usable checkpoint in {manager.directory} ({"; ".join(failures)}): '
+      'move the directory away to start from scratch')
+
+
+def set_aside_unreadable(manager: ocp.CheckpointManager, steps) -> None:
+  """Moves unreadable checkpoints to ../unreadable_checkpoints/ (kept, not deleted).
+
+  The resumed run will write those steps again, which orbax refuses while
+  the damaged directories hold their names.
+  """
+  if not steps:
+    return
+  directory = os.fspath(manager.directory)
+  aside = os.path.join(os.path.dirname(directory), 'unreadable_checkpoints')
+  os.makedirs(aside, exist_ok=True)
+  for step in steps:
+    target = os.path.join(aside, f'{step}-{time.strftime("%Y%m%d-%H%M%S")}')
+    os.rename(os.path.join(directory, str(step)), target)
+    logging.warning('moved unreadable checkpoint step %d to %s', step, target)
+  manager.reload()
 
 
 def open_existing(workdir: str) -> ocp.CheckpointManager:

@@ -23,6 +23,9 @@ config_flags.DEFINE_config_file(
     lock_config=True)
 flags.mark_flags_as_required(['config', 'workdir'])
 
+# 128 + SIGTERM, as a shell reports a terminated job, so that a scheduler
+# retries the (resumable) run instead of taking it as finished.
+PREEMPTED_EXIT_STATUS = 143
 USER_ERRORS = (data.DatasetUnavailableError, train.TrainingDiverged,
                checkpoint.CheckpointError)
 
@@ -44,6 +47,9 @@ def main(argv):
   except USER_ERRORS as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
+  except train.Preempted as e:
+    print(str(e), file=sys.stderr)
+    sys.exit(PREEMPTED_EXIT_STATUS)
   if jax.process_index() == 0:
     print(report.results_table(results))
 

@@ -18,8 +18,9 @@ runs; tests and notebooks call it directly.
 import functools
 import json
 import os
-import time
-from typing import Any, Callable
+import signal
+import threading
+from typing import Any
 
 import flax
 import flax.linen as nn
@@ -182,7 +183,7 @@ def restore_or_create(config, manager, model, dataset, total_steps, rng):
   state = create_train_state(config, model, dataset.image_shape, total_steps, rng)
   if manager.latest_step() is None:
     return state
-  state, meta = checkpoint.restore(manager, state)
+  state, meta = checkpoint.restore_latest_usable(manager, state)
   logging.info('Resumed from step %d of %s (trained with B=%s).',
                int(state.step), manager.directory, meta.get('norm_batch_size'))
   return state
@@ -192,8 +193,9 @@ def check_finite(step: int, metrics: dict[str, float]) -> None:
   for name in ('loss', 'aux_loss', 'grad_norm'):
     if not np.isfinite(metrics[name]):
       raise TrainingDiverged(
-          f'training diverged at step {step}: {name} is {metrics[name]} '
-          '(the last checkpoint before it is kept; lower learning_rate?)')
+          f'training diverged: {name} is {metrics[name]} at step {step} '
+          '(checked every log_every_steps and before each checkpoint; the '
+          'latest checkpoint predates it; lower learning_rate?)')
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -241,6 +243,60 @@ def replicate(tree):
   return jax.pmap(lambda x: x, axis_name=PMAP_AXIS)(jax_utils.replicate(tree))
 
 
+class Preempted(RuntimeError):
+  """SIGTERM arrived; a checkpoint of the current step was written."""
+
+
+class SigtermFlag:
+  """Records SIGTERM (the usual preemption notice) for the loop to act on.
+
+  The handler only sets a flag: saving from inside a signal handler could
+  interrupt an XLA call or an orbax write half-way.
+  """
+
+  def __init__(self):
+    self.received = False
+    self._previous = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._set)
+    return self
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+  def _set(self, signum, frame):
+    del signum, frame
+    self.received = True
+
+
+def log_step(config, writer, step, state, metrics, learning_rate, estimate):
+  scalars = jax.device_get(jax_utils.unreplicate(metrics))
+  check_finite(step, scalars)
+  scalars = {k: float(v) for k, v in scalars.items()}
+  scalars['learning_rate'] = float(learning_rate(step))
+  if estimate:
+    scalars['alpha'], scalars['beta'] = mean_alpha_beta(
+        jax.device_get(jax_utils.unreplicate(state.evalnorm)))
+  writer.write_scalars(step, scalars)
+
+
+def save_checkpoint(manager, step, state, metrics, meta):
+  # A state is saved only after its step's loss was checked finite, so the
+  # latest checkpoint is always a good one.
+  check_finite(step, jax.device_get(jax_utils.unreplicate(metrics)))
+  checkpoint.save(manager, jax.device_get(jax_utils.unreplicate(state)), meta)
+
+
+def evaluate_periodically(writer, evaluator, dataset, step, state):
+  current = jax.device_get(jax_utils.unreplicate(state))
+  results = evaluator(current.params, evaluator.modes(current), dataset)
+  writer.write_scalars(step, {f'eval/{mode}_top1': r['top1']
+                              for mode, r in results.items()})
+
+
 def train_loop(config, state, dataset, manager, writer, evaluator,
                total_steps: int, estimate: bool) -> TrainState:
   """Runs steps from ``state.step`` to ``total_steps``; returns replicated state."""
@@ -254,27 +310,21 @@ def train_loop(config, state, dataset, manager, writer, evaluator,
   learning_rate = learning_rate_schedule(config, total_steps)
   progress = periodic_actions.ReportProgress(
       num_train_steps=total_steps, writer=writer)
-  for step in range(start_step + 1, total_steps + 1):
-    # Dispatch this step before reading the previous one's metrics back.
-    state, metrics = p_train_step(state, next(batches))
-    progress(step)
-    is_last = step == total_steps
-    if step % config.log_every_steps == 0 or is_last:
-      scalars = jax.device_get(jax_utils.unreplicate(metrics))
-      check_finite(step, scalars)
-      scalars = {k: float(v) for k, v in scalars.items()}
-      scalars['learning_rate'] = float(learning_rate(step))
-      if estimate:
-        scalars['alpha'], scalars['beta'] = mean_alpha_beta(
-            jax.device_get(jax_utils.unreplicate(state.evalnorm)))
-      writer.write_scalars(step, scalars)
-    if step % config.checkpoint_every_steps == 0 or is_last:
-      # A state is saved only after its step's loss was checked finite.
-      check_finite(step, jax.device_get(jax_utils.unreplicate(metrics)))
-      checkpoint.save(manager, jax.device_get(jax_utils.unreplicate(state)), meta)
-    if step % config.eval_every_steps == 0 and not is_last:
-      current = jax.device_get(jax_utils.unreplicate(state))
-      results = evaluator(current.params, evaluator.modes(current), dataset)
-      writer.write_scalars(step, {f'eval/{mode}_top1': r['top1']
-                                  for mode, r in results.items()})
+  with SigtermFlag() as sigterm:
+    for step in range(start_step + 1, total_steps + 1):
+      # Dispatched before anything reads the previous step's metrics back.
+      state, metrics = p_train_step(state, next(batches))
+      progress(step)
+      is_last = step == total_steps
+      if step % config.log_every_steps == 0 or is_last:
+        log_step(config, writer, step, state, metrics, learning_rate, estimate)
+      if step % config.checkpoint_every_steps == 0 or is_last or sigterm.received:
+        save_checkpoint(manager, step, state, metrics, meta)
+      if sigterm.received:
+        manager.wait_until_finished()
+        raise Preempted(f'SIGTERM received: saved a checkpoint at step {step} '
+                        f'in {manager.directory}; rerun the same command to '
+                        'resume')
+      if step % config.eval_every_steps == 0 and not is_last:
+        evaluate_periodically(writer, evaluator, dataset, step, state)
   return state

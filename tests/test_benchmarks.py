@@ -1,0 +1,22 @@
+"""Smoke test of benchmarks/cost.py: it runs end to end and prints sane ratios."""
+
+import math
+
+from benchmarks import cost
+
+
+def test_cost_smoke_prints_finite_positive_ratios(capsys):
+  results = cost.main(['--smoke'])
+  out = capsys.readouterr().out
+  assert 'flax nn.BatchNorm' in out and 'ratio (min)' in out
+  printed = cost.parse_ratios(out)
+  for key in ('train_B8', 'train_B2', 'eval_evalnorm', 'eval_ema',
+              'train_peak_B8', 'train_peak_B2', 'eval_peak_evalnorm'):
+    assert key in printed, key
+    assert math.isfinite(printed[key]) and printed[key] > 0, (key, printed[key])
+  smoke = results['smoke']
+  for phase in ('train', 'eval'):
+    for row in smoke[phase].values():
+      for name in ('ratio_min', 'ratio_median', 'ratio_paired'):
+        assert math.isfinite(row[name]) and row[name] > 0, (phase, name, row)
+  assert smoke['train']['batchnorm']['ratio_min'] == 1.0

@@ -1,0 +1,110 @@
+"""Failures: divergence, damaged checkpoints, preemption (SIGTERM) and SIGKILL."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from evalnorm import checkpoint, train
+
+from test_train import ROOT, read_eval, small_digits_config
+
+
+def test_divergence_stops_with_one_line_and_saves_no_bad_state(tmp_path):
+  config = small_digits_config(learning_rate=1e6, num_train_steps=30,
+                               log_every_steps=5, checkpoint_every_steps=5)
+  with pytest.raises(train.TrainingDiverged) as error:
+    train.train_and_evaluate(config, str(tmp_path))
+  message = str(error.value)
+  assert 'diverged' in message and 'step' in message and '\n' not in message
+  manager = checkpoint.make_manager(str(tmp_path), create=False)
+  for step in manager.all_steps():
+    state = checkpoint.restore_variables(manager, {})
+    assert state == {} or all(
+        np.all(np.isfinite(v)) for v in jax_leaves(state))
+
+
+def jax_leaves(tree):
+  import jax
+  return jax.tree_util.tree_leaves(tree)
+
+
+def garble(directory):
+  """Truncates every file of a checkpoint, as a full disk or cut copy would."""
+  for root, _, files in os.walk(directory):
+    for name in files:
+      with open(os.path.join(root, name), 'r+b') as f:
+        f.truncate(max(os.path.getsize(f.name) // 3, 1))
+        f.seek(0)
+        f.write(b'garbage')
+
+
+def test_damaged_latest_checkpoint_falls_back_and_resumes_exactly(tmp_path):
+  config = small_digits_config(num_train_steps=20)
+  workdir = str(tmp_path / 'run')
+  uninterrupted = train.train_and_evaluate(config, workdir)
+  garble(os.path.join(workdir, 'checkpoints', '20'))
+  os.remove(os.path.join(workdir, 'eval.json'))
+  resumed = train.train_and_evaluate(config, workdir)
+  assert resumed['eval'] == uninterrupted['eval']
+  assert resumed['alpha_beta'] == uninterrupted['alpha_beta']
+  assert os.listdir(os.path.join(workdir, 'unreadable_checkpoints'))
+
+
+def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
+  config = small_digits_config(num_train_steps=10, checkpoint_every_steps=10)
+  workdir = str(tmp_path)
+  train.train_and_evaluate(config, workdir)
+  garble(os.path.join(workdir, 'checkpoints', '10'))
+  with pytest.raises(checkpoint.CheckpointError, match='no usable checkpoint'):
+    train.train_and_evaluate(config, workdir)
+
+
+def start_run(workdir, *extra):
+  args = [sys.executable, '-m', 'evalnorm.main', '--config=configs/digits.py',
+          f'--workdir={workdir}', '--config.dataset=digits',
+          '--config.stem_strides=1', '--config.num_train_steps=400',
+          '--config.checkpoint_every_steps=50', '--config.log_every_steps=50',
+          '--config.batch_size=32', '--config.eval_batch_size=64', *extra]
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1')
+  return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_checkpoint(workdir, process, timeout=240):
+  checkpoints = os.path.join(workdir, 'checkpoints')
+  deadline = time.time() + timeout
+  while time.time() < deadline and process.poll() is None:
+    if os.path.isdir(checkpoints) and any(
+        name.isdigit() for name in os.listdir(checkpoints)):
+      return
+    time.sleep(0.2)
+  raise AssertionError('no checkpoint appeared')
+
+
+@pytest.mark.slow  # three training processes, ~2 minutes on 2 cores.
+@pytest.mark.parametrize('kill_signal', [signal.SIGKILL, signal.SIGTERM])
+def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, kill_signal):
+  reference = start_run(tmp_path / 'reference')
+  assert reference.wait(timeout=600) == 0, reference.stderr.read()[-2000:]
+  workdir = str(tmp_path / 'killed')
+  run = start_run(workdir)
+  wait_for_checkpoint(workdir, run)
+  run.send_signal(kill_signal)
+  status = run.wait(timeout=120)
+  if kill_signal == signal.SIGTERM:
+    assert status == 143 and 'rerun the same command' in run.stderr.read()
+  else:
+    assert status == -signal.SIGKILL
+  assert not os.path.exists(os.path.join(workdir, 'eval.json'))
+  rerun = start_run(workdir)
+  assert rerun.wait(timeout=600) == 0, rerun.stderr.read()[-2000:]
+  expected, got = read_eval(tmp_path / 'reference'), read_eval(workdir)
+  for mode, metrics in expected['eval'].items():
+    assert got['eval'][mode]['loss'] == pytest.approx(metrics['loss'], abs=1e-6)
+  assert got['alpha_beta'] == pytest.approx(expected['alpha_beta'])
