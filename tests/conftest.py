@@ -36,3 +36,19 @@ if 'jax' in sys.modules:  # pragma: no cover - only when a plugin imported jax.
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
   sys.path.insert(0, _ROOT)
+
+
+import pytest  # noqa: E402  (after the environment is set up)
+
+
+@pytest.fixture(scope='session')
+def trained_run(tmp_path_factory):
+  """(config, workdir, eval.json) of one 20-step run, checkpoints at 10 and 20.
+
+  Shared read-only: a test that changes the run copies the workdir first.
+  """
+  from digits_runs import small_digits_config
+  from evalnorm import train
+  config = small_digits_config(num_train_steps=20)
+  workdir = str(tmp_path_factory.mktemp('trained_run'))
+  return config, workdir, train.train_and_evaluate(config, workdir)

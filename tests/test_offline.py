@@ -2,8 +2,6 @@
 
 import hashlib
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +10,7 @@ import pytest
 
 from evalnorm import checkpoint, offline, train
 
-from test_train import ROOT, small_digits_config
+from digits_runs import small_digits_config
 
 
 def tree_digest(directory):
@@ -88,16 +86,11 @@ def test_checkpoint_of_other_model_is_refused(batchnorm_run, tmp_path):
   assert tree_digest(workdir) == before
 
 
-def test_command_line_warns_when_rules_assume_another_b(batchnorm_run, tmp_path):
-  _, workdir = batchnorm_run
-  result = subprocess.run(
-      [sys.executable, '-m', 'evalnorm.estimate', '--config=configs/digits.py',
-       f'--checkpoint={workdir}', f'--workdir={tmp_path}',
-       '--config.dataset=digits', '--config.stem_strides=1',
-       '--config.norm=batchnorm', '--config.batch_size=32',
-       '--config.eval_batch_size=64', '--config.norm_batch_size=4',
-       '--config.offline_estimation_steps=2', '--config.log_every_steps=1'],
-      cwd=ROOT, capture_output=True, text=True, timeout=300)
-  assert result.returncode == 0, result.stderr[-2000:]
-  assert 'trained with B=2' in result.stderr and 'norm_batch_size=4' in result.stderr
-  assert '| evalnorm |' in result.stdout
+def test_warns_when_rules_assume_another_b(batchnorm_run, tmp_path, capsys):
+  config, workdir = batchnorm_run
+  config = config.copy_and_resolve_references()
+  config.update(dict(batch_size=32, norm_batch_size=4,
+                     offline_estimation_steps=2, fixed_alpha_beta=()))
+  offline.estimate_and_evaluate(config, workdir, str(tmp_path))
+  warning = capsys.readouterr().err
+  assert 'trained with B=2' in warning and 'norm_batch_size=4' in warning

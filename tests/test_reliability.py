@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 
 from evalnorm import checkpoint, train
 
-from test_train import ROOT, read_eval, small_digits_config
+from digits_runs import ROOT, read_eval, small_digits_config
 
 
 def test_divergence_stops_with_one_line_and_saves_no_bad_state(tmp_path):
@@ -44,10 +45,11 @@ def garble(directory):
         f.write(b'garbage')
 
 
-def test_damaged_latest_checkpoint_falls_back_and_resumes_exactly(tmp_path):
-  config = small_digits_config(num_train_steps=20)
+def test_damaged_latest_checkpoint_falls_back_and_resumes_exactly(trained_run,
+                                                                tmp_path):
+  config, original, uninterrupted = trained_run
   workdir = str(tmp_path / 'run')
-  uninterrupted = train.train_and_evaluate(config, workdir)
+  shutil.copytree(original, workdir)
   garble(os.path.join(workdir, 'checkpoints', '20'))
   os.remove(os.path.join(workdir, 'eval.json'))
   resumed = train.train_and_evaluate(config, workdir)
@@ -56,13 +58,16 @@ def test_damaged_latest_checkpoint_falls_back_and_resumes_exactly(tmp_path):
   assert os.listdir(os.path.join(workdir, 'unreadable_checkpoints'))
 
 
-def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
-  config = small_digits_config(num_train_steps=10, checkpoint_every_steps=10)
-  workdir = str(tmp_path)
-  train.train_and_evaluate(config, workdir)
-  garble(os.path.join(workdir, 'checkpoints', '10'))
+def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(trained_run,
+                                                               tmp_path):
+  config, original, _ = trained_run
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(original, workdir)
+  for step in ('10', '20'):
+    garble(os.path.join(workdir, 'checkpoints', step))
   with pytest.raises(checkpoint.CheckpointError, match='no usable checkpoint'):
     train.train_and_evaluate(config, workdir)
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['10', '20']
 
 
 def start_run(workdir, *extra):

@@ -1,6 +1,5 @@
 """Training system: step isolation, device equivalence, resume, configs end to end."""
 
-import json
 import os
 import shutil
 import subprocess
@@ -14,30 +13,10 @@ from flax import jax_utils
 
 from evalnorm import config_lib, data, train
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, 'configs'))
+from digits_runs import ROOT, read_eval, small_digits_config
 
-import cifar as cifar_config  # noqa: E402  (configs/ is not a package)
-import digits as digits_config  # noqa: E402
+import cifar as cifar_config  # noqa: E402  (configs/, on sys.path via digits_runs)
 import imagenet as imagenet_config  # noqa: E402
-
-
-def small_digits_config(**overrides):
-  """The digits config shrunk to a few seconds: the same code path, less work."""
-  config = digits_config.get_config()
-  # Plain 8x8 digits: the same network and code path, a 447-example eval set.
-  config.update(dict(dataset='digits', stem_strides=1,
-                     num_train_steps=30, batch_size=16, eval_batch_size=64,
-                     log_every_steps=10, checkpoint_every_steps=10,
-                     eval_every_steps=1000))
-  config.update(overrides)
-  return config
-
-
-def read_eval(workdir):
-  with open(os.path.join(workdir, 'eval.json')) as f:
-    return json.load(f)
-
 
 def one_step(config, estimate):
   dataset = data.make_dataset(config)
@@ -101,6 +80,7 @@ def test_train_steps_on_eight_devices_match_one_device():
         getattr(eight, name), getattr(one, name))
 
 
+@pytest.mark.slow  # a second training process: ~1 minute on 2 cores.
 def test_eight_devices_match_one_device_end_to_end(tmp_path):
   """eval.json of a 30-step run on 8 devices x 2 equals the 1-device run.
 
@@ -134,10 +114,10 @@ def test_eight_devices_match_one_device_end_to_end(tmp_path):
       assert value == pytest.approx(single['alpha_beta'][layer][name], abs=1e-3)
 
 
-def test_resume_reproduces_uninterrupted_run(tmp_path):
-  config = small_digits_config(num_train_steps=20)
+def test_resume_reproduces_uninterrupted_run(trained_run, tmp_path):
+  config, original, uninterrupted = trained_run
   workdir = str(tmp_path / 'run')
-  uninterrupted = train.train_and_evaluate(config, workdir)
+  shutil.copytree(original, workdir)
   # Pretend the run died after the step-10 checkpoint.
   shutil.rmtree(os.path.join(workdir, 'checkpoints', '20'))
   os.remove(os.path.join(workdir, 'eval.json'))
@@ -147,13 +127,12 @@ def test_resume_reproduces_uninterrupted_run(tmp_path):
   assert resumed['alpha_beta'] == uninterrupted['alpha_beta']
 
 
-def test_eval_json_has_every_mode_and_layer(tmp_path):
-  report = train.train_and_evaluate(small_digits_config(num_train_steps=10),
-                                    str(tmp_path))
-  assert report == read_eval(tmp_path)
+def test_eval_json_has_every_mode_and_layer(trained_run):
+  _, workdir, report = trained_run
+  assert report == read_eval(workdir)
   assert set(report['eval']) == {'ema', 'evalnorm', 'rule_of_thumb',
                                  'one_over_b', 'train_stats'}
-  assert report['step'] == 10 and report['norm_batch_size'] == 2
+  assert report['step'] == 20 and report['norm_batch_size'] == 2
   assert len(report['alpha_beta']) == 7  # 3 blocks x 2 norms + final norm
   for metrics in report['eval'].values():
     assert 0 <= metrics['top1'] <= 100 and np.isfinite(metrics['loss'])

@@ -1,0 +1,29 @@
+"""Small digits configs and a shared trained run for the training-system tests."""
+
+import json
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, 'configs'))
+
+import digits as digits_config  # noqa: E402  (configs/ is not a package)
+
+
+def small_digits_config(**overrides):
+  """The digits config shrunk to seconds: the same code path, less work.
+
+  Plain 8x8 digits (a 447-example eval set), batch 16 = 8 fake devices x B=2.
+  """
+  config = digits_config.get_config()
+  config.update(dict(dataset='digits', stem_strides=1,
+                     num_train_steps=30, batch_size=16, eval_batch_size=64,
+                     log_every_steps=10, checkpoint_every_steps=10,
+                     eval_every_steps=1000))
+  config.update(overrides)
+  return config
+
+
+def read_eval(workdir):
+  with open(os.path.join(workdir, 'eval.json')) as f:
+    return json.load(f)
