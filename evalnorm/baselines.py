@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax import lax
 
-from evalnorm.layers import example_moments, group_moments
+from evalnorm.layers import example_moments, group_moments, update_ema
 
 
 def renorm_clips(num_updates, rmax: float, dmax: float, warmup_steps: int):
@@ -58,11 +58,7 @@ class BatchRenorm(nn.Module):
       y, group_mean, group_var = self._renormalize(
           x32, ema_mean.value, ema_var.value, num_updates.value)
       if self.is_mutable_collection('batch_stats') and not self.is_initializing():
-        m = self.momentum
-        ema_mean.value = m * ema_mean.value + (1 - m) * jnp.mean(
-            group_mean, axis=0).reshape(features)
-        ema_var.value = m * ema_var.value + (1 - m) * jnp.mean(
-            group_var, axis=0).reshape(features)
+        update_ema(ema_mean, ema_var, group_mean, group_var, self.momentum)
         num_updates.value = num_updates.value + 1
     y = y * scale + bias
     return jnp.asarray(y, self.dtype or jnp.result_type(x, scale))

@@ -172,7 +172,22 @@ def _step_rng(seed: int, step: int) -> np.random.Generator:
   return np.random.default_rng([seed, step, jax.process_index()])
 
 
-class DigitsDataset:
+class _InMemoryDigits:
+  """Iteration shared by the two digit datasets (they differ in train_batch)."""
+
+  def train_batch(self, step: int) -> Batch:
+    raise NotImplementedError
+
+  def train_batches(self, start_step: int) -> Iterator[Batch]:
+    for step in itertools.count(start_step):
+      yield self.train_batch(step)
+
+  def eval_batches(self) -> Iterator[Batch]:
+    return _array_eval_batches(self._eval_images, self._eval_labels,
+                               self._config.eval_batch_size)
+
+
+class DigitsDataset(_InMemoryDigits):
   """Plain 8x8 digits, standardized; 1350 training and 447 eval digits."""
   name = 'digits'
   num_classes = 10
@@ -198,13 +213,6 @@ class DigitsDataset:
     return {'image': _standardize_digits(images, self._mean, self._std),
             'label': self._train_labels[indices]}
 
-  def train_batches(self, start_step: int) -> Iterator[Batch]:
-    for step in itertools.count(start_step):
-      yield self.train_batch(step)
-
-  def eval_batches(self) -> Iterator[Batch]:
-    return _array_eval_batches(self._eval_images, self._eval_labels,
-                               self._config.eval_batch_size)
 
 
 # noisy_digits: each digit is warped onto a larger canvas, re-lit and noised.
@@ -314,7 +322,7 @@ def _noisy_digits_mean_std() -> tuple[float, float]:
   return float(images.mean()), float(images.std())
 
 
-class NoisyDigitsDataset:
+class NoisyDigitsDataset(_InMemoryDigits):
   """Digits warped onto a 24x24 canvas, re-lit and noised (the default dataset).
 
   A hard task with natural-image-like variation in pose, contrast, brightness
@@ -351,13 +359,6 @@ class NoisyDigitsDataset:
     return {'image': _standardize_digits(images, self._mean, self._std),
             'label': self._train_labels[indices]}
 
-  def train_batches(self, start_step: int) -> Iterator[Batch]:
-    for step in itertools.count(start_step):
-      yield self.train_batch(step)
-
-  def eval_batches(self) -> Iterator[Batch]:
-    return _array_eval_batches(self._eval_images, self._eval_labels,
-                               self._config.eval_batch_size)
 
 
 # ---------------------------------------------------------------------------

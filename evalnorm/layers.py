@@ -74,6 +74,15 @@ def group_moments(example_mean: Array, example_var: Array,
   return group_mean, jnp.mean(variances, axis=1) + spread
 
 
+def update_ema(ema_mean, ema_var, group_mean, group_var, momentum: float):
+  """mean <- m*mean + (1-m)*avg_g(mu_g), and the same for var (in place)."""
+  shape = ema_mean.value.shape
+  ema_mean.value = momentum * ema_mean.value + (1 - momentum) * jnp.mean(
+      group_mean, axis=0).reshape(shape)
+  ema_var.value = momentum * ema_var.value + (1 - momentum) * jnp.mean(
+      group_var, axis=0).reshape(shape)
+
+
 def blend_statistics(alpha: Array, beta: Array, example_mean: Array,
                      example_var: Array, ema_mean: Array,
                      ema_var: Array) -> tuple[Array, Array]:
@@ -177,11 +186,7 @@ class EvalNorm(Module):
     # The EMA is left alone when batch_stats is immutable, so that offline
     # estimation can run training-mode passes over a frozen model.
     if self.is_mutable_collection('batch_stats') and not self.is_initializing():
-      m = self.momentum
-      ema_mean.value = m * ema_mean.value + (1 - m) * jnp.mean(
-          group_mean, axis=0).reshape(feature_shape)
-      ema_var.value = m * ema_var.value + (1 - m) * jnp.mean(
-          group_var, axis=0).reshape(feature_shape)
+      update_ema(ema_mean, ema_var, group_mean, group_var, self.momentum)
     return self._cast_output(y, x, scale, bias)
 
   def _train_normalize(self, x32, feature_axes, scale, bias, broadcast_shape):
