@@ -57,7 +57,6 @@ if __package__ in (None, ''):  # Run as a script: python benchmarks/cost.py
 
 import flax  # noqa: E402
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import jax_utils  # noqa: E402
 

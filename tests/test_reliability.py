@@ -1,6 +1,5 @@
 """Failures: divergence, damaged checkpoints, preemption (SIGTERM) and SIGKILL."""
 
-import json
 import os
 import shutil
 import signal
