@@ -16,7 +16,6 @@ import sys
 
 import jax
 import jax.numpy as jnp
-import optax
 from absl import logging
 from flax import jax_utils
 from jax import lax
@@ -38,16 +37,13 @@ def aux_loss_step(evalnorm, opt_state, params, batch_stats, batch, apply_fn,
     return total_aux_loss(new_vars['aux_loss'])
   loss, grads = jax.value_and_grad(loss_fn)(evalnorm)
   grads = lax.pmean(grads, PMAP_AXIS)
-  updates, opt_state = tx.update(grads, opt_state, evalnorm)
-  evalnorm = jax.tree_util.tree_map(lambda v: jnp.clip(v, 0.0, 1.0),
-                                    optax.apply_updates(evalnorm, updates))
+  evalnorm, opt_state = train.update_alpha_beta(tx, grads, opt_state, evalnorm)
   return evalnorm, opt_state, lax.pmean(loss, PMAP_AXIS)
 
 
 def estimate_offline(config, model, variables, dataset) -> tuple[dict, int]:
   """Estimated ``evalnorm`` collection and the number of examples it used."""
-  tx = {'adam': optax.adam, 'sgd': optax.sgd}[config.alpha_beta_optimizer](
-      config.alpha_beta_learning_rate)
+  tx = train.alpha_beta_optimizer(config)
   evalnorm = set_alpha_beta(variables['evalnorm'], config.alpha_init,
                             config.beta_init)
   step = jax.pmap(functools.partial(aux_loss_step, apply_fn=model.apply, tx=tx),

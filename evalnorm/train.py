@@ -35,7 +35,7 @@ from flax import jax_utils
 from flax.training import train_state
 from jax import lax
 
-from evalnorm import checkpoint, config_lib, data, evaluation, models
+from evalnorm import baselines, checkpoint, config_lib, data, evaluation, models
 from evalnorm.layers import EvalNorm
 from evalnorm.variables import alpha_beta_by_layer, mean_alpha_beta, total_aux_loss
 
@@ -55,17 +55,27 @@ class TrainState(train_state.TrainState):
   evalnorm_tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
 
   def apply_evalnorm_gradients(self, grads):
-    updates, opt_state = self.evalnorm_tx.update(
-        grads, self.evalnorm_opt_state, self.evalnorm)
-    evalnorm = optax.apply_updates(self.evalnorm, updates)
-    # alpha and beta are blend weights: keep them in [0, 1].
-    evalnorm = jax.tree_util.tree_map(lambda v: jnp.clip(v, 0.0, 1.0), evalnorm)
+    evalnorm, opt_state = update_alpha_beta(
+        self.evalnorm_tx, grads, self.evalnorm_opt_state, self.evalnorm)
     return self.replace(evalnorm=evalnorm, evalnorm_opt_state=opt_state)
+
+
+def alpha_beta_optimizer(config) -> optax.GradientTransformation:
+  """alpha/beta's own optimizer (no weight decay), online and offline alike."""
+  optimizers = {'adam': optax.adam, 'sgd': optax.sgd}
+  return optimizers[config.alpha_beta_optimizer](config.alpha_beta_learning_rate)
+
+
+def update_alpha_beta(tx, grads, opt_state, evalnorm):
+  """One optimizer step, then clipping: alpha and beta are blend weights in [0, 1]."""
+  updates, opt_state = tx.update(grads, opt_state, evalnorm)
+  evalnorm = jax.tree_util.tree_map(lambda v: jnp.clip(v, 0.0, 1.0),
+                                    optax.apply_updates(evalnorm, updates))
+  return evalnorm, opt_state
 
 
 def make_norm(config: ml_collections.ConfigDict, norm_name: str | None = None):
   """The norm layer (a ModuleDef) that ``norm_name`` (default config.norm) means."""
-  from evalnorm import baselines  # Imported here: only baseline runs need it.
   common = dict(momentum=config.bn_momentum, epsilon=config.bn_epsilon)
   norm_name = norm_name or config.norm
   if norm_name == 'evalnorm':
@@ -117,9 +127,7 @@ def create_train_state(config, model: nn.Module, image_shape, total_steps: int,
   tx = optax.chain(
       optax.add_decayed_weights(config.weight_decay),
       optax.sgd(learning_rate_schedule(config, total_steps), config.momentum))
-  evalnorm_optimizer = {'adam': optax.adam, 'sgd': optax.sgd}[
-      config.alpha_beta_optimizer]
-  evalnorm_tx = evalnorm_optimizer(config.alpha_beta_learning_rate)
+  evalnorm_tx = alpha_beta_optimizer(config)
   evalnorm = variables.get('evalnorm', {})
   state = TrainState.create(
       apply_fn=model.apply, params=variables['params'], tx=tx,
