@@ -14,6 +14,7 @@ DATASETS = ('noisy_digits', 'digits', 'cifar10', 'cifar100', 'imagenet2012')
 NORMS = ('evalnorm', 'batchnorm', 'renorm', 'groupnorm')
 MODELS = ('resnet_v2_cifar', 'resnet50_v2')
 ALPHA_BETA_OPTIMIZERS = ('adam', 'sgd')
+INIT_NORMS = ('pretrained', 'reset')
 
 
 class ConfigError(ValueError):
@@ -46,7 +47,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.alpha_beta_optimizer = 'adam'    # 'adam' or 'sgd', separate from the model's
   c.alpha_beta_learning_rate = 3e-3  # its learning rate (constant)
   c.offline_estimation_steps = 300   # batches for offline estimation (evalnorm.estimate)
-  c.fixed_alpha_beta = (0.05, 0.1, 0.5)  # constants also evaluated by evalnorm.estimate
+  c.fixed_alpha_beta = (0.05, 0.1, 0.5)  # also evaluated: modes fixed_<c> with alpha = beta = c
   c.precise_ema_batches = 0          # >0: evalnorm.estimate adds the PreciseBN mode
   c.batch_size = 128                 # global SGD batch, split evenly over devices
   c.eval_batch_size = 256            # global evaluation batch
@@ -56,6 +57,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.warmup_steps = 0                 # linear warm-up steps before the cosine
   c.momentum = 0.9                   # SGD momentum
   c.weight_decay = 1e-4              # L2 weight decay (ResNet v2 paper's value)
+  c.init_from = None                 # fine-tuning: workdir of a trained run to start from
+  c.init_norm = 'pretrained'         # with init_from: norm layers 'pretrained' or 'reset'
+  c.freeze_batch_stats = False       # keep the moving averages as initialized (groups still normalize)
   c.seed = 0                         # parameters, data order and augmentation
   c.checkpoint_every_steps = 1000    # a checkpoint also is written at the end
   c.checkpoints_to_keep = 3          # older checkpoints are deleted
@@ -127,6 +131,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int,
   _require(c.alpha_beta_optimizer in ALPHA_BETA_OPTIMIZERS,
            'alpha_beta_optimizer', c.alpha_beta_optimizer,
            f'allowed: {ALPHA_BETA_OPTIMIZERS}')
+  _require(c.init_norm in INIT_NORMS, 'init_norm', c.init_norm,
+           f'allowed: {INIT_NORMS}')
   if c.model == 'resnet_v2_cifar':
     _require(isinstance(c.depth, int) and c.depth >= 8 and (c.depth - 2) % 6 == 0,
              'depth', c.depth, 'must be 6n+2 with n >= 1 (e.g. 20, 56, 110, 254)')

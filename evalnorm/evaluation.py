@@ -6,6 +6,7 @@ Modes (keys of ``eval.json``'s ``eval``):
   evalnorm       the estimated alpha/beta (online, or offline by estimate.py);
   rule_of_thumb  alpha = beta = 1/B^2;
   one_over_b     alpha = beta = 1/B;
+  fixed_<c>      alpha = beta = c, for each c in ``config.fixed_alpha_beta``;
   train_stats    batch statistics of groups of B eval examples (a reference:
                  what the network saw in training, not a usable test-time mode).
 
@@ -16,6 +17,7 @@ one mode: their own evaluation (``ema`` for renorm, ``groupnorm``).
 """
 
 import functools
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -33,13 +35,21 @@ PMAP_AXIS = 'batch'
 BATCH_STATISTICS_NORMS = ('evalnorm', 'batchnorm')
 
 
-def fixed_modes(evalnorm: Any, group_size: int) -> dict[str, Any]:
-  """The modes whose alpha/beta need no estimation, for normalization batch B."""
-  return {
+def fixed_modes(evalnorm: Any, group_size: int,
+                constants: Sequence[float] = ()) -> dict[str, Any]:
+  """The modes whose alpha/beta need no estimation, for normalization batch B.
+
+  Each of ``constants`` (``config.fixed_alpha_beta``) adds a mode
+  ``fixed_<c>`` with alpha = beta = c.
+  """
+  modes = {
       'ema': set_alpha_beta(evalnorm, 0.0),
       'rule_of_thumb': set_alpha_beta(evalnorm, rule_of_thumb(group_size)),
       'one_over_b': set_alpha_beta(evalnorm, one_over_b(group_size)),
   }
+  for value in constants:
+    modes[f'fixed_{value:g}'] = set_alpha_beta(evalnorm, value)
+  return modes
 
 
 def _sums(logits, batch):
@@ -106,7 +116,8 @@ class Evaluator:
       mode = 'groupnorm' if self.config.norm == 'groupnorm' else 'ema'
       return {mode: {'batch_stats': state.batch_stats, 'evalnorm': {}}}
     evalnorm = evalnorm_collection(self.config, state)
-    modes = fixed_modes(evalnorm, self.config.norm_batch_size)
+    modes = fixed_modes(evalnorm, self.config.norm_batch_size,
+                        self.config.fixed_alpha_beta)
     if self.config.norm == 'evalnorm' and self.config.estimate_alpha_beta:
       modes['evalnorm'] = evalnorm
     return {mode: {'batch_stats': state.batch_stats, 'evalnorm': alpha_beta}

@@ -176,13 +176,14 @@ class EvalNorm(Module):
       y = self._normalize(x32, mean, var, scale, bias, broadcast_shape)
       return self._cast_output(y, x, scale, bias)
 
-    y, normalized, mu_i, var_i, group_mean, group_var = self._train_normalize(
+    y, mu_i, var_i, group_mean, group_var = self._train_normalize(
         x32, feature_axes, scale, bias, broadcast_shape)
     if self.is_mutable_collection('aux_loss') and not self.is_initializing():
       a = jnp.clip(alpha.value, 0, 1).reshape(self._ab_broadcast(broadcast_shape))
       b = jnp.clip(beta.value, 0, 1).reshape(self._ab_broadcast(broadcast_shape))
-      self.sow('aux_loss', 'loss', auxiliary_loss(
-          x32, normalized, mu_i, var_i, mean_e, var_e, a, b, self.epsilon))
+      self.sow('aux_loss', 'loss', grouped_auxiliary_loss(
+          x32, mu_i, var_i, group_mean, group_var, mean_e, var_e, a, b,
+          self.epsilon))
     # The EMA is left alone when batch_stats is immutable, so that offline
     # estimation can run training-mode passes over a frozen model.
     if self.is_mutable_collection('batch_stats') and not self.is_initializing():
@@ -207,14 +208,16 @@ class EvalNorm(Module):
           axis_index_groups=self.axis_index_groups)
       group_var = jnp.maximum(0.0, group_sq - jnp.square(group_mean))
     grouped = x32.reshape((-1, group_size) + x32.shape[1:])
-    mul = lax.rsqrt(group_var + self.epsilon)[:, None]
-    normalized = ((grouped - group_mean[:, None]) * mul).reshape(x32.shape)
-    y = normalized
+    # As flax's _normalize, the scale is folded into the per-channel
+    # multiplier: then no full-size `normalized` array exists that autodiff
+    # would have to keep for the backward pass of `normalized * scale`.
+    mul = lax.rsqrt(group_var + self.epsilon)
     if scale is not None:
-      y = y * scale.reshape(broadcast_shape)
+      mul = mul * scale.reshape(broadcast_shape)
+    y = (grouped - group_mean[:, None]) * mul[:, None]
     if bias is not None:
       y = y + bias.reshape(broadcast_shape)
-    return y, normalized, mu_i, var_i, group_mean, group_var
+    return y.reshape(x32.shape), mu_i, var_i, group_mean, group_var
 
   def _normalize(self, x32, mean, var, scale, bias, broadcast_shape):
     # Same operation order as flax's _normalize, so 'ema' matches it exactly.
@@ -268,3 +271,79 @@ def auxiliary_loss(x, normalized, example_mean, example_var, ema_mean, ema_var,
       alpha, beta, sg(example_mean), sg(example_var), sg(ema_mean), sg(ema_var))
   estimate = (sg(x) - mean_hat) * lax.rsqrt(var_hat + epsilon)
   return jnp.mean(jnp.abs(sg(normalized) - estimate))
+
+
+def grouped_auxiliary_loss(x, example_mean, example_var, group_mean, group_var,
+                           ema_mean, ema_var, alpha, beta, epsilon):
+  """``auxiliary_loss`` for the layer's training normalization, in one pass.
+
+  ``normalized`` is (x - group_mean) / sqrt(group_var + eps), so the error of
+  example i is affine in x - mu_i with per-example slope and offset. The loss
+  and its gradient then need only two per-example sums over x
+  (``_affine_abs_error``), where autodiff of the plain formula would keep a
+  full-size sign array per layer for the backward pass.
+  """
+  sg = lax.stop_gradient
+  num_groups = group_mean.shape[0]
+  per_example = lambda g: jnp.broadcast_to(  # (G, 1.., C) -> (N, 1.., C)
+      g[:, None], (num_groups, example_mean.shape[0] // num_groups)
+      + g.shape[1:]).reshape(example_mean.shape)
+  target_mean = per_example(group_mean)
+  target_inv_std = per_example(lax.rsqrt(group_var + epsilon))
+  mean_hat, var_hat = blend_statistics(
+      alpha, beta, sg(example_mean), sg(example_var), sg(ema_mean), sg(ema_var))
+  return _affine_abs_error(sg(x), sg(example_mean), sg(target_mean),
+                           sg(target_inv_std), mean_hat,
+                           lax.rsqrt(var_hat + epsilon))
+
+
+def _affine_abs_error_parts(x, center, target_mean, target_inv_std, mean_hat,
+                            inv_std):
+  """Per-example slope, offset, sum sign(e) and sum sign(e) * (x - center)."""
+  xc = x - center
+  slope = target_inv_std - inv_std
+  offset = (center - target_mean) * target_inv_std - (center - mean_hat) * inv_std
+  sign = jnp.sign(xc * slope + offset)
+  stat_shape = jnp.shape(center)  # (N, 1, ..., C): kept dims are reduced
+  axes = tuple(ax for ax, (n, m) in enumerate(zip(x.shape, stat_shape))
+               if m == 1 and n != 1)
+  zero = jnp.zeros((), x.dtype)
+  # One variadic reduction, so XLA reads x once for both sums.
+  sign_sum, sign_xc_sum = lax.reduce(
+      (sign, sign * xc), (zero, zero),
+      lambda a, b: (a[0] + b[0], a[1] + b[1]), axes)
+  return (slope, offset, sign_sum.reshape(stat_shape),
+          sign_xc_sum.reshape(stat_shape))
+
+
+@jax.custom_vjp
+def _affine_abs_error(x, center, target_mean, target_inv_std, mean_hat, inv_std):
+  """mean |(x - target_mean) * target_inv_std - (x - mean_hat) * inv_std|.
+
+  Differentiable in mean_hat and inv_std only (the others are stop-gradiented
+  by the caller). Since |e| = sign(e) * e and e = (x - center) * slope + offset,
+  the mean is sum(slope * S_x + offset * S_1) / size.
+  """
+  slope, offset, s1, sx = _affine_abs_error_parts(
+      x, center, target_mean, target_inv_std, mean_hat, inv_std)
+  return jnp.sum(slope * sx + offset * s1) / x.size
+
+
+def _affine_abs_error_fwd(x, center, target_mean, target_inv_std, mean_hat,
+                          inv_std):
+  slope, offset, s1, sx = _affine_abs_error_parts(
+      x, center, target_mean, target_inv_std, mean_hat, inv_std)
+  value = jnp.sum(slope * sx + offset * s1) / x.size
+  return value, (center, mean_hat, inv_std, s1, sx, x.size)
+
+
+def _affine_abs_error_bwd(residuals, g):
+  center, mean_hat, inv_std, s1, sx, size = residuals
+  # de/d mean_hat = inv_std and de/d inv_std = -(x - mean_hat), where
+  # sum sign(e) * (x - mean_hat) = S_x + (center - mean_hat) * S_1.
+  d_mean_hat = (g / size) * s1 * inv_std
+  d_inv_std = -(g / size) * (sx + (center - mean_hat) * s1)
+  return None, None, None, None, d_mean_hat, d_inv_std
+
+
+_affine_abs_error.defvjp(_affine_abs_error_fwd, _affine_abs_error_bwd)

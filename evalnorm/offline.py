@@ -146,10 +146,9 @@ def estimate_and_evaluate(config, checkpoint_dir: str, workdir: str) -> dict:
   evalnorm, num_examples = estimate_offline(config, model, variables, dataset)
   logging.info('Offline estimate from %d examples: %s', num_examples,
                alpha_beta_by_layer(evalnorm))
-  modes = evaluation.fixed_modes(evalnorm, config.norm_batch_size)
+  modes = evaluation.fixed_modes(evalnorm, config.norm_batch_size,
+                                 config.fixed_alpha_beta)
   modes['evalnorm'] = evalnorm
-  for value in config.fixed_alpha_beta:
-    modes[f'fixed_{value:g}'] = set_alpha_beta(evalnorm, value)
   mode_variables = {m: {'batch_stats': variables['batch_stats'], 'evalnorm': e}
                     for m, e in modes.items()}
   if config.precise_ema_batches:

@@ -142,20 +142,27 @@ def cross_entropy(logits, labels):
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
-def train_step(state: TrainState, batch, estimate: bool):
-  """One SGD step on one device's batch; cross-device ops are explicit below."""
+def train_step(state: TrainState, batch, estimate: bool,
+               update_batch_stats: bool = True):
+  """One SGD step on one device's batch; cross-device ops are explicit below.
+
+  ``update_batch_stats=False`` (``config.freeze_batch_stats``): groups still
+  normalize by their own statistics, but the moving averages stay as they are.
+  """
   def loss_fn(params, evalnorm):
     variables = {'params': params, 'batch_stats': state.batch_stats,
                  'evalnorm': evalnorm}
-    mutable = ['batch_stats', 'aux_loss'] if estimate else ['batch_stats']
+    mutable = ['batch_stats'] if update_batch_stats else []
+    if estimate:
+      mutable.append('aux_loss')
     logits, new_vars = state.apply_fn(variables, batch['image'], train=True,
                                       mutable=mutable)
     task_loss = jnp.mean(cross_entropy(logits, batch['label']))
     aux_loss = total_aux_loss(new_vars.get('aux_loss', {}))
     # aux_loss sees the model only through stop_gradient: it moves alpha/beta
     # and nothing else.
-    return task_loss + aux_loss, (new_vars.get('batch_stats', {}), task_loss,
-                                  aux_loss, logits)
+    return task_loss + aux_loss, (new_vars.get('batch_stats', state.batch_stats),
+                                  task_loss, aux_loss, logits)
 
   grad_fn = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)
   (_, (batch_stats, task_loss, aux_loss, logits)), grads = grad_fn(
@@ -187,10 +194,41 @@ def checkpoint_meta(config, num_classes: int) -> dict:
           'batch_size': config.batch_size, 'num_devices': jax.device_count()}
 
 
+def initialize_from(config, state: TrainState) -> TrainState:
+  """Fine-tuning start: weights (and statistics) of the run in ``init_from``.
+
+  The classifier ``head`` stays freshly initialized, as a new task's would be.
+  ``init_norm='reset'`` also keeps the fresh scale, bias and moving averages
+  of every norm layer; alpha/beta always start from alpha_init/beta_init.
+  """
+  manager = checkpoint.open_existing(config.init_from)
+  template = {'params': state.params, 'batch_stats': state.batch_stats,
+              'evalnorm': state.evalnorm}
+  pretrained = checkpoint.restore_variables(manager, template)
+  reset_norm = config.init_norm == 'reset'
+
+  def merge(fresh, loaded, collection):
+    fresh = flax.traverse_util.flatten_dict(flax.core.unfreeze(fresh))
+    loaded = flax.traverse_util.flatten_dict(flax.core.unfreeze(loaded))
+    for path in fresh:
+      keep_fresh = path[0] == 'head' or (reset_norm and (
+          collection == 'batch_stats' or models.is_norm_layer(path)))
+      if not keep_fresh:
+        fresh[path] = loaded[path]
+    return flax.traverse_util.unflatten_dict(fresh)
+  logging.info('Initialized from %s (norm layers: %s).', config.init_from,
+               config.init_norm)
+  return state.replace(
+      params=merge(state.params, pretrained['params'], 'params'),
+      batch_stats=merge(state.batch_stats, pretrained['batch_stats'],
+                        'batch_stats'))
+
+
 def restore_or_create(config, manager, model, dataset, total_steps, rng):
   state = create_train_state(config, model, dataset.image_shape, total_steps, rng)
   if manager.latest_step() is None:
-    return state
+    # A resumed fine-tuning run restores its own checkpoint instead.
+    return initialize_from(config, state) if config.init_from else state
   state, meta = checkpoint.restore_latest_usable(manager, state)
   logging.info('Resumed from step %d of %s (trained with B=%s).',
                int(state.step), manager.directory, meta.get('norm_batch_size'))
@@ -311,8 +349,10 @@ def train_loop(config, state, dataset, manager, writer, evaluator,
   start_step = int(state.step)
   meta = checkpoint_meta(config, dataset.num_classes)
   state = replicate(state)
-  p_train_step = jax.pmap(functools.partial(train_step, estimate=estimate),
-                          axis_name=PMAP_AXIS, donate_argnums=(0,))
+  p_train_step = jax.pmap(
+      functools.partial(train_step, estimate=estimate,
+                        update_batch_stats=not config.freeze_batch_stats),
+      axis_name=PMAP_AXIS, donate_argnums=(0,))
   batches = jax_utils.prefetch_to_device(
       map(data.shard, dataset.train_batches(start_step)), 2)
   learning_rate = learning_rate_schedule(config, total_steps)

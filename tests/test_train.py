@@ -130,7 +130,8 @@ def test_eval_json_has_every_mode_and_layer(trained_run):
   _, workdir, report = trained_run
   assert report == read_eval(workdir)
   assert set(report['eval']) == {'ema', 'evalnorm', 'rule_of_thumb',
-                                 'one_over_b', 'train_stats'}
+                                 'one_over_b', 'train_stats', 'fixed_0.05',
+                                 'fixed_0.1', 'fixed_0.5'}
   assert report['step'] == 20 and report['norm_batch_size'] == 2
   assert len(report['alpha_beta']) == 7  # 3 blocks x 2 norms + final norm
   for metrics in report['eval'].values():
@@ -139,10 +140,11 @@ def test_eval_json_has_every_mode_and_layer(trained_run):
 
 def test_batchnorm_model_reports_fixed_modes(tmp_path):
   # flax's BatchNorm normalizes the whole per-device batch: 16 / 8 devices = 2.
-  config = small_digits_config(norm='batchnorm', num_train_steps=10)
+  config = small_digits_config(norm='batchnorm', num_train_steps=10,
+                               fixed_alpha_beta=(0.25,))
   report = train.train_and_evaluate(config, str(tmp_path))
   assert set(report['eval']) == {'ema', 'rule_of_thumb', 'one_over_b',
-                                 'train_stats'}
+                                 'train_stats', 'fixed_0.25'}
 
 
 @pytest.mark.parametrize('key, value, fragment', [
