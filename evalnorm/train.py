@@ -194,7 +194,7 @@ def checkpoint_meta(config, num_classes: int) -> dict:
           'batch_size': config.batch_size, 'num_devices': jax.device_count()}
 
 
-def initialize_from(config, state: TrainState) -> TrainState:
+def initialize_from(config, state: TrainState, image_shape) -> TrainState:
   """Fine-tuning start: weights (and statistics) of the run in ``init_from``.
 
   The classifier ``head`` stays freshly initialized, as a new task's would be.
@@ -202,8 +202,11 @@ def initialize_from(config, state: TrainState) -> TrainState:
   of every norm layer; alpha/beta always start from alpha_init/beta_init.
   """
   manager = checkpoint.open_existing(config.init_from)
-  template = {'params': state.params, 'batch_stats': state.batch_stats,
-              'evalnorm': state.evalnorm}
+  # The pretrained head may have another number of classes.
+  source = build_model(config, checkpoint.read_meta(manager)['num_classes'])
+  dummy = jnp.zeros((config.norm_batch_size,) + tuple(image_shape), jnp.float32)
+  template = jax.jit(functools.partial(source.init, train=False))(
+      jax.random.PRNGKey(0), dummy)
   pretrained = checkpoint.restore_variables(manager, template)
   reset_norm = config.init_norm == 'reset'
 
@@ -213,8 +216,13 @@ def initialize_from(config, state: TrainState) -> TrainState:
     for path in fresh:
       keep_fresh = path[0] == 'head' or (reset_norm and (
           collection == 'batch_stats' or models.is_norm_layer(path)))
-      if not keep_fresh:
-        fresh[path] = loaded[path]
+      if keep_fresh:
+        continue
+      if path not in loaded:
+        raise checkpoint.CheckpointError(
+            f'init_from={config.init_from!r} has no {collection} '
+            f'{"/".join(path)}: it was trained with another model or norm')
+      fresh[path] = loaded[path]
     return flax.traverse_util.unflatten_dict(fresh)
   logging.info('Initialized from %s (norm layers: %s).', config.init_from,
                config.init_norm)
@@ -228,7 +236,8 @@ def restore_or_create(config, manager, model, dataset, total_steps, rng):
   state = create_train_state(config, model, dataset.image_shape, total_steps, rng)
   if manager.latest_step() is None:
     # A resumed fine-tuning run restores its own checkpoint instead.
-    return initialize_from(config, state) if config.init_from else state
+    return (initialize_from(config, state, dataset.image_shape)
+            if config.init_from else state)
   state, meta = checkpoint.restore_latest_usable(manager, state)
   logging.info('Resumed from step %d of %s (trained with B=%s).',
                int(state.step), manager.directory, meta.get('norm_batch_size'))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import jax_utils
 
-from evalnorm import config_lib, data, train
+from evalnorm import checkpoint, config_lib, data, train
 
 from digits_runs import ROOT, read_eval, small_digits_config
 
@@ -42,6 +42,66 @@ def test_estimation_leaves_training_bit_identical():
   assert float(metrics['aux_loss'][0]) > 0
   jax.tree_util.tree_map(lambda a: np.testing.assert_array_equal(a, 0.0),
                          without.evalnorm)
+
+
+def test_frozen_batch_stats_train_everything_else():
+  config = small_digits_config()
+  dataset = data.make_dataset(config)
+  model = train.build_model(config, dataset.num_classes)
+  state = train.create_train_state(config, model, dataset.image_shape, 10,
+                                   jax.random.PRNGKey(0))
+  step = jax.pmap(lambda s, b: train.train_step(s, b, estimate=True,
+                                                update_batch_stats=False),
+                  axis_name=train.PMAP_AXIS)
+  new_state, _ = step(jax_utils.replicate(state),
+                      data.shard(next(dataset.train_batches(0))))
+  new_state = jax.device_get(jax_utils.unreplicate(new_state))
+  jax.tree_util.tree_map(np.testing.assert_array_equal, new_state.batch_stats,
+                         state.batch_stats)
+  moved = lambda a, b: not np.array_equal(a, b)
+  assert all(jax.tree_util.tree_leaves(jax.tree_util.tree_map(
+      moved, new_state.params['stem'], state.params['stem'])))
+  assert any(jax.tree_util.tree_leaves(jax.tree_util.tree_map(
+      moved, new_state.evalnorm, state.evalnorm)))
+  # The training forward pass still used the groups' own statistics: the same
+  # step with the EMA updated moves the parameters identically.
+  updating, _ = one_step(config, estimate=True)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, updating.params,
+                         new_state.params)
+
+
+@pytest.mark.parametrize('init_norm', ['pretrained', 'reset'])
+def test_initialize_from_a_trained_run(trained_run, init_norm):
+  pretrained_config, workdir, _ = trained_run
+  config = small_digits_config(init_from=workdir, init_norm=init_norm, seed=5)
+  dataset = data.make_dataset(config)
+  model = train.build_model(config, dataset.num_classes)
+  fresh = train.create_train_state(config, model, dataset.image_shape, 10,
+                                   jax.random.PRNGKey(5))
+  state = train.initialize_from(config, fresh, dataset.image_shape)
+  template = {'params': fresh.params, 'batch_stats': fresh.batch_stats,
+              'evalnorm': fresh.evalnorm}
+  saved = checkpoint.restore_variables(checkpoint.open_existing(workdir),
+                                       template)
+  equal = np.testing.assert_array_equal
+  jax.tree_util.tree_map(equal, state.params['stem'], saved['params']['stem'])
+  jax.tree_util.tree_map(equal, state.params['stage1_block0']['conv1'],
+                         saved['params']['stage1_block0']['conv1'])
+  jax.tree_util.tree_map(equal, state.params['head'], fresh.params['head'])
+  jax.tree_util.tree_map(equal, state.evalnorm, fresh.evalnorm)
+  source = saved if init_norm == 'pretrained' else {
+      'params': fresh.params, 'batch_stats': fresh.batch_stats}
+  jax.tree_util.tree_map(equal, state.params['final_norm'],
+                         source['params']['final_norm'])
+  jax.tree_util.tree_map(equal, state.batch_stats, source['batch_stats'])
+  assert not np.array_equal(saved['batch_stats']['final_norm']['var'],
+                            fresh.batch_stats['final_norm']['var'])
+
+
+def test_initialize_from_a_missing_run_is_one_clear_error(tmp_path):
+  config = small_digits_config(init_from=str(tmp_path / 'nothing'))
+  with pytest.raises(checkpoint.CheckpointError, match='nothing'):
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
 
 
 def steps_on_devices(config, num_devices, num_steps):
@@ -154,6 +214,7 @@ def test_batchnorm_model_reports_fixed_modes(tmp_path):
     ('norm_batch_size', 3, 'norm_batch_size=3'),
     ('batch_size', 12, 'batch_size=12'),
     ('num_train_steps', 0, 'num_train_steps=0'),
+    ('init_norm', 'random', "config.init_norm='random'"),
     ('learning_rate', -0.1, 'learning_rate=-0.1'),
     ('depth', 21, 'depth=21'),
     ('alpha_init', 1.5, 'alpha_init=1.5'),

@@ -1,0 +1,82 @@
+r"""Fig. 4: fixed alpha = beta schedules against the estimated ones, error against B.
+
+    python -m experiments.fig4_fixed_schedules [--scale small|full|smoke]
+
+Every schedule is an evaluation mode of the same Fig. 2 EvalNorm runs (trained
+first if missing), so the comparison holds the network fixed:
+
+  alpha = beta = 0     plain EMA evaluation (``ema``);
+  1/B^2                the paper's rule of thumb (``rule_of_thumb``);
+  1/B                  (``one_over_b``);
+  constants            ``fixed_<c>`` for each c of ``config.fixed_alpha_beta``;
+  estimated            online estimation (``evalnorm``).
+
+Writes fig4_fixed_schedules.{md,png}.
+
+Paper: the estimated alpha/beta are best or tied at every B; 1/B^2 recovers
+much of the gap; a constant that helps at B=2 hurts at large B.
+"""
+
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # noqa: E402
+
+from experiments import fig2_error_vs_b, runs  # noqa: E402
+
+NAME = 'fig4_fixed_schedules'
+SCHEDULES = {'alpha = beta = 0 (EMA)': 'ema', '1/B^2': 'rule_of_thumb',
+             '1/B': 'one_over_b'}
+
+
+def schedules(result: dict) -> dict[str, str]:
+  """Label -> eval mode, the constants read from what the run evaluated."""
+  labels = dict(SCHEDULES)
+  constants = sorted((m for m in result['eval'] if m.startswith('fixed_')),
+                     key=lambda m: float(m.split('_', 1)[1]))
+  labels.update({f'constant {m.split("_", 1)[1]}': m for m in constants})
+  labels['estimated (EvalNorm)'] = 'evalnorm'
+  return labels
+
+
+def report(context: runs.Context, results: dict) -> dict[str, list[float]]:
+  bs = context.scale.b_values
+  by_b = [results[f'evalnorm_b{b}_seed0'] for b in bs]
+  labels = schedules(by_b[0])
+  errors = {label: [runs.error(r, mode) for r in by_b]
+            for label, mode in labels.items()}
+  rows = [[label] + [f'{e:.2f}' for e in errs] for label, errs in errors.items()]
+  table = runs.markdown_table(['test error (%)'] + [f'B={b}' for b in bs], rows)
+  runs.write_markdown(
+      context.output(f'{NAME}.md'), 'Fig. 4: fixed schedules against estimated',
+      runs.scale_note(context),
+      'Each row evaluates the same trained network (seed 0) with another '
+      'alpha = beta schedule.\n', table, f'![schedules]({NAME}.png)\n')
+  figure, axes = plt.subplots(figsize=(6, 4))
+  for label, errs in errors.items():
+    bold = label.startswith('estimated')
+    axes.plot(bs, errs, marker='o', linewidth=2.5 if bold else 1.2,
+              label=label)
+  axes.set_xscale('log', base=2)
+  axes.set_xticks(bs, [str(b) for b in bs])
+  axes.set_xlabel('normalization batch B')
+  axes.set_ylabel('test error (%)')
+  axes.set_title(f'Fixed alpha = beta schedules ({context.scale.name} scale)')
+  axes.grid(alpha=0.3)
+  axes.legend(fontsize=8)
+  runs.save_figure(figure, context.output(f'{NAME}.png'))
+  plt.close(figure)
+  return errors
+
+
+def main(argv=None):
+  args = runs.argument_parser(__doc__).parse_args(argv)
+  context = runs.context_from_args(args)
+  scale = context.scale
+  results = context.execute([fig2_error_vs_b.evalnorm_run(scale, b)
+                             for b in scale.b_values])
+  return report(context, results)
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,55 @@
+r"""Regenerates every figure and table of the paper at one scale.
+
+    python -m experiments.run_all [--scale small|full|smoke] [--jobs 2]
+
+Runs the scripts in an order that lets later ones reuse earlier runs (Fig. 2's
+sweep feeds Fig. 1, 3, 4, 5 and the seeds), then writes runtimes.md with the
+wall time each script added. Finished runs (an ``eval.json`` in their
+workdir) are reused, so an interrupted regeneration continues where it
+stopped; delete ``experiments/workdirs/<scale>`` to start afresh.
+"""
+
+import time
+
+from experiments import (fig1_histograms, fig2_error_vs_b, fig3_alpha_beta,
+                         fig4_fixed_schedules, fig5_deeper_wider, runs, seeds,
+                         table1_imagenet, table2_transfer)
+
+SCRIPTS = (fig2_error_vs_b, fig1_histograms, fig3_alpha_beta,
+           fig4_fixed_schedules, seeds, fig5_deeper_wider, table1_imagenet,
+           table2_transfer)
+
+
+def script_arguments(args) -> list[str]:
+  argv = [f'--scale={args.scale}', f'--jobs={args.jobs}']
+  if args.workdir_root:
+    argv.append(f'--workdir_root={args.workdir_root}')
+  if args.results_dir:
+    argv.append(f'--results_dir={args.results_dir}')
+  return argv
+
+
+def main(argv=None):
+  args = runs.argument_parser(__doc__).parse_args(argv)
+  context = runs.context_from_args(args)
+  seconds = {}
+  for script in SCRIPTS:
+    name = script.__name__.rsplit('.', 1)[1]
+    print(f'== {name}', flush=True)
+    started = time.time()
+    script.main(script_arguments(args))
+    seconds[name] = time.time() - started
+  rows = [[f'`experiments/{name}.py`', f'{s / 60:.1f}'] for name, s in seconds.items()]
+  rows.append(['total', f'{sum(seconds.values()) / 60:.1f}'])
+  runs.write_markdown(
+      context.output('runtimes.md'), 'Runtimes of the last regeneration',
+      runs.scale_note(context),
+      f'`python -m experiments.run_all --scale={args.scale} --jobs={args.jobs}`'
+      ' in this order; runs that an earlier script made are reused (and runs '
+      'left by an earlier regeneration too: then a script takes seconds).\n',
+      runs.markdown_table(['script', 'minutes added'], rows))
+  return seconds
+
+
+if __name__ == '__main__':
+  main()

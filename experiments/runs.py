@@ -1,0 +1,284 @@
+"""Running the training and estimation jobs that the experiment scripts share.
+
+Every experiment is a set of `Run`s: one `python -m evalnorm.main` (training)
+or `python -m evalnorm.estimate` (offline estimation) command each, in its own
+process so that each can have its own number of (fake CPU) devices and a crash
+in one does not take the others down. A run whose workdir already holds an
+``eval.json`` is not run again: the scripts share runs (Fig. 2, 3 and 4 read
+the same sweep), and an interrupted regeneration resumes where it stopped
+(``evalnorm.main`` itself resumes from the last checkpoint).
+
+The scale presets (`SCALES`) say which config and how much training each
+script uses: ``smoke`` (seconds, for tests), ``small`` (this 2-core machine,
+built-in digits data) and ``full`` (the paper's CIFAR/ImageNet configs, for
+accelerators with the prepared data).
+"""
+
+import argparse
+import concurrent.futures
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS_DIR = os.path.join(ROOT, 'experiments', 'results')
+WORKDIR_ROOT = os.path.join(ROOT, 'experiments', 'workdirs')
+
+
+@dataclasses.dataclass(frozen=True)
+class Scale:
+  """How an experiment is run: config file, shared overrides and B values."""
+  name: str
+  config: str                       # config file, relative to the repository
+  overrides: dict[str, Any]         # applied to every run of this scale
+  b_values: tuple[int, ...]         # the normalization batches of the B sweeps
+  renorm_warmup_fraction: float     # Batch Renorm clip ramp, as a share of steps
+  imagenet_config: str              # Table 1's config
+  imagenet_overrides: dict[str, Any]
+
+
+SMALL_STEPS = 600
+
+SCALES = {
+    # Enough to exercise every code path in seconds; the numbers mean nothing.
+    'smoke': Scale(
+        'smoke', 'configs/digits.py',
+        dict(dataset='digits', stem_strides=1, num_train_steps=3,
+             batch_size=16, eval_batch_size=64, checkpoint_every_steps=3,
+             eval_every_steps=1000, log_every_steps=1,
+             offline_estimation_steps=2),
+        (2, 4), 0.5, 'configs/digits.py',
+        dict(dataset='digits', stem_strides=1, eval_batch_size=64,
+             checkpoint_every_steps=1000, eval_every_steps=1000,
+             log_every_steps=1, offline_estimation_steps=2)),
+    # The built-in noisy digits at a size this 2-core machine runs in minutes.
+    'small': Scale(
+        'small', 'configs/digits.py',
+        dict(num_train_steps=SMALL_STEPS, checkpoint_every_steps=SMALL_STEPS,
+             eval_every_steps=SMALL_STEPS, log_every_steps=100),
+        (2, 4, 8, 16, 32, 64, 128), 1 / 3, 'configs/digits.py',
+        dict(checkpoint_every_steps=1000, eval_every_steps=100_000,
+             log_every_steps=100, offline_estimation_steps=300)),
+    # The paper's setups; needs prepared tfds data and an accelerator.
+    'full': Scale(
+        'full', 'configs/cifar.py', {}, (2, 4, 8, 16, 32, 64, 128), 0.04,
+        'configs/imagenet.py', {}),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """One command: train (``checkpoint`` None) or estimate offline from a run."""
+  name: str
+  config: str
+  overrides: tuple[tuple[str, Any], ...]
+  devices: int = 1                  # fake CPU devices (ignored on accelerators)
+  checkpoint: str | None = None     # offline estimation: the trained run's name
+
+
+def make_run(name: str, scale: Scale, devices: int = 1,
+             checkpoint: str | None = None, config: str | None = None,
+             **overrides) -> Run:
+  """A run of ``scale`` (its config and shared overrides) plus ``overrides``."""
+  merged = dict(scale.overrides if config is None else {})
+  merged.update(overrides)
+  return Run(name, config or scale.config, tuple(sorted(merged.items())),
+             devices, checkpoint)
+
+
+def _format_value(value) -> str:
+  if isinstance(value, (tuple, list)):
+    return '(' + ','.join(str(v) for v in value) + ',)'
+  return str(value)
+
+
+def command(run: Run, workdir_root: str) -> list[str]:
+  """The command line of ``run``, as a user would type it."""
+  workdir = os.path.join(workdir_root, run.name)
+  module = 'evalnorm.main' if run.checkpoint is None else 'evalnorm.estimate'
+  args = [sys.executable, '-m', module, f'--config={run.config}',
+          f'--workdir={workdir}']
+  if run.checkpoint is not None:
+    args.append(f'--checkpoint={os.path.join(workdir_root, run.checkpoint)}')
+  args += [f'--config.{k}={_format_value(v)}' for k, v in run.overrides]
+  return args
+
+
+class RunFailed(RuntimeError):
+  """A run exited with an error; the message ends with its log's tail."""
+
+
+def _environment(devices: int) -> dict[str, str]:
+  env = dict(os.environ)
+  flags = [f for f in env.get('XLA_FLAGS', '').split()
+           if not f.startswith('--xla_force_host_platform_device_count')]
+  flags.append(f'--xla_force_host_platform_device_count={devices}')
+  env['XLA_FLAGS'] = ' '.join(flags)
+  env.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  return env
+
+
+def read_eval(workdir: str) -> dict | None:
+  path = os.path.join(workdir, 'eval.json')
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def _execute_one(run: Run, workdir_root: str) -> dict:
+  workdir = os.path.join(workdir_root, run.name)
+  done = read_eval(workdir)
+  if done is not None:
+    return done
+  os.makedirs(workdir, exist_ok=True)
+  log_path = os.path.join(workdir, 'log.txt')
+  started = time.time()
+  with open(log_path, 'a') as log:
+    log.write(' '.join(command(run, workdir_root)) + '\n')
+    log.flush()
+    status = subprocess.call(command(run, workdir_root), cwd=ROOT,
+                             stdout=log, stderr=subprocess.STDOUT,
+                             env=_environment(run.devices))
+  if status != 0:
+    with open(log_path) as log:
+      tail = ''.join(log.readlines()[-15:])
+    raise RunFailed(f'run {run.name} exited with status {status}; '
+                    f'log {log_path} ends with:\n{tail}')
+  result = read_eval(workdir)
+  result['wall_seconds'] = round(time.time() - started, 1)
+  with open(os.path.join(workdir, 'eval.json'), 'w') as f:
+    json.dump(result, f, indent=2)
+  print(f'  {run.name}: done in {result["wall_seconds"]:.0f} s', flush=True)
+  return result
+
+
+def execute(runs: Sequence[Run], workdir_root: str, jobs: int = 1
+            ) -> dict[str, dict]:
+  """Runs what has no eval.json yet (``jobs`` at a time); {name: eval.json}."""
+  todo = [r for r in runs if read_eval(os.path.join(workdir_root, r.name)) is None]
+  if todo:
+    print(f'{len(todo)} of {len(runs)} runs to do in {workdir_root}', flush=True)
+  with concurrent.futures.ThreadPoolExecutor(max(1, jobs)) as pool:
+    futures = {r.name: pool.submit(_execute_one, r, workdir_root) for r in runs}
+    return {name: f.result() for name, f in futures.items()}
+
+
+# --------------------------------------------------------------------------
+# What every script shares: its command line, and where results go.
+
+
+def argument_parser(description: str) -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(description=description)
+  parser.add_argument('--scale', choices=sorted(SCALES), default='small',
+                      help='smoke (seconds), small (this machine, built-in '
+                      'data) or full (paper configs; accelerator and data)')
+  parser.add_argument('--workdir_root', default=None,
+                      help='where run workdirs go (default experiments/'
+                      'workdirs/<scale>); finished runs there are reused')
+  parser.add_argument('--results_dir', default=None,
+                      help='where tables and plots go (default experiments/'
+                      'results for small, experiments/results/<scale> else)')
+  parser.add_argument('--jobs', type=int, default=1,
+                      help='runs at a time (each is its own process)')
+  return parser
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+  scale: Scale
+  workdir_root: str
+  results_dir: str
+  jobs: int
+
+  def execute(self, runs: Sequence[Run]) -> dict[str, dict]:
+    return execute(runs, self.workdir_root, self.jobs)
+
+  def output(self, filename: str) -> str:
+    os.makedirs(self.results_dir, exist_ok=True)
+    return os.path.join(self.results_dir, filename)
+
+
+def context_from_args(args: argparse.Namespace) -> Context:
+  scale = SCALES[args.scale]
+  workdir_root = args.workdir_root or os.path.join(WORKDIR_ROOT, scale.name)
+  results_dir = args.results_dir or (
+      RESULTS_DIR if scale.name == 'small'
+      else os.path.join(RESULTS_DIR, scale.name))
+  return Context(scale, workdir_root, results_dir, args.jobs)
+
+
+def top1(result: dict, mode: str) -> float:
+  return result['eval'][mode]['top1']
+
+
+def error(result: dict, mode: str) -> float:
+  """Test error in percent, as the paper plots it."""
+  return 100.0 - top1(result, mode)
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+  lines = ['| ' + ' | '.join(headers) + ' |',
+           '|' + '|'.join(['---'] + ['---:'] * (len(headers) - 1)) + '|']
+  lines += ['| ' + ' | '.join(str(c) for c in row) + ' |' for row in rows]
+  return '\n'.join(lines) + '\n'
+
+
+def write_markdown(path: str, title: str, *sections: str) -> None:
+  with open(path, 'w') as f:
+    f.write(f'# {title}\n\n' + '\n'.join(sections))
+  print(f'wrote {os.path.relpath(path, ROOT)}')
+
+
+def save_figure(figure, path: str) -> None:
+  figure.tight_layout()
+  figure.savefig(path, dpi=110)
+  print(f'wrote {os.path.relpath(path, ROOT)}')
+
+
+def scale_note(context: Context) -> str:
+  """One line saying what was run, for the top of every result file."""
+  s = context.scale
+  settings = ', '.join(f'{k}={v}' for k, v in sorted(s.overrides.items())
+                       if k in ('dataset', 'num_train_steps', 'batch_size'))
+  return (f'Scale `{s.name}`: `{s.config}`' + (f' with {settings}' if settings
+                                                else '') + '.\n')
+
+
+# --------------------------------------------------------------------------
+# In-process access to a finished run (for the scripts that look inside it).
+
+
+def load_config(run: Run):
+  """The ml_collections config ``run`` trained with (its file + overrides)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  from evalnorm import config_lib  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location(
+      'run_config', os.path.join(ROOT, run.config))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  for key, value in run.overrides:
+    config[key] = value
+  config_lib.validate(config, num_devices=1, training=False)
+  return config
+
+
+def load_trained(run: Run, workdir_root: str):
+  """(config, dataset, EvalNorm model, variables) of a finished training run."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from evalnorm import checkpoint, data, train  # pylint: disable=g-import-not-at-top
+  config = load_config(run)
+  dataset = data.make_dataset(config)
+  model = train.build_model(config, dataset.num_classes, 'evalnorm')
+  template = jax.jit(lambda rng: model.init(
+      rng, jnp.zeros((config.norm_batch_size,) + dataset.image_shape),
+      train=False))(jax.random.PRNGKey(0))
+  manager = checkpoint.open_existing(os.path.join(workdir_root, run.name))
+  return config, dataset, model, checkpoint.restore_variables(manager, template)

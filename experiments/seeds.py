@@ -1,0 +1,75 @@
+r"""Seeds: which differences of Fig. 2 and Fig. 4 are larger than seed noise.
+
+    python -m experiments.seeds [--scale small|full|smoke] [--seeds 0,1,2]
+
+Repeats the Fig. 2 runs at the smallest B and at B=8 (EvalNorm runs, whose
+modes include EMA, 1/B^2, 1/B and the estimate) and Batch Renorm at the
+smallest B, over several seeds (seed 0 is the Fig. 2 run itself). Writes
+seeds.md: per mode the mean, the sample standard deviation and every seed's
+value, and the per-seed gain of EvalNorm over EMA.
+"""
+
+import numpy as np
+
+from experiments import fig2_error_vs_b, runs
+
+NAME = 'seeds'
+EVALNORM_MODES = ('ema', 'evalnorm', 'rule_of_thumb', 'one_over_b', 'train_stats')
+
+
+def seed_runs(scale: runs.Scale, seeds) -> dict[tuple[str, int], list[runs.Run]]:
+  """(method, B) -> the runs over seeds."""
+  small_b = min(scale.b_values)
+  groups = {('evalnorm', b): [fig2_error_vs_b.evalnorm_run(scale, b, s)
+                              for s in seeds]
+            for b in sorted({small_b, min(8, max(scale.b_values))})}
+  groups[('renorm', small_b)] = [fig2_error_vs_b.renorm_run(scale, small_b, s)
+                                 for s in seeds]
+  return groups
+
+
+def stats_row(label: str, values: list[float]) -> list[str]:
+  spread = np.std(values, ddof=1) if len(values) > 1 else float('nan')
+  return [label, f'{np.mean(values):.2f}', f'{spread:.2f}',
+          ' / '.join(f'{v:.2f}' for v in values)]
+
+
+def report(context: runs.Context, groups: dict, results: dict) -> list[list[str]]:
+  rows = []
+  for (method, b), group in groups.items():
+    modes = EVALNORM_MODES if method == 'evalnorm' else ('ema',)
+    for mode in modes:
+      values = [runs.top1(results[r.name], mode) for r in group]
+      label = f'B={b}, {method} run, `{mode}`'
+      rows.append(stats_row(label, values))
+    if method == 'evalnorm':
+      gains = [runs.top1(results[r.name], 'evalnorm')
+               - runs.top1(results[r.name], 'ema') for r in group]
+      rows.append(stats_row(f'B={b}, EvalNorm gain over EMA (points)', gains))
+  seeds = [r.overrides for r in next(iter(groups.values()))]
+  seed_list = ', '.join(str(dict(o)['seed']) for o in seeds)
+  table = runs.markdown_table(['top-1 (%)', 'mean', 'std (n-1)',
+                               f'seeds {seed_list}'], rows)
+  runs.write_markdown(
+      context.output(f'{NAME}.md'), 'Seeds: mean and spread',
+      runs.scale_note(context),
+      'Each seed changes the initialization, the data order and the '
+      'augmentation. A difference is real when it is several standard '
+      'deviations and has the same sign for every seed.\n', table)
+  return rows
+
+
+def main(argv=None):
+  parser = runs.argument_parser(__doc__)
+  parser.add_argument('--seeds', default='0,1,2',
+                      help='comma-separated seeds (at least 3 for a spread)')
+  args = parser.parse_args(argv)
+  context = runs.context_from_args(args)
+  seeds = [int(s) for s in args.seeds.split(',')]
+  groups = seed_runs(context.scale, seeds)
+  results = context.execute([r for group in groups.values() for r in group])
+  return report(context, groups, results)
+
+
+if __name__ == '__main__':
+  main()

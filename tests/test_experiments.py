@@ -1,0 +1,230 @@
+"""The experiment scripts: run bookkeeping, reports, Fig. 1's capture, the notebook.
+
+Training is what the other test files check; here every report is fed
+synthetic ``eval.json`` results whose numbers are known, so the tests check
+that each number lands in the right cell. The real end-to-end regeneration at
+the smoke scale is the slow test at the end (``pytest -m slow``).
+"""
+
+import json
+import os
+import zlib
+
+import nbclient
+import nbformat
+import numpy as np
+import pytest
+
+from digits_runs import ROOT
+from experiments import (fig1_histograms, fig2_error_vs_b, fig3_alpha_beta,
+                         fig4_fixed_schedules, fig5_deeper_wider, run_all, runs,
+                         seeds, table1_imagenet, table2_transfer)
+
+MODES = ('ema', 'evalnorm', 'rule_of_thumb', 'one_over_b', 'train_stats',
+         'fixed_0.05', 'fixed_0.5', 'groupnorm')
+LAYERS = ('stage1_block0/norm1', 'final_norm')
+
+
+def fake_top1(name: str, mode: str) -> float:
+  """A distinct, reproducible accuracy for each (run, mode)."""
+  return round(50 + (zlib.crc32(f'{name}/{mode}'.encode()) % 4000) / 100, 2)
+
+
+def fake_result(name: str) -> dict:
+  return {'step': 7, 'eval': {m: {'top1': fake_top1(name, m), 'loss': 1.0}
+                              for m in MODES},
+          'alpha_beta': {l: {'alpha': fake_top1(name, l + 'a') / 100,
+                             'beta': fake_top1(name, l + 'b') / 100}
+                         for l in LAYERS}}
+
+
+class FakeResults(dict):
+  """{run name: eval.json} that makes up any run a report asks for."""
+
+  def __missing__(self, name):
+    self[name] = fake_result(name)
+    return self[name]
+
+
+@pytest.fixture
+def context(tmp_path):
+  return runs.Context(runs.SCALES['small'], str(tmp_path / 'work'),
+                      str(tmp_path / 'results'), jobs=1)
+
+
+def read(context, filename):
+  with open(os.path.join(context.results_dir, filename)) as f:
+    return f.read()
+
+
+def assert_plot(context, filename):
+  path = os.path.join(context.results_dir, filename)
+  with open(path, 'rb') as f:
+    assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+
+
+def test_fig2_report_puts_each_error_in_its_cell(context):
+  results = FakeResults()
+  errors = fig2_error_vs_b.report(context, results)
+  bs = context.scale.b_values
+  assert errors['EMA (BatchNorm)'] == [
+      pytest.approx(100 - fake_top1(f'evalnorm_b{b}_seed0', 'ema')) for b in bs]
+  assert errors['Batch Renorm'][0] == pytest.approx(
+      100 - fake_top1('renorm_b2_seed0', 'ema'))
+  text = read(context, 'fig2_error_vs_b.md')
+  row = next(l for l in text.splitlines() if l.startswith('| EvalNorm'))
+  want = [f'{100 - fake_top1(f"evalnorm_b{b}_seed0", "evalnorm"):.2f}' for b in bs]
+  assert row == '| EvalNorm (online) | ' + ' | '.join(want) + ' |'
+  assert_plot(context, 'fig2_error_vs_b.png')
+
+
+def test_fig3_report_orders_layers_and_averages(context):
+  values = fig3_alpha_beta.report(context, FakeResults())
+  assert fig3_alpha_beta.network_order(
+      ['final_norm', 'stage2_block0/norm1', 'stage1_block0/norm2']) == [
+          'stage1_block0/norm2', 'stage2_block0/norm1', 'final_norm']
+  assert values['alpha'].shape == (len(context.scale.b_values), len(LAYERS))
+  assert values['beta'][0, 1] == pytest.approx(
+      fake_top1('evalnorm_b2_seed0', 'final_normb') / 100)
+  assert '| B=2 | 0.2500 |' in read(context, 'fig3_alpha_beta.md')
+  assert_plot(context, 'fig3_alpha_beta.png')
+
+
+def test_fig4_report_has_every_schedule(context):
+  errors = fig4_fixed_schedules.report(context, FakeResults())
+  assert list(errors) == ['alpha = beta = 0 (EMA)', '1/B^2', '1/B',
+                          'constant 0.05', 'constant 0.5', 'estimated (EvalNorm)']
+  assert errors['1/B'][-1] == pytest.approx(
+      100 - fake_top1('evalnorm_b128_seed0', 'one_over_b'))
+  assert_plot(context, 'fig4_fixed_schedules.png')
+
+
+def test_fig5_grid_reuses_the_sweep_and_reports(context):
+  names = [r.name for r in fig5_deeper_wider.all_runs(context.scale)]
+  assert 'evalnorm_b4_seed0' in names  # the depth-8, width-1 model of Fig. 2
+  assert 'evalnorm_d20_w1_b8_seed0' in names and len(names) == len(set(names))
+  errors = fig5_deeper_wider.report(context, FakeResults())
+  assert errors[(14, 1, 4)] == pytest.approx(
+      (100 - fake_top1('evalnorm_d14_w1_b4_seed0', 'ema'),
+       100 - fake_top1('evalnorm_d14_w1_b4_seed0', 'evalnorm')))
+  assert_plot(context, 'fig5_deeper_wider.png')
+
+
+def test_seeds_mean_and_spread(context):
+  groups = seeds.seed_runs(context.scale, [0, 1, 2])
+  results = FakeResults()
+  rows = seeds.report(context, groups, results)
+  row = next(r for r in rows if r[0] == 'B=2, evalnorm run, `ema`')
+  values = [fake_top1(f'evalnorm_b2_seed{s}', 'ema') for s in range(3)]
+  assert row[1] == f'{np.mean(values):.2f}'
+  assert row[2] == f'{np.std(values, ddof=1):.2f}'
+  gain = next(r for r in rows if r[0].startswith('B=8, EvalNorm gain'))
+  assert gain[1] == f'{np.mean([fake_top1(f"evalnorm_b8_seed{s}", "evalnorm") - fake_top1(f"evalnorm_b8_seed{s}", "ema") for s in range(3)]):.2f}'
+
+
+def test_table1_per_device_setup_and_report(context):
+  trained, offline = table1_imagenet.table_runs(context.scale)
+  b2 = dict(next(r for r in trained if r.name == 'imagenet_evalnorm_b2').overrides)
+  b32 = dict(next(r for r in trained if r.name == 'imagenet_evalnorm_b32').overrides)
+  # Per-device batch B on 8 devices, the same examples for every B.
+  assert (b2['batch_size'], b32['batch_size']) == (16, 256)
+  assert b2['num_train_steps'] * 16 == b32['num_train_steps'] * 256
+  assert all(r.devices == 8 for r in trained + offline)
+  assert {r.checkpoint for r in offline} == {
+      f'imagenet_evalnorm_b{b}' for b in (2, 4, 8, 16, 32)}
+  table = table1_imagenet.report(context, FakeResults())
+  assert table['EvalNorm offline'][0] == fake_top1('imagenet_offline_b2', 'evalnorm')
+  assert len(set(table['GroupNorm'])) == 1
+  text = read(context, 'table1_imagenet.md')
+  assert 'configs/imagenet.py' in text and '64.80' in text
+
+
+def test_table2_paradigms(context):
+  grid = table2_transfer.fine_tune_runs(context.scale, '/pretrained')
+  settings = {p: dict(grid[(p, 2)].overrides) for p in table2_transfer.PARADIGMS}
+  a, b, c, d = settings.values()
+  assert 'init_from' not in a
+  assert b['init_norm'] == 'reset' and b['init_from'] == '/pretrained'
+  assert c['freeze_batch_stats'] and c['init_norm'] == 'pretrained'
+  assert d['init_norm'] == 'pretrained' and 'freeze_batch_stats' not in d
+  assert {s['dataset'] for s in settings.values()} == {'noisy_digits'}
+  values = table2_transfer.report(context, grid, FakeResults())
+  assert values[('(a) random init', 8)][1] == fake_top1('transfer_a_b8',
+                                                         'evalnorm')
+  assert 'not the paper' in read(context, 'table2_transfer.md')
+
+
+def test_finished_runs_are_reused(context):
+  run = runs.Run('done', 'configs/does_not_exist.py', ())
+  os.makedirs(os.path.join(context.workdir_root, 'done'))
+  with open(os.path.join(context.workdir_root, 'done', 'eval.json'), 'w') as f:
+    json.dump({'eval': {}, 'marker': 1}, f)
+  assert context.execute([run]) == {'done': {'eval': {}, 'marker': 1}}
+
+
+def test_failed_run_reports_its_error(context):
+  run = runs.make_run('bad', context.scale, norm='layernorm')
+  with pytest.raises(runs.RunFailed, match=r"config.norm='layernorm' is invalid"):
+    context.execute([run])
+
+
+def test_command_is_the_users_command_line(context):
+  run = runs.make_run('x', context.scale, norm_batch_size=4,
+                      fixed_alpha_beta=(0.1, 0.2))
+  args = runs.command(run, '/w')
+  assert args[1:5] == ['-m', 'evalnorm.main', '--config=configs/digits.py',
+                       '--workdir=/w/x']
+  assert '--config.norm_batch_size=4' in args
+  assert '--config.fixed_alpha_beta=(0.1,0.2,)' in args
+  offline = runs.Run('y', 'configs/digits.py', (), checkpoint='x')
+  assert runs.command(offline, '/w')[2] == 'evalnorm.estimate'
+  assert '--checkpoint=/w/x' in runs.command(offline, '/w')
+
+
+def test_fig1_layer_outputs(trained_run, tmp_path):
+  config, workdir, _ = trained_run
+  overrides = {k: config[k] for k in ('dataset', 'stem_strides', 'batch_size',
+                                      'eval_batch_size', 'norm_batch_size')}
+  run = runs.Run(os.path.basename(workdir), 'configs/digits.py',
+                 tuple(overrides.items()))
+  layer = 'stage1_block0/norm2'
+  outputs = fig1_histograms.layer_outputs(run, os.path.dirname(workdir), layer,
+                                          num_examples=64)
+  assert set(outputs) == set(fig1_histograms.MODES)
+  _, _, _, variables = runs.load_trained(run, os.path.dirname(workdir))
+  params = variables['params']['stage1_block0']['norm2']
+  train_out = outputs['training statistics']
+  assert train_out.shape[0] == 64 and train_out.shape[-1] == params['bias'].shape[0]
+  # Training statistics: every group of B=2 is normalized by its own moments,
+  # so after the affine map each group's per-channel mean is the bias.
+  groups = train_out.reshape((32, -1, train_out.shape[-1]))
+  np.testing.assert_allclose(groups.mean(1), np.broadcast_to(
+      params['bias'], (32, params['bias'].shape[0])), atol=1e-4)
+  assert not np.allclose(outputs['EMA statistics'], train_out, atol=1e-2)
+
+
+def test_ablation_notebook_runs():
+  path = os.path.join(ROOT, 'experiments', 'ablation.ipynb')
+  notebook = nbformat.read(path, as_version=4)
+  parameters = next(c for c in notebook.cells
+                    if 'parameters' in c.metadata.get('tags', []))
+  parameters.source = "STEPS = 3\nB = 2\nDATASET = 'digits'"
+  nbclient.NotebookClient(notebook, timeout=300, kernel_name='python3',
+                          resources={'metadata': {'path': os.path.dirname(path)}}
+                          ).execute()
+  outputs = ''.join(o.get('text', '') for c in notebook.cells
+                    if c.cell_type == 'code' for o in c.get('outputs', []))
+  assert '| evalnorm |' in outputs and 'best fixed c=' in outputs
+
+
+@pytest.mark.slow
+def test_run_all_at_smoke_scale(tmp_path):
+  seconds = run_all.main(['--scale=smoke', f'--workdir_root={tmp_path}/w',
+                          f'--results_dir={tmp_path}/r', '--jobs=2'])
+  assert len(seconds) == len(run_all.SCRIPTS)
+  for name in ('fig1_histograms', 'fig2_error_vs_b', 'fig3_alpha_beta',
+               'fig4_fixed_schedules', 'fig5_deeper_wider', 'table1_imagenet',
+               'table2_transfer'):
+    assert os.path.exists(tmp_path / 'r' / f'{name}.md')
+    assert os.path.exists(tmp_path / 'r' / f'{name}.png')
+  assert os.path.exists(tmp_path / 'r' / 'seeds.md')
