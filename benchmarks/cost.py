@@ -43,6 +43,17 @@ of the auxiliary loss. ``--smoke``: the CIFAR ResNet v2 cut to one basic block
 (``build_model``'s model with ``stage_sizes=(1,)``), batch 8, 8x8 inputs, 2
 repeats, XLA optimizations mostly off: it compiles in seconds, and its numbers
 only show that the benchmark runs.
+
+XLA:CPU caveat: which convolution kernels XLA picks depends on the ops around
+them. By default it hands convolutions (and, where it can, the per-channel
+elementwise ops next to them: BatchNorm's evaluation, and for ResNet-20 the
+whole last stage and head) to YNNPACK; EvalNorm's per-example statistics stop
+that graph fusion, and on this machine those YNNPACK convolutions are also
+slower than XLA's Eigen ones. The evaluation ratio therefore measures kernel
+choice more than the layer. Rerun with
+``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=`` (no YNNPACK fusions, the
+same Eigen kernels for every variant) to compare like with like; the flags in
+force are printed with the results.
 """
 
 import argparse
@@ -357,6 +368,9 @@ def run_setup(setup: Setup, repeats: int, warmup: int, half_precision: bool,
         f'flax {flax.__version__}')
   print(f'timing: {repeats} interleaved rounds after {warmup} warm-up call(s); '
         'compilation excluded')
+  # Compiler flags change which kernels XLA picks (on CPU: YNNPACK or Eigen
+  # convolutions), so a result names them.
+  print(f"XLA_FLAGS: {os.environ.get('XLA_FLAGS') or '(none)'}")
   if setup.fast_compile:
     print('XLA optimizations mostly off (jax_disable_most_optimizations; smoke '
           'run: the numbers only show that the benchmark works)')

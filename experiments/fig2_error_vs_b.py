@@ -12,12 +12,7 @@ falls below ~8; Batch Renorm helps part of the way; EvalNorm stays close to
 the large-B error down to B=2.
 """
 
-import matplotlib
-
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # noqa: E402
-
-from experiments import runs  # noqa: E402
+from experiments import runs
 
 NAME = 'fig2_error_vs_b'
 
@@ -35,9 +30,13 @@ def renorm_run(scale: runs.Scale, b: int, seed: int = 0) -> runs.Run:
       renorm_warmup_steps=max(1, int(steps * scale.renorm_warmup_fraction)))
 
 
-def sweep_runs(scale: runs.Scale, seed: int = 0) -> list[runs.Run]:
-  return ([evalnorm_run(scale, b, seed) for b in scale.b_values]
-          + [renorm_run(scale, b, seed) for b in scale.b_values])
+def evalnorm_sweep(scale: runs.Scale) -> list[runs.Run]:
+  """The EvalNorm runs of every B (seed 0): what Fig. 1, 3 and 4 read."""
+  return [evalnorm_run(scale, b) for b in scale.b_values]
+
+
+def sweep_runs(scale: runs.Scale) -> list[runs.Run]:
+  return evalnorm_sweep(scale) + [renorm_run(scale, b) for b in scale.b_values]
 
 
 def curves(scale: runs.Scale, results: dict) -> dict[str, list[float]]:
@@ -64,18 +63,10 @@ def report(context: runs.Context, results: dict) -> dict[str, list[float]]:
       'SGD batch fixed; B is the normalization group size. One seed (0); see '
       '`seeds.md` for the spread over seeds.\n', table,
       f'![error against B]({NAME}.png)\n')
-  figure, axes = plt.subplots(figsize=(5.5, 3.8))
-  for (name, errs), marker in zip(errors.items(), 'osd'):
-    axes.plot(bs, errs, marker=marker, label=name)
-  axes.set_xscale('log', base=2)
-  axes.set_xticks(bs, [str(b) for b in bs])
-  axes.set_xlabel('normalization batch B')
-  axes.set_ylabel('test error (%)')
-  axes.set_title(f'Error against B ({context.scale.name} scale)')
-  axes.grid(alpha=0.3)
-  axes.legend()
-  runs.save_figure(figure, context.output(f'{NAME}.png'))
-  plt.close(figure)
+  runs.plot_against_b(context.output(f'{NAME}.png'), bs, errors,
+                      'test error (%)',
+                      f'Error against B ({context.scale.name} scale)',
+                      highlight='EvalNorm (online)')
   return errors
 
 

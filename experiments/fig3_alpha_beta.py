@@ -70,9 +70,7 @@ def report(context: runs.Context, results: dict) -> dict[str, np.ndarray]:
 def main(argv=None):
   args = runs.argument_parser(__doc__).parse_args(argv)
   context = runs.context_from_args(args)
-  scale = context.scale
-  results = context.execute([fig2_error_vs_b.evalnorm_run(scale, b)
-                             for b in scale.b_values])
+  results = context.execute(fig2_error_vs_b.evalnorm_sweep(context.scale))
   return report(context, results)
 
 

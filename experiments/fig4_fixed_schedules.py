@@ -17,12 +17,7 @@ Paper: the estimated alpha/beta are best or tied at every B; 1/B^2 recovers
 much of the gap; a constant that helps at B=2 hurts at large B.
 """
 
-import matplotlib
-
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # noqa: E402
-
-from experiments import fig2_error_vs_b, runs  # noqa: E402
+from experiments import fig2_error_vs_b, runs
 
 NAME = 'fig4_fixed_schedules'
 SCHEDULES = {'alpha = beta = 0 (EMA)': 'ema', '1/B^2': 'rule_of_thumb',
@@ -52,29 +47,17 @@ def report(context: runs.Context, results: dict) -> dict[str, list[float]]:
       runs.scale_note(context),
       'Each row evaluates the same trained network (seed 0) with another '
       'alpha = beta schedule.\n', table, f'![schedules]({NAME}.png)\n')
-  figure, axes = plt.subplots(figsize=(6, 4))
-  for label, errs in errors.items():
-    bold = label.startswith('estimated')
-    axes.plot(bs, errs, marker='o', linewidth=2.5 if bold else 1.2,
-              label=label)
-  axes.set_xscale('log', base=2)
-  axes.set_xticks(bs, [str(b) for b in bs])
-  axes.set_xlabel('normalization batch B')
-  axes.set_ylabel('test error (%)')
-  axes.set_title(f'Fixed alpha = beta schedules ({context.scale.name} scale)')
-  axes.grid(alpha=0.3)
-  axes.legend(fontsize=8)
-  runs.save_figure(figure, context.output(f'{NAME}.png'))
-  plt.close(figure)
+  runs.plot_against_b(
+      context.output(f'{NAME}.png'), bs, errors, 'test error (%)',
+      f'Fixed alpha = beta schedules ({context.scale.name} scale)',
+      highlight='estimated (EvalNorm)')
   return errors
 
 
 def main(argv=None):
   args = runs.argument_parser(__doc__).parse_args(argv)
   context = runs.context_from_args(args)
-  scale = context.scale
-  results = context.execute([fig2_error_vs_b.evalnorm_run(scale, b)
-                             for b in scale.b_values])
+  results = context.execute(fig2_error_vs_b.evalnorm_sweep(context.scale))
   return report(context, results)
 
 

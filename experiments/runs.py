@@ -241,6 +241,29 @@ def save_figure(figure, path: str) -> None:
   print(f'wrote {os.path.relpath(path, ROOT)}')
 
 
+def plot_against_b(path: str, bs: Sequence[int], curves: dict[str, list[float]],
+                   ylabel: str, title: str,
+                   xlabel: str = 'normalization batch B',
+                   highlight: str | None = None) -> None:
+  """One line per curve over B (log2 axis), written as a PNG to ``path``."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  figure, axes = plt.subplots(figsize=(6, 4))
+  for (name, values), marker in zip(curves.items(), 'osd^vxp*'):
+    axes.plot(bs, values, marker=marker, label=name,
+              linewidth=2.5 if name == highlight else 1.3)
+  axes.set_xscale('log', base=2)
+  axes.set_xticks(bs, [str(b) for b in bs])
+  axes.set_xlabel(xlabel)
+  axes.set_ylabel(ylabel)
+  axes.set_title(title)
+  axes.grid(alpha=0.3)
+  axes.legend(fontsize=8)
+  save_figure(figure, path)
+  plt.close(figure)
+
+
 def scale_note(context: Context) -> str:
   """One line saying what was run, for the top of every result file."""
   s = context.scale

@@ -21,12 +21,7 @@ accelerators); the commands are written to table1_imagenet.md either way.
 Paper (ResNet-50, B=2): Prec@1 64.80 with EMA, 70.98 with EvalNorm.
 """
 
-import matplotlib
-
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # noqa: E402
-
-from experiments import runs  # noqa: E402
+from experiments import runs
 
 NAME = 'table1_imagenet'
 DEVICES = 8
@@ -117,17 +112,11 @@ def report(context: runs.Context, results: dict) -> dict[str, list[float]]:
       runs.markdown_table(['top-1 (%)'] + [f'B={b}' for b in bs]
                           + ['paper, B=2'], rows),
       f'![table 1]({NAME}.png)\n', full_scale_commands())
-  figure, axes = plt.subplots(figsize=(5.5, 3.8))
-  for (name, values), marker in zip(table.items(), 'osd^vx'):
-    axes.plot(bs, values, marker=marker, label=name)
-  axes.set_xscale('log', base=2)
-  axes.set_xticks(bs, [str(b) for b in bs])
-  axes.set_xlabel('per-device batch B (8 devices)')
-  axes.set_ylabel('top-1 (%)')
-  axes.grid(alpha=0.3)
-  axes.legend(fontsize=8)
-  runs.save_figure(figure, context.output(f'{NAME}.png'))
-  plt.close(figure)
+  runs.plot_against_b(
+      context.output(f'{NAME}.png'), bs, table, 'top-1 (%)',
+      f'Table 1 rows ({context.scale.name} scale)',
+      xlabel=f'per-device batch B ({DEVICES} devices)',
+      highlight='EvalNorm (online)')
   return table
 
 
