@@ -162,10 +162,22 @@ def test_finished_runs_are_reused(context):
   assert context.execute([run]) == {'done': {'eval': {}, 'marker': 1}}
 
 
-def test_failed_run_reports_its_error(context):
-  run = runs.make_run('bad', context.scale, norm='layernorm')
-  with pytest.raises(runs.RunFailed, match=r"config.norm='layernorm' is invalid"):
+def test_failed_run_reports_its_log(context, monkeypatch):
+  """A run that exits non-zero raises RunFailed with its log's last lines.
+
+  (What ``evalnorm.main`` prints for a bad config is tested in test_train.)
+  """
+  def failing_call(args, cwd, stdout, stderr, env):
+    del args, cwd, stderr
+    assert env['XLA_FLAGS'].endswith('--xla_force_host_platform_device_count=8')
+    stdout.write("error: config.norm='layernorm' is invalid: allowed: ...\n")
+    return 2
+  monkeypatch.setattr(runs.subprocess, 'call', failing_call)
+  run = runs.make_run('bad', context.scale, devices=8, norm='layernorm')
+  with pytest.raises(runs.RunFailed, match=r"(?s)bad exited with status 2.*"
+                     r"config.norm='layernorm' is invalid"):
     context.execute([run])
+  assert runs.read_eval(os.path.join(context.workdir_root, 'bad')) is None
 
 
 def test_command_is_the_users_command_line(context):

@@ -426,10 +426,11 @@ def test_aux_loss_value(shape, group_size, per_channel):
   assert abs(after - want) > 1e-3
 
 
-@pytest.mark.parametrize('per_channel', [False, True])
-@pytest.mark.parametrize('group_size', [2, None])
-@pytest.mark.parametrize('shape,axis', [(CONV, -1), (DENSE, -1), (NCHW, 1)],
-                         ids=['conv', 'dense', 'nchw'])
+@pytest.mark.parametrize('shape,axis,group_size,per_channel', [
+    (CONV, -1, 2, False), (CONV, -1, None, True), (DENSE, -1, 2, True),
+    (DENSE, -1, None, False), (NCHW, 1, 2, True), (NCHW, 1, None, False)],
+    ids=['conv-B2', 'conv-perchannel', 'dense-B2-perchannel', 'dense',
+         'nchw-B2-perchannel', 'nchw'])
 def test_aux_loss_gradient(shape, axis, group_size, per_channel):
   """d aux / d(alpha, beta) against central differences of the NumPy loss.
 
