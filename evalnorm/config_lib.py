@@ -26,7 +26,8 @@ def base_config() -> ml_collections.ConfigDict:
   """Defaults shared by every setup; each config overrides what it needs."""
   c = ml_collections.ConfigDict()
   c.dataset = 'noisy_digits'         # one of DATASETS
-  c.data_dir = config_dict.placeholder(str)                  # tensorflow-datasets data_dir (None: tfds default)
+  # None-valued keys are typed placeholders, so --config.KEY=VALUE can set them.
+  c.data_dir = config_dict.placeholder(str)  # tensorflow-datasets data_dir (None: tfds default)
   c.image_size = 224                 # ImageNet crop size (other datasets ignore it)
   c.model = 'resnet_v2_cifar'        # one of MODELS
   c.depth = 20                       # CIFAR ResNet depth, 6n+2
@@ -53,12 +54,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.batch_size = 128                 # global SGD batch, split evenly over devices
   c.eval_batch_size = 256            # global evaluation batch
   c.num_train_steps = 1000           # training length in steps ...
-  c.num_epochs = config_dict.placeholder(float)                # ... or in epochs (overrides steps when set)
+  c.num_epochs = config_dict.placeholder(float)  # ... or in epochs (overrides steps when set)
   c.learning_rate = 0.1              # peak learning rate (cosine decay to 0)
   c.warmup_steps = 0                 # linear warm-up steps before the cosine
   c.momentum = 0.9                   # SGD momentum
   c.weight_decay = 1e-4              # L2 weight decay (ResNet v2 paper's value)
-  c.init_from = config_dict.placeholder(str)                 # fine-tuning: workdir of a trained run to start from
+  c.init_from = config_dict.placeholder(str)  # fine-tuning: workdir of a trained run to start from
   c.init_norm = 'pretrained'         # with init_from: norm layers 'pretrained' or 'reset'
   c.freeze_batch_stats = False       # keep the moving averages as initialized (groups still normalize)
   c.seed = 0                         # parameters, data order and augmentation

@@ -324,9 +324,8 @@ def _affine_abs_error(x, center, target_mean, target_inv_std, mean_hat, inv_std)
   by the caller). Since |e| = sign(e) * e and e = (x - center) * slope + offset,
   the mean is sum(slope * S_x + offset * S_1) / size.
   """
-  slope, offset, s1, sx = _affine_abs_error_parts(
-      x, center, target_mean, target_inv_std, mean_hat, inv_std)
-  return jnp.sum(slope * sx + offset * s1) / x.size
+  return _affine_abs_error_fwd(x, center, target_mean, target_inv_std,
+                               mean_hat, inv_std)[0]
 
 
 def _affine_abs_error_fwd(x, center, target_mean, target_inv_std, mean_hat,
