@@ -33,6 +33,7 @@ from evalnorm import (
     set_alpha_beta,
     total_aux_loss,
 )
+from evalnorm.layers import spatial_sums
 
 EPS = 1e-5
 CONV = (8, 5, 5, 3)      # (N, H, W, C)
@@ -285,6 +286,53 @@ def test_train_groups(shape, axis, group_size):
                              np_ema(ref['mean'], mu, 0.8), **TOL)
   np.testing.assert_allclose(upd['batch_stats']['var'],
                              np_ema(ref['var'], var, 0.8), **TOL)
+
+
+@pytest.mark.parametrize('shape,axis', [(CONV, -1), (NCHW, 1)],
+                         ids=['conv', 'nchw'])
+def test_train_gradients_match_batchnorm(shape, axis):
+  """Reverse and forward mode through the one-pass moments (a custom_jvp)."""
+  x = make_x(shape, axis=axis, seed=4)
+  weights = jnp.asarray(np.random.default_rng(5).normal(size=shape), jnp.float32)
+  v, _ = make_variables(shape, axis=axis)
+
+  def loss(layer, variables):
+    def f(params, x):
+      y, _ = layer.apply({**variables, 'params': params}, x,
+                         use_running_average=False, mutable=['batch_stats'])
+      return jnp.sum(jnp.tanh(y) * weights)
+    return f
+
+  bn_vars = {'batch_stats': v['batch_stats']}
+  en = loss(EvalNorm(axis=axis), v)
+  bn = loss(nn.BatchNorm(axis=axis), bn_vars)
+  grads = jax.jit(jax.grad(en, argnums=(0, 1)))(v['params'], x)
+  grads_bn = jax.jit(jax.grad(bn, argnums=(0, 1)))(v['params'], x)
+  assert_tree_allclose(grads, grads_bn, rtol=1e-4, atol=1e-5)
+  direction = jnp.asarray(make_x(shape, axis=axis, seed=6))
+  _, tangent = jax.jvp(functools.partial(en, v['params']), (x,), (direction,))
+  _, tangent_bn = jax.jvp(functools.partial(bn, v['params']), (x,),
+                          (direction,))
+  np.testing.assert_allclose(tangent, tangent_bn, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('shape,spatial_axes', [
+    ((3, 7, 7, 64), (1, 2)),     # CPU rows of 7 positions x 64 channels
+    ((2, 32, 32, 16), (1, 2)),   # rows of 64 positions x 16 channels
+    ((3, 5, 4, 2, 3), (1, 2)),   # two trailing feature axes
+    ((4, 3, 5, 5), (2, 3)),      # NCHW: features lead the reduced axes
+    ((5, 11, 6), (1,)),          # prime number of positions
+    ((6, 4), ()),                # dense: nothing to reduce
+])
+def test_spatial_sums(shape, spatial_axes):
+  x = make_x(shape, seed=7)
+  sums = jax.jit(functools.partial(spatial_sums, spatial_axes=spatial_axes))(
+      (jnp.asarray(x), jnp.square(jnp.asarray(x))))
+  x64 = x.astype(np.float64)
+  for got, want in zip(sums, (x64, x64**2)):
+    assert got.shape == want.sum(spatial_axes, keepdims=True).shape
+    np.testing.assert_allclose(got, want.sum(spatial_axes, keepdims=True),
+                               rtol=1e-5, atol=1e-4)
 
 
 def test_train_output_ignores_alpha_beta():
