@@ -215,6 +215,7 @@ def test_fig1_layer_outputs(trained_run, tmp_path):
   assert not np.allclose(outputs['EMA statistics'], train_out, atol=1e-2)
 
 
+@pytest.mark.slow  # ~30 s: a fresh kernel compiles training and evaluation.
 def test_ablation_notebook_runs():
   path = os.path.join(ROOT, 'experiments', 'ablation.ipynb')
   notebook = nbformat.read(path, as_version=4)
