@@ -14,7 +14,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax import lax
 
-from evalnorm.layers import example_moments, group_moments, update_ema
+from evalnorm.layers import (example_moments, group_moments, per_example,
+                             update_ema)
 
 
 def renorm_clips(num_updates, rmax: float, dmax: float, warmup_steps: int):
@@ -78,10 +79,11 @@ class BatchRenorm(nn.Module):
     # r and d are constants for backprop: gradients flow as in BatchNorm.
     r = lax.stop_gradient(jnp.clip(sigma_b / sigma_e, 1.0 / rmax, rmax))
     d = lax.stop_gradient(jnp.clip((group_mean - mean_e) / sigma_e, -dmax, dmax))
-    grouped = x32.reshape((-1, group_size) + x32.shape[1:])
-    normalized = (grouped - group_mean[:, None]) / sigma_b[:, None]
-    y = normalized * r[:, None] + d[:, None]
-    return y.reshape(x32.shape), group_mean, group_var
+    # Per-example copies of the group values, as EvalNorm's training pass.
+    each = lambda g: per_example(g, group_size)
+    normalized = (x32 - each(group_mean)) / each(sigma_b)
+    y = normalized * each(r) + each(d)
+    return y, group_mean, group_var
 
 
 def groupnorm_groups(channels: int, max_groups: int) -> int:
