@@ -52,11 +52,18 @@ def fixed_modes(evalnorm: Any, group_size: int,
   return modes
 
 
+def _in_top_k(logits, labels, k: int):
+  """Whether each label is among its row's k largest logits (ties count)."""
+  label_logits = jnp.take_along_axis(logits, labels[:, None], axis=-1)
+  return jnp.sum(logits > label_logits, axis=-1) < k
+
+
 def _sums(logits, batch):
-  """Masked sums of correct predictions, loss and examples, over all devices."""
-  mask = batch['mask']
-  loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label'])
-  sums = {'correct': jnp.sum(mask * (jnp.argmax(logits, -1) == batch['label'])),
+  """Masked sums of top-1/top-5 hits, loss and examples, over all devices."""
+  mask, labels = batch['mask'], batch['label']
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  sums = {'correct': jnp.sum(mask * (jnp.argmax(logits, -1) == labels)),
+          'correct_top5': jnp.sum(mask * _in_top_k(logits, labels, 5)),
           'loss': jnp.sum(mask * loss), 'count': jnp.sum(mask)}
   return lax.psum(sums, PMAP_AXIS)
 
@@ -77,11 +84,11 @@ def eval_step(params, stacked_modes, batch, apply_fn, train_stats: bool):
     return _sums(logits, batch)
   results = {'modes': jax.vmap(mode_sums, axis_size=num_modes)(stacked_modes)}
   if train_stats:
-    # Training-mode pass with immutable batch_stats: groups of B use their own
-    # statistics and the EMA is left alone.
+    # Training-mode pass: groups of B use their own statistics; the EMA
+    # update it computes is dropped.
     first_mode = jax.tree_util.tree_map(lambda v: v[0], stacked_modes)
-    logits = apply_fn({'params': params, **first_mode}, batch['image'],
-                      train=True)
+    logits, _ = apply_fn({'params': params, **first_mode}, batch['image'],
+                         train=True, mutable=['batch_stats'])
     results['train_stats'] = _sums(logits, batch)
   return results
 
@@ -125,7 +132,7 @@ class Evaluator:
 
   def __call__(self, params, mode_variables: dict[str, Any], dataset
                ) -> dict[str, dict[str, float]]:
-    """{mode: {'top1': percent, 'loss': mean loss}} over the whole eval set.
+    """{mode: {'top1', 'top5': percent, 'loss': mean loss}} over the eval set.
 
     ``mode_variables`` (e.g. ``self.modes(state)``) maps each mode to the
     ``batch_stats`` and ``evalnorm`` collections it evaluates with.
@@ -144,5 +151,6 @@ class Evaluator:
       totals[name] = {k: v[i] for k, v in totals['modes'].items()}
     del totals['modes']
     return {mode: {'top1': float(100.0 * t['correct'] / t['count']),
+                   'top5': float(100.0 * t['correct_top5'] / t['count']),
                    'loss': float(t['loss'] / t['count'])}
             for mode, t in sorted(totals.items())}

@@ -18,16 +18,17 @@ def describe(mode: str) -> str:
 
 
 def results_table(results: dict) -> str:
-  """A markdown table of top-1 and loss per evaluation mode."""
+  """A markdown table of top-1, top-5 and loss per evaluation mode."""
   lines = [f"{results['dataset']}, norm={results['norm']}, "
            f"B={results['norm_batch_size']}, step {results['step']}, "
            f"{results['num_eval_examples']} eval examples", '',
-           '| mode | top-1 (%) | loss | meaning |', '|---|---:|---:|---|']
+           '| mode | top-1 (%) | top-5 (%) | loss | meaning |',
+           '|---|---:|---:|---:|---|']
   modes = results['eval']
   ordered = [m for m in MODE_DESCRIPTIONS if m in modes]
   ordered += sorted(set(modes) - set(ordered))
   for mode in ordered:
     metrics = modes[mode]
-    lines.append(f"| {mode} | {metrics['top1']:.2f} | {metrics['loss']:.4f} | "
-                 f"{describe(mode)} |")
+    lines.append(f"| {mode} | {metrics['top1']:.2f} | {metrics['top5']:.2f} | "
+                 f"{metrics['loss']:.4f} | {describe(mode)} |")
   return '\n'.join(lines)

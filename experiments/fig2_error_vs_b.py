@@ -4,12 +4,14 @@ r"""Fig. 2: test error against the normalization batch B, SGD batch fixed.
 
 For each B: one EvalNorm run with online estimation (its ``ema`` mode is plain
 BatchNorm evaluation of the very same network, since estimation does not
-change training) and one Batch Renorm run. Writes fig2_error_vs_b.{md,png}.
-The same runs feed Fig. 1, 3 and 4.
+change training) and one Batch Renorm run. One panel per dataset: the scale's
+test-bed (full: CIFAR-100), whose runs feed Fig. 1, 3, 4 and 5, and at full
+scale also CIFAR-10, the paper's other panel. Writes
+fig2_error_vs_b.{md,png} (and fig2_error_vs_b_<dataset>.png per further panel).
 
-Paper (CIFAR-10, ResNet-20 v2, batch 128): EMA error grows sharply as B
-falls below ~8; Batch Renorm helps part of the way; EvalNorm stays close to
-the large-B error down to B=2.
+Paper (ResNet-20 v2, SGD batch 128, a CIFAR-10 and a CIFAR-100 panel): EMA
+error grows sharply as B falls below ~8; Batch Renorm helps part of the way;
+EvalNorm stays close to the large-B error down to B=2.
 """
 
 from experiments import runs
@@ -17,63 +19,90 @@ from experiments import runs
 NAME = 'fig2_error_vs_b'
 
 
-def evalnorm_run(scale: runs.Scale, b: int, seed: int = 0, **overrides) -> runs.Run:
-  return runs.make_run(f'evalnorm_b{b}_seed{seed}', scale, norm_batch_size=b,
-                       seed=seed, **overrides)
+def _panel(scale: runs.Scale, dataset: str | None) -> tuple[str, dict]:
+  """(run-name prefix, overrides) of a panel; the test-bed's has neither."""
+  if dataset is None or dataset == scale.dataset:
+    return '', {}
+  return f'{dataset}_', dict(dataset=dataset)
 
 
-def renorm_run(scale: runs.Scale, b: int, seed: int = 0) -> runs.Run:
-  steps = scale.overrides.get('num_train_steps', 128_000)
-  return runs.make_run(
-      f'renorm_b{b}_seed{seed}', scale, norm='renorm', norm_batch_size=b,
-      seed=seed,
-      renorm_warmup_steps=max(1, int(steps * scale.renorm_warmup_fraction)))
+def evalnorm_run(scale: runs.Scale, b: int, seed: int = 0,
+                 dataset: str | None = None, **overrides) -> runs.Run:
+  prefix, panel = _panel(scale, dataset)
+  return runs.make_run(f'{prefix}evalnorm_b{b}_seed{seed}', scale,
+                       norm_batch_size=b, seed=seed, **panel, **overrides)
+
+
+def renorm_run(scale: runs.Scale, b: int, seed: int = 0,
+               dataset: str | None = None) -> runs.Run:
+  prefix, panel = _panel(scale, dataset)
+  run = runs.make_run(f'{prefix}renorm_b{b}_seed{seed}', scale, norm='renorm',
+                      norm_batch_size=b, seed=seed, **panel)
+  return runs.with_renorm_ramp(run, scale)
+
+
+def datasets(scale: runs.Scale) -> tuple[str, ...]:
+  """Fig. 2's panels, the test-bed first."""
+  return (scale.dataset,) + scale.more_fig2_datasets
 
 
 def evalnorm_sweep(scale: runs.Scale) -> list[runs.Run]:
-  """The EvalNorm runs of every B (seed 0): what Fig. 1, 3 and 4 read."""
+  """The test-bed's EvalNorm runs of every B (seed 0): what Fig. 1, 3, 4 read."""
   return [evalnorm_run(scale, b) for b in scale.b_values]
 
 
 def sweep_runs(scale: runs.Scale) -> list[runs.Run]:
-  return evalnorm_sweep(scale) + [renorm_run(scale, b) for b in scale.b_values]
+  return [run for dataset in datasets(scale) for b in scale.b_values
+          for run in (evalnorm_run(scale, b, dataset=dataset),
+                      renorm_run(scale, b, dataset=dataset))]
 
 
-def curves(scale: runs.Scale, results: dict) -> dict[str, list[float]]:
-  """Test error per B for each method."""
+def planned_runs(context: runs.Context) -> list[runs.Run]:
+  return sweep_runs(context.scale)
+
+
+def curves(scale: runs.Scale, results: dict,
+           dataset: str | None = None) -> dict[str, list[float]]:
+  """Test error per B for each method, on one panel's dataset."""
   bs = scale.b_values
+  en = [results[evalnorm_run(scale, b, dataset=dataset).name] for b in bs]
+  renorm = [results[renorm_run(scale, b, dataset=dataset).name] for b in bs]
   return {
-      'EMA (BatchNorm)': [runs.error(results[f'evalnorm_b{b}_seed0'], 'ema')
-                          for b in bs],
-      'Batch Renorm': [runs.error(results[f'renorm_b{b}_seed0'], 'ema')
-                       for b in bs],
-      'EvalNorm (online)': [runs.error(results[f'evalnorm_b{b}_seed0'],
-                                       'evalnorm') for b in bs],
+      'EMA (BatchNorm)': [runs.error(r, 'ema') for r in en],
+      'Batch Renorm': [runs.error(r, 'ema') for r in renorm],
+      'EvalNorm (online)': [runs.error(r, 'evalnorm') for r in en],
   }
 
 
 def report(context: runs.Context, results: dict) -> dict[str, list[float]]:
-  bs = context.scale.b_values
-  errors = curves(context.scale, results)
-  rows = [[name] + [f'{e:.2f}' for e in errs] for name, errs in errors.items()]
-  table = runs.markdown_table(['test error (%)'] + [f'B={b}' for b in bs], rows)
+  """Writes every panel; returns the test-bed's curves."""
+  scale = context.scale
+  sections, panels = [], {}
+  for dataset in datasets(scale):
+    errors = panels[dataset] = curves(scale, results, dataset)
+    rows = [[name] + [f'{e:.2f}' for e in errs] for name, errs in errors.items()]
+    suffix = '' if dataset == scale.dataset else f'_{dataset}'
+    if scale.more_fig2_datasets:  # one heading per panel
+      sections.append(f'## `{dataset}`\n')
+    sections += [runs.markdown_table(['test error (%)']
+                                     + [f'B={b}' for b in scale.b_values], rows),
+                 f'![error against B]({NAME}{suffix}.png)\n']
+    runs.plot_against_b(context.output(f'{NAME}{suffix}.png'), scale.b_values,
+                        errors, 'test error (%)',
+                        f'Error against B, {dataset} ({scale.name} scale)',
+                        highlight='EvalNorm (online)')
   runs.write_markdown(
       context.output(f'{NAME}.md'), 'Fig. 2: test error against B',
       runs.scale_note(context),
       'SGD batch fixed; B is the normalization group size. One seed (0); see '
-      '`seeds.md` for the spread over seeds.\n', table,
-      f'![error against B]({NAME}.png)\n')
-  runs.plot_against_b(context.output(f'{NAME}.png'), bs, errors,
-                      'test error (%)',
-                      f'Error against B ({context.scale.name} scale)',
-                      highlight='EvalNorm (online)')
-  return errors
+      '`seeds.md` for the spread over seeds.\n', *sections)
+  return panels[scale.dataset]
 
 
 def main(argv=None):
   args = runs.argument_parser(__doc__).parse_args(argv)
   context = runs.context_from_args(args)
-  results = context.execute(sweep_runs(context.scale))
+  results = context.execute(planned_runs(context))
   return report(context, results)
 
 

@@ -2,8 +2,8 @@ r"""Fig. 3: the estimated alpha and beta of every norm layer, for each B.
 
     python -m experiments.fig3_alpha_beta [--scale small|full|smoke]
 
-Reads the online estimates of the Fig. 2 EvalNorm runs (trained first if
-missing) and writes fig3_alpha_beta.{md,png}: grouped bars, one group per
+Reads the online estimates of the Fig. 2 EvalNorm runs on the test-bed
+(full scale: CIFAR-100, as the paper's Fig. 3; trained first if missing) and writes fig3_alpha_beta.{md,png}: grouped bars, one group per
 layer (in network order), one bar per B, and the table with the rule of thumb
 1/B^2 beside each B.
 
@@ -67,10 +67,14 @@ def report(context: runs.Context, results: dict) -> dict[str, np.ndarray]:
   return values
 
 
+def planned_runs(context: runs.Context) -> list[runs.Run]:
+  return fig2_error_vs_b.evalnorm_sweep(context.scale)
+
+
 def main(argv=None):
   args = runs.argument_parser(__doc__).parse_args(argv)
   context = runs.context_from_args(args)
-  results = context.execute(fig2_error_vs_b.evalnorm_sweep(context.scale))
+  results = context.execute(planned_runs(context))
   return report(context, results)
 
 

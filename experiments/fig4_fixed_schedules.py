@@ -2,8 +2,9 @@ r"""Fig. 4: fixed alpha = beta schedules against the estimated ones, error again
 
     python -m experiments.fig4_fixed_schedules [--scale small|full|smoke]
 
-Every schedule is an evaluation mode of the same Fig. 2 EvalNorm runs (trained
-first if missing), so the comparison holds the network fixed:
+Every schedule is an evaluation mode of the same Fig. 2 EvalNorm runs on the
+test-bed (full scale: CIFAR-100; trained first if missing), so the comparison
+holds the network fixed:
 
   alpha = beta = 0     plain EMA evaluation (``ema``);
   1/B^2                the paper's rule of thumb (``rule_of_thumb``);
@@ -54,10 +55,14 @@ def report(context: runs.Context, results: dict) -> dict[str, list[float]]:
   return errors
 
 
+def planned_runs(context: runs.Context) -> list[runs.Run]:
+  return fig2_error_vs_b.evalnorm_sweep(context.scale)
+
+
 def main(argv=None):
   args = runs.argument_parser(__doc__).parse_args(argv)
   context = runs.context_from_args(args)
-  results = context.execute(fig2_error_vs_b.evalnorm_sweep(context.scale))
+  results = context.execute(planned_runs(context))
   return report(context, results)
 
 

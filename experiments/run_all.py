@@ -1,12 +1,16 @@
 r"""Regenerates every figure and table of the paper at one scale.
 
-    python -m experiments.run_all [--scale small|full|smoke] [--jobs 2]
+    python -m experiments.run_all [--scale small|full|smoke] [--jobs 2] [--dry_run]
 
 Runs the scripts in an order that lets later ones reuse earlier runs (Fig. 2's
 sweep feeds Fig. 1, 3, 4, 5 and the seeds), then writes runtimes.md with the
 wall time each script added. Finished runs (an ``eval.json`` in their
 workdir) are reused, so an interrupted regeneration continues where it
 stopped; delete ``experiments/workdirs/<scale>`` to start afresh.
+
+``--dry_run`` runs nothing: it prints every run each script needs (dataset,
+model, B, SGD batch, devices, steps, learning rate), in the order they would
+run, each listed under the first script that needs it.
 """
 
 import time
@@ -29,9 +33,36 @@ def script_arguments(args) -> list[str]:
   return argv
 
 
+def dry_run_listing(context: runs.Context) -> str:
+  """Markdown: per script, the runs it adds to those of the scripts before."""
+  seen, sections = set(), []
+  for script in SCRIPTS:
+    name = script.__name__.rsplit('.', 1)[1]
+    planned = script.planned_runs(context)
+    new = [r for r in planned if r.name not in seen]
+    seen.update(r.name for r in new)
+    reused = len(planned) - len(new)
+    note = f', reuses {reused} of the scripts above' if reused else ''
+    sections.append(f'## {name}: {len(new)} new runs{note}\n\n'
+                    + (runs.listing(new) if new else ''))
+  header = (f'# Every `{context.scale.name}` run ({len(seen)} in all), in the '
+            'order `run_all` starts them\n\n'
+            'Steps of an offline run are its estimation batches; its lr is '
+            'the alpha/beta optimizer\'s.\n')
+  return '\n'.join([header] + sections)
+
+
 def main(argv=None):
-  args = runs.argument_parser(__doc__).parse_args(argv)
+  parser = runs.argument_parser(__doc__)
+  parser.add_argument('--dry_run', action='store_true',
+                      help='print every run (dataset, model, B, batch, '
+                      'devices, steps, lr) and run nothing')
+  args = parser.parse_args(argv)
   context = runs.context_from_args(args)
+  if args.dry_run:
+    listing = dry_run_listing(context)
+    print(listing)
+    return listing
   seconds = {}
   for script in SCRIPTS:
     name = script.__name__.rsplit('.', 1)[1]

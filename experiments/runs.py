@@ -12,15 +12,23 @@ The scale presets (`SCALES`) say which config and how much training each
 script uses: ``smoke`` (seconds, for tests), ``small`` (this 2-core machine,
 built-in digits data) and ``full`` (the paper's CIFAR/ImageNet configs, for
 accelerators with the prepared data).
+
+Each run's process sees ``Run.devices`` devices: that many fake CPU devices
+on a CPU machine, and that many of the machine's GPUs on a GPU machine (taken
+from a pool, so that concurrent runs get different GPUs). So a CIFAR run is
+one device, SGD batch 128 cut into groups of B, whatever the machine.
 """
 
 import argparse
 import concurrent.futures
+import contextlib
 import dataclasses
+import functools
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -35,11 +43,17 @@ class Scale:
   """How an experiment is run: config file, shared overrides and B values."""
   name: str
   config: str                       # config file, relative to the repository
-  overrides: dict[str, Any]         # applied to every run of this scale
+  overrides: dict[str, Any]         # applied to every run; 'dataset' is the test-bed
   b_values: tuple[int, ...]         # the normalization batches of the B sweeps
   renorm_warmup_fraction: float     # Batch Renorm clip ramp, as a share of steps
   imagenet_config: str              # Table 1's config
   imagenet_overrides: dict[str, Any]
+  more_fig2_datasets: tuple[str, ...] = ()  # Fig. 2's panels besides the test-bed
+
+  @property
+  def dataset(self) -> str:
+    """The test-bed: what Fig. 1, 3, 4, 5 and the seeds train on."""
+    return self.overrides['dataset']
 
 
 SMALL_STEPS = 600
@@ -59,16 +73,23 @@ SCALES = {
     # The built-in noisy digits at a size this 2-core machine runs in minutes.
     'small': Scale(
         'small', 'configs/digits.py',
-        dict(num_train_steps=SMALL_STEPS, checkpoint_every_steps=SMALL_STEPS,
-             eval_every_steps=SMALL_STEPS, log_every_steps=100),
+        dict(dataset='noisy_digits', num_train_steps=SMALL_STEPS,
+             checkpoint_every_steps=SMALL_STEPS, eval_every_steps=SMALL_STEPS,
+             log_every_steps=100),
         (2, 4, 8, 16, 32, 64, 128), 1 / 3, 'configs/digits.py',
         dict(checkpoint_every_steps=1000, eval_every_steps=100_000,
              log_every_steps=100, offline_estimation_steps=300)),
     # The paper's setups; needs prepared tfds data and an accelerator.
+    # CIFAR-100 is the paper's test-bed; Fig. 2 also has a CIFAR-10 panel.
     'full': Scale(
-        'full', 'configs/cifar.py', {}, (2, 4, 8, 16, 32, 64, 128), 0.04,
-        'configs/imagenet.py', {}),
+        'full', 'configs/cifar.py', dict(dataset='cifar100'),
+        (2, 4, 8, 16, 32, 64, 128), 0.04, 'configs/imagenet.py', {},
+        more_fig2_datasets=('cifar10',)),
 }
+
+# Training-set sizes, to turn num_epochs into steps without the data at hand.
+TRAIN_EXAMPLES = {'noisy_digits': 1350, 'digits': 1350, 'cifar10': 50_000,
+                  'cifar100': 50_000, 'imagenet2012': 1_281_167}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +98,7 @@ class Run:
   name: str
   config: str
   overrides: tuple[tuple[str, Any], ...]
-  devices: int = 1                  # fake CPU devices (ignored on accelerators)
+  devices: int = 1                  # devices its process sees (CPU or GPU)
   checkpoint: str | None = None     # offline estimation: the trained run's name
 
 
@@ -113,14 +134,62 @@ class RunFailed(RuntimeError):
   """A run exited with an error; the message ends with its log's tail."""
 
 
-def _environment(devices: int) -> dict[str, str]:
+def _environment(devices: int, gpus: Sequence[str]) -> dict[str, str]:
+  """A run's environment: ``devices`` fake CPU devices, and ``gpus`` if any.
+
+  pmap splits the SGD batch over every device a process sees, so limiting
+  what it sees is what keeps the paper's one-device CIFAR setup on a
+  multi-GPU machine.
+  """
   env = dict(os.environ)
   flags = [f for f in env.get('XLA_FLAGS', '').split()
            if not f.startswith('--xla_force_host_platform_device_count')]
   flags.append(f'--xla_force_host_platform_device_count={devices}')
   env['XLA_FLAGS'] = ' '.join(flags)
+  if gpus:
+    env['CUDA_VISIBLE_DEVICES'] = ','.join(gpus)
   env.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   return env
+
+
+@functools.cache
+def machine_gpus() -> tuple[str, ...]:
+  """This machine's NVIDIA GPUs (as CUDA_VISIBLE_DEVICES would name them)."""
+  visible = os.environ.get('CUDA_VISIBLE_DEVICES')
+  if visible is not None:
+    return tuple(v.strip() for v in visible.split(',') if v.strip())
+  try:
+    listed = subprocess.run(
+        ['nvidia-smi', '--query-gpu=index', '--format=csv,noheader'],
+        capture_output=True, text=True, timeout=60, check=True)
+  except (OSError, subprocess.SubprocessError):
+    return ()
+  return tuple(listed.stdout.split())
+
+
+class DevicePool:
+  """Hands each run its own GPUs, waiting while concurrent runs hold them."""
+
+  def __init__(self, gpus: Sequence[str]):
+    self._free = list(gpus)
+    self._count = len(gpus)
+    self._changed = threading.Condition()
+
+  @contextlib.contextmanager
+  def take(self, devices: int):
+    """Up to ``devices`` GPUs (none on a machine without GPUs)."""
+    # A machine with fewer GPUs than asked runs the same groups of B on
+    # fewer devices (more per device); the config's validation checks it.
+    count = min(devices, self._count)
+    with self._changed:
+      self._changed.wait_for(lambda: len(self._free) >= count)
+      taken, self._free = self._free[:count], self._free[count:]
+    try:
+      yield taken
+    finally:
+      with self._changed:
+        self._free += taken
+        self._changed.notify_all()
 
 
 def read_eval(workdir: str) -> dict | None:
@@ -131,7 +200,7 @@ def read_eval(workdir: str) -> dict | None:
     return json.load(f)
 
 
-def _execute_one(run: Run, workdir_root: str) -> dict:
+def _execute_one(run: Run, workdir_root: str, pool: DevicePool) -> dict:
   workdir = os.path.join(workdir_root, run.name)
   done = read_eval(workdir)
   if done is not None:
@@ -139,12 +208,12 @@ def _execute_one(run: Run, workdir_root: str) -> dict:
   os.makedirs(workdir, exist_ok=True)
   log_path = os.path.join(workdir, 'log.txt')
   started = time.time()
-  with open(log_path, 'a') as log:
+  with open(log_path, 'a') as log, pool.take(run.devices) as gpus:
     log.write(' '.join(command(run, workdir_root)) + '\n')
     log.flush()
     status = subprocess.call(command(run, workdir_root), cwd=ROOT,
                              stdout=log, stderr=subprocess.STDOUT,
-                             env=_environment(run.devices))
+                             env=_environment(run.devices, gpus))
   if status != 0:
     with open(log_path) as log:
       tail = ''.join(log.readlines()[-15:])
@@ -164,8 +233,10 @@ def execute(runs: Sequence[Run], workdir_root: str, jobs: int = 1
   todo = [r for r in runs if read_eval(os.path.join(workdir_root, r.name)) is None]
   if todo:
     print(f'{len(todo)} of {len(runs)} runs to do in {workdir_root}', flush=True)
+  devices = DevicePool(machine_gpus())
   with concurrent.futures.ThreadPoolExecutor(max(1, jobs)) as pool:
-    futures = {r.name: pool.submit(_execute_one, r, workdir_root) for r in runs}
+    futures = {r.name: pool.submit(_execute_one, r, workdir_root, devices)
+               for r in runs}
     return {name: f.result() for name, f in futures.items()}
 
 
@@ -215,6 +286,12 @@ def context_from_args(args: argparse.Namespace) -> Context:
 
 def top1(result: dict, mode: str) -> float:
   return result['eval'][mode]['top1']
+
+
+def top5(result: dict, mode: str) -> float:
+  """Top-5 in percent (the paper's Recall@5); NaN for a run evaluated
+  before eval.json recorded it."""
+  return result['eval'][mode].get('top5', float('nan'))
 
 
 def error(result: dict, mode: str) -> float:
@@ -290,6 +367,56 @@ def load_config(run: Run):
     config[key] = value
   config_lib.validate(config, num_devices=1, training=False)
   return config
+
+
+def training_steps(run: Run) -> int:
+  """The steps a training run takes (its config may give epochs)."""
+  from evalnorm import config_lib  # pylint: disable=g-import-not-at-top
+  config = load_config(run)
+  return config_lib.num_train_steps(config, TRAIN_EXAMPLES[config.dataset])
+
+
+def with_renorm_ramp(run: Run, scale: Scale) -> Run:
+  """``run`` with Batch Renorm's clip ramp over the scale's share of its steps."""
+  ramp = max(1, int(training_steps(run) * scale.renorm_warmup_fraction))
+  overrides = dict(run.overrides, renorm_warmup_steps=ramp)
+  return dataclasses.replace(run, overrides=tuple(sorted(overrides.items())))
+
+
+LISTING_HEADERS = ('run', 'program', 'dataset', 'model', 'norm', 'B', 'batch',
+                   'devices', 'steps', 'lr')
+
+
+def describe(run: Run) -> list[str]:
+  """One listing row: what ``run`` trains or estimates, from its config.
+
+  Validated for the run's own device count, so a listed run is one that
+  passes the program's checks.
+  """
+  from evalnorm import config_lib  # pylint: disable=g-import-not-at-top
+  config = load_config(run)
+  config_lib.validate(config, run.devices, training=run.checkpoint is None)
+  model = (f'ResNet-{config.depth} v2 x{config.width}'
+           if config.model == 'resnet_v2_cifar' else 'ResNet-50 v2')
+  norm = config.norm + (f' (ramp {config.renorm_warmup_steps:,})'
+                        if config.norm == 'renorm' else '')
+  if run.checkpoint is None:
+    program = 'train'
+    steps = config_lib.num_train_steps(config, TRAIN_EXAMPLES[config.dataset])
+    learning_rate = f'{config.learning_rate:g}'
+  else:
+    program = f'offline, from {run.checkpoint}'
+    steps = config.offline_estimation_steps
+    learning_rate = (f'{config.alpha_beta_learning_rate:g} '
+                     f'({config.alpha_beta_optimizer}, alpha/beta)')
+  return [run.name, program, config.dataset, model, norm,
+          str(config.norm_batch_size), str(config.batch_size),
+          str(run.devices), f'{steps:,}', learning_rate]
+
+
+def listing(planned: Sequence[Run]) -> str:
+  """A markdown table describing every run of ``planned``."""
+  return markdown_table(LISTING_HEADERS, [describe(r) for r in planned])
 
 
 def load_trained(run: Run, workdir_root: str):

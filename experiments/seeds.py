@@ -14,6 +14,7 @@ import numpy as np
 from experiments import fig2_error_vs_b, runs
 
 NAME = 'seeds'
+SEEDS = (0, 1, 2)
 EVALNORM_MODES = ('ema', 'evalnorm', 'rule_of_thumb', 'one_over_b', 'train_stats')
 
 
@@ -26,6 +27,10 @@ def seed_runs(scale: runs.Scale, seeds) -> dict[tuple[str, int], list[runs.Run]]
   groups[('renorm', small_b)] = [fig2_error_vs_b.renorm_run(scale, small_b, s)
                                  for s in seeds]
   return groups
+
+
+def planned_runs(context: runs.Context, seeds=SEEDS) -> list[runs.Run]:
+  return [r for group in seed_runs(context.scale, seeds).values() for r in group]
 
 
 def stats_row(label: str, values: list[float]) -> list[str]:
@@ -61,13 +66,13 @@ def report(context: runs.Context, groups: dict, results: dict) -> list[list[str]
 
 def main(argv=None):
   parser = runs.argument_parser(__doc__)
-  parser.add_argument('--seeds', default='0,1,2',
+  parser.add_argument('--seeds', default=','.join(str(s) for s in SEEDS),
                       help='comma-separated seeds (at least 3 for a spread)')
   args = parser.parse_args(argv)
   context = runs.context_from_args(args)
   seeds = [int(s) for s in args.seeds.split(',')]
   groups = seed_runs(context.scale, seeds)
-  results = context.execute([r for group in groups.values() for r in group])
+  results = context.execute(planned_runs(context, seeds))
   return report(context, groups, results)
 
 

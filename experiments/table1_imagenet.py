@@ -8,15 +8,18 @@ same setup runs as 8 fake CPU devices (``--xla_force_host_platform_device_count=
 one pmap replica each, per-device batch B, one normalization group per
 device). Small scale: built-in noisy digits and the digits ResNet, every B
 seeing the same number of examples (`EXAMPLES`), learning rate 0.1 x 8B/128.
-Rows:
+Rows, each with one value per B column:
 
   EMA, EvalNorm (online), 1/B^2   modes of one EvalNorm run per B;
   EvalNorm offline                ``evalnorm.estimate`` on that run's checkpoint;
   Batch Renorm                    one run per B;
-  GroupNorm                       one run (batch-independent; the B=16 setting).
+  GroupNorm                       one run per B (its SGD batch 8B, learning
+                                  rate and steps are the column's).
 
 Full scale: ``configs/imagenet.py:norm_batch_size=B`` (prepared ImageNet and 8
-accelerators); the commands are written to table1_imagenet.md either way.
+accelerators; SGD batch, learning rate, 60 epochs and a one-epoch offline
+estimation follow from B); the commands are written to table1_imagenet.md
+either way. Reports Prec@1 and Recall@5 (top-1 and top-5), as the paper.
 
 Paper (ResNet-50, B=2): Prec@1 64.80 with EMA, 70.98 with EvalNorm.
 """
@@ -26,7 +29,6 @@ from experiments import runs
 NAME = 'table1_imagenet'
 DEVICES = 8
 B_VALUES = {'smoke': (2,), 'small': (2, 4, 8, 16, 32), 'full': (2, 4, 8, 16, 32)}
-GROUPNORM_B = {'smoke': 2, 'small': 16, 'full': 16}
 EXAMPLES = {'smoke': 2 * DEVICES * 2, 'small': 38_400}  # per run, any B
 PAPER_B2 = {'EMA': 64.80, 'EvalNorm (online)': 70.98}
 
@@ -39,9 +41,7 @@ def per_device_overrides(scale: runs.Scale, b: int) -> dict:
     steps = max(1, EXAMPLES[scale.name] // batch)
     overrides.update(batch_size=batch, num_train_steps=steps,
                      checkpoint_every_steps=steps,
-                     learning_rate=0.1 * batch / 128,
-                     renorm_warmup_steps=max(1, int(
-                         steps * scale.renorm_warmup_fraction)))
+                     learning_rate=0.1 * batch / 128)
   return overrides
 
 
@@ -53,30 +53,36 @@ def table_runs(scale: runs.Scale) -> tuple[list[runs.Run], list[runs.Run]]:
     overrides = per_device_overrides(scale, b)
     trained.append(runs.make_run(f'imagenet_evalnorm_b{b}', scale, DEVICES,
                                  config=config, **overrides))
-    trained.append(runs.make_run(f'imagenet_renorm_b{b}', scale, DEVICES,
-                                 config=config, norm='renorm', **overrides))
+    trained.append(runs.with_renorm_ramp(runs.make_run(
+        f'imagenet_renorm_b{b}', scale, DEVICES, config=config, norm='renorm',
+        **overrides), scale))
+    trained.append(runs.make_run(f'imagenet_groupnorm_b{b}', scale, DEVICES,
+                                 config=config, norm='groupnorm', **overrides))
     offline.append(runs.make_run(
         f'imagenet_offline_b{b}', scale, DEVICES,
-        checkpoint=f'imagenet_evalnorm_b{b}', config=config,
-        **{k: v for k, v in overrides.items() if k != 'renorm_warmup_steps'}))
-  trained.append(runs.make_run(
-      'imagenet_groupnorm', scale, DEVICES, config=config, norm='groupnorm',
-      **per_device_overrides(scale, GROUPNORM_B[scale.name])))
+        checkpoint=f'imagenet_evalnorm_b{b}', config=config, **overrides))
   return trained, offline
 
 
-def rows_by_method(scale: runs.Scale, results: dict) -> dict[str, list[float]]:
+def planned_runs(context: runs.Context) -> list[runs.Run]:
+  trained, offline = table_runs(context.scale)
+  return trained + offline
+
+
+def rows_by_method(scale: runs.Scale, results: dict,
+                   metric=runs.top1) -> dict[str, list[float]]:
+  """{row: one value per B}; ``metric`` is runs.top1 or runs.top5."""
   bs = B_VALUES[scale.name]
   en = [results[f'imagenet_evalnorm_b{b}'] for b in bs]
-  groupnorm = runs.top1(results['imagenet_groupnorm'], 'groupnorm')
   return {
-      'EMA': [runs.top1(r, 'ema') for r in en],
-      'EvalNorm (online)': [runs.top1(r, 'evalnorm') for r in en],
-      '1/B^2': [runs.top1(r, 'rule_of_thumb') for r in en],
-      'EvalNorm offline': [runs.top1(results[f'imagenet_offline_b{b}'], 'evalnorm')
+      'EMA': [metric(r, 'ema') for r in en],
+      'EvalNorm (online)': [metric(r, 'evalnorm') for r in en],
+      '1/B^2': [metric(r, 'rule_of_thumb') for r in en],
+      'EvalNorm offline': [metric(results[f'imagenet_offline_b{b}'], 'evalnorm')
                            for b in bs],
-      'GroupNorm': [groupnorm] * len(bs),
-      'Batch Renorm': [runs.top1(results[f'imagenet_renorm_b{b}'], 'ema')
+      'GroupNorm': [metric(results[f'imagenet_groupnorm_b{b}'], 'groupnorm')
+                    for b in bs],
+      'Batch Renorm': [metric(results[f'imagenet_renorm_b{b}'], 'ema')
                        for b in bs],
   }
 
@@ -90,30 +96,43 @@ def full_scale_commands() -> str:
           + '\n```\n')
 
 
+def metric_table(scale: runs.Scale, results: dict, metric, label: str) -> str:
+  """One markdown table of every row over B, the paper's B=2 value beside."""
+  table = rows_by_method(scale, results, metric)
+  paper = PAPER_B2 if metric is runs.top1 else {}
+  rows = [[name] + [f'{v:.2f}' for v in values]
+          + [f'{paper[name]:.2f}' if name in paper else '']
+          for name, values in table.items()]
+  return runs.markdown_table(
+      [label] + [f'B={b}' for b in B_VALUES[scale.name]] + ['paper, B=2'],
+      rows)
+
+
 def report(context: runs.Context, results: dict) -> dict[str, list[float]]:
+  """Writes the Prec@1 and Recall@5 tables; returns the Prec@1 rows."""
   scale = context.scale
   bs = B_VALUES[scale.name]
   table = rows_by_method(scale, results)
-  rows = [[name] + [f'{v:.2f}' for v in values]
-          + [f'{PAPER_B2[name]:.2f}' if name in PAPER_B2 else '']
-          for name, values in table.items()]
   steps = {b: results[f'imagenet_evalnorm_b{b}']['step'] for b in bs}
+  devices = 'accelerators' if scale.name == 'full' else 'fake CPU devices'
   runs.write_markdown(
       context.output(f'{NAME}.md'),
       'Table 1: ImageNet rows, per-device B on 8 devices',
       runs.scale_note(context),
-      f'Top-1 (%). {DEVICES} fake CPU devices, per-device batch B, SGD batch '
-      f'{DEVICES}B; steps per B: '
+      f'{DEVICES} {devices}, per-device batch B, SGD batch {DEVICES}B; every '
+      'row has one run per B column (that column\'s batch, learning rate and '
+      'steps); steps per B: '
       + ', '.join(f'B={b}: {s}' for b, s in steps.items())
-      + f'. GroupNorm is one run (the B={GROUPNORM_B[scale.name]} setting), '
-      'repeated across the row. The last column is the paper\'s ImageNet '
-      'ResNet-50 figure at B=2 (a different dataset and model: compare the '
-      'gaps, not the levels).\n',
-      runs.markdown_table(['top-1 (%)'] + [f'B={b}' for b in bs]
-                          + ['paper, B=2'], rows),
+      + '. The last column is the paper\'s ImageNet ResNet-50 figure at B=2 '
+      '(below full scale a different dataset and model: compare the gaps, '
+      'not the levels).\n',
+      '## Prec@1 (top-1, %)\n',
+      metric_table(scale, results, runs.top1, 'Prec@1 (%)'),
+      '## Recall@5 (top-5, %)\n',
+      metric_table(scale, results, runs.top5, 'Recall@5 (%)'),
       f'![table 1]({NAME}.png)\n', full_scale_commands())
   runs.plot_against_b(
-      context.output(f'{NAME}.png'), bs, table, 'top-1 (%)',
+      context.output(f'{NAME}.png'), bs, table, 'Prec@1 (%)',
       f'Table 1 rows ({context.scale.name} scale)',
       xlabel=f'per-device batch B ({DEVICES} devices)',
       highlight='EvalNorm (online)')

@@ -78,6 +78,13 @@ def fine_tune_runs(scale: runs.Scale, pretrain_dir: str) -> dict:
   return result
 
 
+def planned_runs(context: runs.Context) -> list[runs.Run]:
+  pretrain = pretrain_run(context.scale)
+  grid = fine_tune_runs(context.scale,
+                        os.path.join(context.workdir_root, pretrain.name))
+  return [pretrain] + list(grid.values())
+
+
 def report(context: runs.Context, grid: dict, results: dict) -> dict:
   bs = B_VALUES[context.scale.name]
   rows, values = [], {}

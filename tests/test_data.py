@@ -213,3 +213,92 @@ def test_unprepared_tfds_dataset_says_how_to_prepare_it(tmp_path, name):
   assert '\n' not in message
   assert f"'{name}'" in message and f'tfds build {name}' in message
   assert str(tmp_path) in message
+
+
+# ---------------------------------------------------------------------------
+# ImageNet: TF-slim's Inception preprocessing (fast mode), stateless.
+
+
+def _jpeg(image):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  return tf.io.encode_jpeg(image, quality=100)
+
+
+def _seed(*values):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  return tf.constant(values, tf.int64)
+
+
+def test_inception_crop_window_has_the_reference_area_and_aspect():
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  shape = tf.constant([300, 400, 3], tf.int32)
+  windows = np.array([data.inception_crop_window(shape, _seed(0, i)).numpy()
+                      for i in range(200)])
+  top, left, height, width = windows.T
+  assert np.all((top + height <= 300) & (left + width <= 400))
+  area = height * width / (300 * 400)
+  # area_range (0.05, 1) with the whole image as the object box, which the
+  # crop must cover by min_object_covered = 0.1: 10-100% in effect.
+  assert area.min() >= 0.1 - 0.01 and area.min() < 0.2
+  assert area.max() > 0.7
+  aspect = width / height
+  assert np.all((aspect > 0.75 - 0.02) & (aspect < 1.33 + 0.02))
+
+
+def test_inception_train_image_range_shape_and_determinism():
+  rng = np.random.default_rng(0)
+  jpeg = _jpeg(rng.integers(0, 256, (60, 80, 3), dtype=np.uint8))
+  images = [data.inception_train_image(jpeg, _seed(0, i), 32).numpy()
+            for i in range(4)]
+  for image in images:
+    assert image.shape == (32, 32, 3) and image.dtype == np.float32
+    assert image.min() >= -1.0 and image.max() <= 1.0
+  assert not np.array_equal(images[0], images[1])
+  np.testing.assert_array_equal(
+      data.inception_train_image(jpeg, _seed(0, 1), 32).numpy(), images[1])
+  evaluated = data.inception_eval_image(jpeg, 32).numpy()
+  assert evaluated.shape == (32, 32, 3)
+  assert evaluated.min() >= -1.0 and evaluated.max() <= 1.0
+
+
+def test_inception_color_distortion_shifts_brightness_by_up_to_32_over_255():
+  grey = 128
+  jpeg = _jpeg(np.full((40, 40, 3), grey, np.uint8))
+  images = np.stack([data.inception_train_image(jpeg, _seed(1, i), 8).numpy()
+                     for i in range(60)])
+  # Saturation leaves grey alone: each image stays flat, moved by brightness.
+  assert images.std(axis=(1, 2, 3)).max() < 1e-5
+  means = images.mean(axis=(1, 2, 3))
+  delta = 32 / 255
+  low, high = 2 * (grey / 255 - delta) - 1, 2 * (grey / 255 + delta) - 1
+  assert np.all((means >= low - 1e-5) & (means <= high + 1e-5))
+  assert means.max() - means.min() > 0.6 * (high - low)
+
+
+def test_inception_eval_is_the_central_87_5_percent_of_each_side_resized():
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(1)
+  jpeg = _jpeg(rng.integers(0, 256, (64, 128, 3), dtype=np.uint8))
+  pixels = tf.io.decode_jpeg(jpeg, channels=3).numpy()
+  # tf.image.central_crop(0.875) of 64x128: rows 4-59, columns 8-119.
+  window = pixels[4:60, 8:120].astype(np.float32) / 255
+  expected = 2 * tf.image.resize(window, [16, 16], 'bilinear').numpy() - 1
+  np.testing.assert_allclose(data.inception_eval_image(jpeg, 16).numpy(),
+                             expected, atol=1e-5)
+
+
+@pytest.mark.slow  # ~25 s on 2 cores: tfds mock data and TensorFlow start-up.
+def test_imagenet_pipeline_on_mock_data_is_in_range_and_resumable(mock_tfds):
+  del mock_tfds
+  config = make_config('imagenet2012', batch_size=8, eval_batch_size=16,
+                       image_size=48, shuffle_buffer=16)
+  dataset = data.make_dataset(config)
+  stream = dataset.train_batches(0)
+  first_two = [next(stream) for _ in range(2)]
+  for batch in first_two:
+    assert_train_batch(dataset, batch, 8)
+    assert batch['image'].min() >= -1.0 and batch['image'].max() <= 1.0
+  assert_batches_equal(next(data.make_dataset(config).train_batches(1)),
+                       first_two[1])
+  for batch in assert_eval_pass(dataset, local_batch_size=16):
+    assert batch['image'].min() >= -1.0 and batch['image'].max() <= 1.0

@@ -7,7 +7,10 @@ the smoke scale is the slow test at the end (``pytest -m slow``).
 """
 
 import json
+import math
 import os
+import sys
+import threading
 import zlib
 
 import nbclient
@@ -30,8 +33,13 @@ def fake_top1(name: str, mode: str) -> float:
   return round(50 + (zlib.crc32(f'{name}/{mode}'.encode()) % 4000) / 100, 2)
 
 
+def fake_top5(name: str, mode: str) -> float:
+  return min(100.0, fake_top1(name, mode) + 10)
+
+
 def fake_result(name: str) -> dict:
-  return {'step': 7, 'eval': {m: {'top1': fake_top1(name, m), 'loss': 1.0}
+  return {'step': 7, 'eval': {m: {'top1': fake_top1(name, m),
+                                  'top5': fake_top5(name, m), 'loss': 1.0}
                               for m in MODES},
           'alpha_beta': {l: {'alpha': fake_top1(name, l + 'a') / 100,
                              'beta': fake_top1(name, l + 'b') / 100}
@@ -76,6 +84,22 @@ def test_fig2_report_puts_each_error_in_its_cell(context):
   want = [f'{100 - fake_top1(f"evalnorm_b{b}_seed0", "evalnorm"):.2f}' for b in bs]
   assert row == '| EvalNorm (online) | ' + ' | '.join(want) + ' |'
   assert_plot(context, 'fig2_error_vs_b.png')
+
+
+def test_fig2_full_scale_has_a_cifar100_and_a_cifar10_panel(tmp_path):
+  context = runs.Context(runs.SCALES['full'], str(tmp_path / 'work'),
+                         str(tmp_path / 'results'), jobs=1)
+  errors = fig2_error_vs_b.report(context, FakeResults())
+  assert errors['EMA (BatchNorm)'][0] == pytest.approx(
+      100 - fake_top1('evalnorm_b2_seed0', 'ema'))  # the test-bed's runs
+  text = read(context, 'fig2_error_vs_b.md')
+  assert text.index('## `cifar100`') < text.index('## `cifar10`')
+  cifar10 = text[text.index('## `cifar10`'):].splitlines()
+  row = next(l for l in cifar10 if l.startswith('| Batch Renorm'))
+  assert row.split(' | ')[1] == (
+      f'{100 - fake_top1("cifar10_renorm_b2_seed0", "ema"):.2f}')
+  assert_plot(context, 'fig2_error_vs_b.png')
+  assert_plot(context, 'fig2_error_vs_b_cifar10.png')
 
 
 def test_fig3_report_orders_layers_and_averages(context):
@@ -132,11 +156,20 @@ def test_table1_per_device_setup_and_report(context):
   assert all(r.devices == 8 for r in trained + offline)
   assert {r.checkpoint for r in offline} == {
       f'imagenet_evalnorm_b{b}' for b in (2, 4, 8, 16, 32)}
+  # GroupNorm too has one run per column, with that column's batch.
+  groupnorm = {r.name: dict(r.overrides) for r in trained
+               if dict(r.overrides).get('norm') == 'groupnorm'}
+  assert {o['batch_size'] for o in groupnorm.values()} == {16, 32, 64, 128, 256}
   table = table1_imagenet.report(context, FakeResults())
   assert table['EvalNorm offline'][0] == fake_top1('imagenet_offline_b2', 'evalnorm')
-  assert len(set(table['GroupNorm'])) == 1
+  assert table['GroupNorm'][-1] == fake_top1('imagenet_groupnorm_b32', 'groupnorm')
   text = read(context, 'table1_imagenet.md')
   assert 'configs/imagenet.py' in text and '64.80' in text
+  recall = text[text.index('## Recall@5'):].splitlines()
+  row = next(l for l in recall if l.startswith('| EMA |'))
+  want = [f'{fake_top5(f"imagenet_evalnorm_b{b}", "ema"):.2f}'
+          for b in (2, 4, 8, 16, 32)]
+  assert row == '| EMA | ' + ' | '.join(want) + ' |  |'
 
 
 def test_table2_paradigms(context):
@@ -193,6 +226,17 @@ def test_command_is_the_users_command_line(context):
   assert '--checkpoint=/w/x' in runs.command(offline, '/w')
 
 
+def test_eval_json_has_top1_and_top5_of_every_mode(trained_run):
+  from evalnorm import evaluation  # pylint: disable=g-import-not-at-top
+  _, _, report = trained_run
+  for metrics in report['eval'].values():
+    assert 0 <= metrics['top1'] <= metrics['top5'] <= 100
+  logits = np.array([[0., 1, 2, 3, 4, 5, 6], [6., 5, 4, 3, 2, 1, 0]])
+  labels = np.array([1, 1])  # rank 6 of 7 in the first row, 2 in the second
+  np.testing.assert_array_equal(
+      evaluation._in_top_k(logits, labels, 5), [False, True])
+
+
 def test_fig1_layer_outputs(trained_run, tmp_path):
   config, workdir, _ = trained_run
   overrides = {k: config[k] for k in ('dataset', 'stem_strides', 'batch_size',
@@ -244,3 +288,98 @@ def test_run_all_at_smoke_scale(tmp_path):
     assert os.path.exists(tmp_path / 'r' / f'{name}.md')
     assert os.path.exists(tmp_path / 'r' / f'{name}.png')
   assert os.path.exists(tmp_path / 'r' / 'seeds.md')
+
+
+# ---------------------------------------------------------------------------
+# The full scale: the paper's grids, as the dry run lists them.
+
+
+def listed_runs(text: str) -> dict[str, dict[str, str]]:
+  """{run: {column: cell}} of the dry-run listing's tables."""
+  rows = {}
+  for line in text.splitlines():
+    cells = [c.strip() for c in line.strip('|').split('|')]
+    if line.startswith('| ') and cells[0] != 'run':
+      rows[cells[0]] = dict(zip(runs.LISTING_HEADERS, cells))
+  return rows
+
+
+@pytest.fixture(scope='module')
+def full_listing(tmp_path_factory):
+  root = tmp_path_factory.mktemp('full')
+  return listed_runs(run_all.main(['--scale=full', '--dry_run',
+                                   f'--workdir_root={root}']))
+
+
+def test_full_scale_cifar_runs_are_the_papers_setup(full_listing):
+  cifar = {n: r for n, r in full_listing.items()
+           if r['dataset'].startswith('cifar')}
+  # One device, SGD batch 128 cut into groups of B, 128k steps, lr 0.1.
+  assert {(r['devices'], r['batch'], r['lr']) for r in cifar.values()} == {
+      ('1', '128', '0.1')}
+  fig2 = {(r['dataset'], r['norm'].split()[0], int(r['B']))
+          for n, r in cifar.items() if n.split('_')[-1] == 'seed0'
+          and r['model'] == 'ResNet-20 v2 x1' and r['steps'] == '128,000'}
+  # Fig. 2: both panels, EvalNorm and Renorm at every B.
+  assert fig2 >= {(d, norm, b) for d in ('cifar10', 'cifar100')
+                  for norm in ('evalnorm', 'renorm')
+                  for b in (2, 4, 8, 16, 32, 64, 128)}
+  # CIFAR-100 is the test-bed: every figure run but Fig. 2's CIFAR-10 panel
+  # (and the transfer table's target) trains on it.
+  on_cifar10 = {n for n, r in cifar.items() if r['dataset'] == 'cifar10'}
+  assert all(n.startswith(('cifar10_', 'transfer_')) for n in on_cifar10)
+  # Fig. 5: deeper (20, 56, 110, 254) at x1 and wider (x1, x2, x4, x8) at
+  # depth 20, each at B = 4 and 8.
+  fig5 = {(r['model'], int(r['B'])) for n, r in cifar.items()
+          if n in [x.name for x in fig5_deeper_wider.all_runs(
+              runs.SCALES['full'])]}
+  models = {f'ResNet-{d} v2 x1' for d in (20, 56, 110, 254)} | {
+      f'ResNet-20 v2 x{w}' for w in (1, 2, 4, 8)}
+  assert fig5 == {(m, b) for m in models for b in (4, 8)}
+  assert all(cifar[n]['dataset'] == 'cifar100' for n in cifar
+             if n.startswith('evalnorm_d'))
+
+
+def test_full_scale_table1_runs_are_the_papers_setup(full_listing):
+  sys.path.insert(0, os.path.join(ROOT, 'configs'))
+  import imagenet  # pylint: disable=g-import-not-at-top
+  assert imagenet.TRAIN_EXAMPLES == runs.TRAIN_EXAMPLES['imagenet2012']
+  for b in (2, 4, 8, 16, 32):
+    batch = 8 * b
+    for norm in ('evalnorm', 'renorm', 'groupnorm'):
+      row = full_listing[f'imagenet_{norm}_b{b}']
+      assert (row['dataset'], row['model'], row['devices']) == (
+          'imagenet2012', 'ResNet-50 v2', '8')
+      assert (int(row['B']), int(row['batch'])) == (b, batch)
+      assert float(row['lr']) == pytest.approx(0.1 * batch / 256)
+      assert row['steps'] == f'{math.ceil(60 * 1_281_167 / batch):,}'
+    # Offline estimation: one epoch of the column's batches.
+    offline = full_listing[f'imagenet_offline_b{b}']
+    assert offline['program'] == f'offline, from imagenet_evalnorm_b{b}'
+    assert offline['steps'] == f'{math.ceil(1_281_167 / batch):,}'
+
+
+def test_gpus_are_handed_out_one_run_at_a_time(context, monkeypatch):
+  """On a GPU machine each run sees its own GPUs, never all of them."""
+  monkeypatch.setattr(runs, 'machine_gpus', lambda: ('0', '1'))
+  seen, lock = {}, threading.Lock()
+  both_running = threading.Barrier(2, timeout=30)
+
+  def fake_call(args, cwd, stdout, stderr, env):
+    del cwd, stdout, stderr
+    name = os.path.basename(next(a for a in args if a.startswith('--workdir')))
+    with lock:
+      seen[name] = env['CUDA_VISIBLE_DEVICES']
+    if name.startswith('one'):
+      both_running.wait()  # the two one-device runs hold a GPU each at once
+    workdir = os.path.join(context.workdir_root, name)
+    with open(os.path.join(workdir, 'eval.json'), 'w') as f:
+      json.dump({'eval': {}}, f)
+    return 0
+  monkeypatch.setattr(runs.subprocess, 'call', fake_call)
+  one_device = [runs.make_run(f'one_{i}', context.scale) for i in range(2)]
+  runs.execute(one_device, context.workdir_root, jobs=2)
+  assert sorted(seen.values()) == ['0', '1']
+  runs.execute([runs.make_run('eight', context.scale, devices=8)],
+               context.workdir_root)
+  assert seen['eight'] == '0,1'  # all there are: groups of B on fewer devices
