@@ -1,5 +1,10 @@
-"""EvalNorm in JAX/Flax: BatchNorm that evaluates well with small normalization batches."""
+"""EvalNorm in JAX/Flax: BatchNorm that evaluates well with small normalization batches.
 
+``evalnorm.EvalNorm`` replaces ``flax.linen.BatchNorm``; ``evalnorm.nnx.EvalNorm``
+replaces ``flax.nnx.BatchNorm``.
+"""
+
+from evalnorm.calibration import calibrate
 from evalnorm.layers import EVAL_STATS, EvalNorm, auxiliary_loss
 from evalnorm.variables import (
     alpha_beta_by_layer,
@@ -13,6 +18,6 @@ from evalnorm.variables import (
 
 __all__ = [
     'EVAL_STATS', 'EvalNorm', 'alpha_beta_by_layer', 'auxiliary_loss',
-    'batchnorm_to_evalnorm', 'mean_alpha_beta', 'one_over_b', 'rule_of_thumb',
-    'set_alpha_beta', 'total_aux_loss',
+    'batchnorm_to_evalnorm', 'calibrate', 'mean_alpha_beta', 'one_over_b',
+    'rule_of_thumb', 'set_alpha_beta', 'total_aux_loss',
 ]

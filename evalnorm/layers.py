@@ -1,34 +1,36 @@
 """EvalNorm: BatchNorm whose evaluation blends per-example and moving statistics.
 
 Singh & Shrivastava, "EvalNorm: Estimating Batch Normalization Statistics for
-Evaluation" (ICCV 2019). The module is a drop-in for ``flax.linen.BatchNorm``:
+Evaluation" (ICCV 2019). This file holds the equations, as plain functions
+that the flax.linen layer below and the NNX layer (``evalnorm.nnx``) share:
 
 * training normalizes each *normalization group* of ``group_size`` consecutive
-  examples with its own statistics (``group_size=None``: the whole batch, exactly
-  ``nn.BatchNorm``) and updates the same ``batch_stats`` EMA;
-* evaluation with ``eval_stats='evalnorm'`` normalizes example i with
+  examples with its own statistics and updates the moving averages (EMA) with
+  the mean of the groups' statistics;
+* evaluation normalizes example i with
 
       mu_hat  = a * mu_i + (1 - a) * mu_E
       var_hat = b * var_i + (1 - b) * var_E + b * (1 - b) * (mu_i - mu_E)^2
 
-  where mu_i, var_i are the example's own statistics and a, b live in the
-  ``evalnorm`` collection;
-* when the caller makes ``aux_loss`` mutable in training, the layer sows the
-  paper's auxiliary loss (eqs. 7-9), whose gradient reaches alpha and beta only.
+  where mu_i, var_i are the example's own statistics and a, b (alpha, beta)
+  are per layer;
+* the auxiliary loss (paper eqs. 7-9) measures how well that estimate
+  reproduces the training normalization; its gradient reaches a and b only.
 
 All statistics are computed once per example and combined per group, so the
-per-group, per-device and evaluation paths share one reduction over the input.
+training, per-device and evaluation paths share one reduction over the input.
+The two kernels that exist only for speed live in ``evalnorm.kernels``.
 """
 
-import functools
-import math
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
-from flax.linen import dtypes, initializers, module
-from flax.linen import Module, compact
+from flax.linen import Module, compact, dtypes, initializers, module
 from jax import lax
+
+from evalnorm import kernels
+from evalnorm.kernels import abs_square
 
 Array = jax.Array
 Axes = int | Sequence[int]
@@ -36,101 +38,31 @@ Axes = int | Sequence[int]
 EVAL_STATS = ('ema', 'evalnorm')
 
 
-def _canonical_axes(ndim: int, axes: Axes) -> tuple[int, ...]:
-  axes = (axes,) if isinstance(axes, int) else tuple(axes)
-  return tuple(sorted({ax % ndim for ax in axes}))
+# ---------------------------------------------------------------------------
+# The equations. Statistics keep a dimension of size 1 for every reduced axis
+# (per example: (N, 1, ..., C); per group: (G, 1, ..., C)), so they broadcast
+# against x.
 
 
 def example_moments(x: Array, feature_axes: tuple[int, ...],
-                    use_fast_variance: bool) -> tuple[Array, Array]:
+                    use_fast_variance: bool = True) -> tuple[Array, Array]:
   """Per-example mean and biased variance, reducing all but batch and features.
 
-  Returned with kept dimensions (shape (N, 1, ..., C)) so they broadcast
-  against ``x``. For a dense (N, C) input nothing is reduced: mu_i = x_i and
-  var_i = 0, as the contract requires.
+  For an input with no axis besides batch and features (a dense (N, C) input)
+  nothing is reduced: mu_i = x_i and var_i = 0. The variance is real for
+  complex inputs (E|x - mu|^2), as in flax's BatchNorm.
   """
   spatial_axes = tuple(ax for ax in range(1, x.ndim) if ax not in feature_axes)
-  if use_fast_variance and spatial_axes:
-    # One pass for both moments; round-off can make E[x^2] - E[x]^2 slightly
+  if not spatial_axes:
+    return x, jnp.zeros(x.shape, abs_square(x).dtype)
+  if use_fast_variance:
+    # One pass for both moments; round-off can make E|x|^2 - |E x|^2 slightly
     # negative.
-    mean, mean_sq = _mean_and_mean_square(x, spatial_axes)
-    return mean, jnp.maximum(0.0, mean_sq - jnp.square(mean))
+    mean, mean_abs_sq = kernels.mean_and_mean_abs_square(x, spatial_axes)
+    return mean, jnp.maximum(0.0, mean_abs_sq - abs_square(mean))
   mean = jnp.mean(x, axis=spatial_axes, keepdims=True)
-  var = jnp.mean(jnp.square(x - mean), axis=spatial_axes, keepdims=True)
+  var = jnp.mean(abs_square(x - mean), axis=spatial_axes, keepdims=True)
   return mean, var
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
-def _mean_and_mean_square(x: Array, spatial_axes: tuple[int, ...]):
-  """E[x] and E[x^2] over ``spatial_axes`` (kept), from one read of ``x``."""
-  count = math.prod(x.shape[ax] for ax in spatial_axes)
-  return spatial_sums((x, jnp.square(x)), spatial_axes, scale=1 / count)
-
-
-@_mean_and_mean_square.defjvp
-def _mean_and_mean_square_jvp(spatial_axes, primals, tangents):
-  # The fast primal is a variadic reduction, which JAX cannot differentiate;
-  # the tangents are plain means, linear in dx, so reverse mode transposes
-  # them into broadcasts as it would for jnp.mean.
-  (x,), (dx,) = primals, tangents
-  mean = lambda v: jnp.mean(v, axis=spatial_axes, keepdims=True)
-  return (_mean_and_mean_square(x, spatial_axes),
-          (mean(dx), mean(2 * x * dx)))
-
-
-# Rows of about this many elements for the CPU reduction (see spatial_sums).
-_CPU_ROW_ELEMENTS = 1024
-
-
-def spatial_sums(operands: tuple[Array, ...], spatial_axes: tuple[int, ...],
-                 scale: float = 1.0) -> tuple[Array, ...]:
-  """``scale`` times the sums of same-shaped arrays over ``spatial_axes`` (kept).
-
-  On CPU the sums are one variadic reduction, and when the reduced axes come
-  right after the batch axis (NHWC) it runs over rows of about
-  ``_CPU_ROW_ELEMENTS`` contiguous elements (several positions' channels side
-  by side), then adds the few partial rows. XLA:CPU otherwise reduces
-  (N, H, W, C) over H, W with C-wide vectors, one reduction per sum: 2-4x
-  slower for C = 16-64, which made EvalNorm's evaluation of a CIFAR ResNet-20
-  1.15-1.28x flax BatchNorm's (now 1.02-1.07x, benchmarks/cost.py). The
-  ``scale`` is applied before the sums are reshaped to kept dimensions: in
-  that order XLA:CPU's YNNPACK fusion also took the normalization into the
-  next convolution. Other platforms get separate reductions in the array's
-  own layout, which their compilers fuse (a reshape could cost a relayout).
-  """
-  def separate(*arrays):
-    return tuple(scale * jnp.sum(a, axis=spatial_axes, keepdims=True)
-                 for a in arrays)
-
-  def one_pass(*arrays):
-    shape = arrays[0].shape
-    kept = tuple(1 if ax in spatial_axes else n for ax, n in enumerate(shape))
-    if spatial_axes != tuple(range(1, len(spatial_axes) + 1)):
-      return tuple((scale * s).reshape(kept)
-                   for s in _variadic_sum(arrays, spatial_axes))
-    n = shape[0]
-    positions = math.prod(shape[ax] for ax in spatial_axes)
-    features = math.prod(shape[len(spatial_axes) + 1:])
-    per_row = _largest_divisor_at_most(
-        positions, max(1, _CPU_ROW_ELEMENTS // features))
-    rows = tuple(a.reshape(n, positions // per_row, per_row * features)
-                 for a in arrays)
-    partial = _variadic_sum(rows, (1,))
-    return tuple(
-        (scale * p.reshape(n, per_row, features).sum(axis=1)).reshape(kept)
-        for p in partial)
-
-  return lax.platform_dependent(*operands, cpu=one_pass, default=separate)
-
-
-def _variadic_sum(arrays, axes):
-  zeros = tuple(jnp.zeros((), a.dtype) for a in arrays)
-  return lax.reduce(tuple(arrays), zeros,
-                    lambda a, b: tuple(p + q for p, q in zip(a, b)), axes)
-
-
-def _largest_divisor_at_most(n: int, bound: int) -> int:
-  return max(d for d in range(1, min(n, bound) + 1) if n % d == 0)
 
 
 def group_moments(example_mean: Array, example_var: Array,
@@ -139,14 +71,29 @@ def group_moments(example_mean: Array, example_var: Array,
 
   By the law of total variance the group variance is the mean of the example
   variances plus the variance of the example means, so the input is read once.
-  Output shape: (num_groups, 1, ..., C).
   """
   shape = (-1, group_size) + example_mean.shape[1:]
   means = example_mean.reshape(shape)
   variances = example_var.reshape(shape)
   group_mean = jnp.mean(means, axis=1)
-  spread = jnp.mean(jnp.square(means - group_mean[:, None]), axis=1)
+  spread = jnp.mean(abs_square(means - group_mean[:, None]), axis=1)
   return group_mean, jnp.mean(variances, axis=1) + spread
+
+
+def synchronize(group_mean: Array, group_var: Array, axis_name: str,
+                axis_index_groups: Any = None) -> tuple[Array, Array]:
+  """Moments of matching groups averaged across ``axis_name`` (synchronized BN).
+
+  E[x] and E|x|^2 travel in one collective, as flax's BatchNorm does.
+  """
+  mean_abs_sq = group_var + abs_square(group_mean)
+  if jnp.iscomplexobj(group_mean):
+    mean_abs_sq = mean_abs_sq.astype(group_mean.dtype)
+  group_mean, mean_abs_sq = lax.pmean(
+      jnp.stack([group_mean, mean_abs_sq]), axis_name,
+      axis_index_groups=axis_index_groups)
+  return group_mean, jnp.maximum(0.0, jnp.real(mean_abs_sq)
+                                 - abs_square(group_mean))
 
 
 def per_example(group_value: Array, group_size: int) -> Array:
@@ -156,23 +103,212 @@ def per_example(group_value: Array, group_size: int) -> Array:
   return repeated.reshape((-1,) + group_value.shape[1:])
 
 
+def ema_update(ema: Array, group_values: Array, momentum: float) -> Array:
+  """ema <- m * ema + (1 - m) * avg_g(group value), in ``ema``'s shape."""
+  return momentum * ema + (1 - momentum) * jnp.mean(
+      group_values, axis=0).reshape(jnp.shape(ema))
+
+
 def update_ema(ema_mean, ema_var, group_mean, group_var, momentum: float):
-  """mean <- m*mean + (1-m)*avg_g(mu_g), and the same for var (in place)."""
-  shape = ema_mean.value.shape
-  ema_mean.value = momentum * ema_mean.value + (1 - momentum) * jnp.mean(
-      group_mean, axis=0).reshape(shape)
-  ema_var.value = momentum * ema_var.value + (1 - momentum) * jnp.mean(
-      group_var, axis=0).reshape(shape)
+  """``ema_update`` of a layer's two moving averages, in place (``.value``)."""
+  ema_mean.value = ema_update(ema_mean.value, group_mean, momentum)
+  ema_var.value = ema_update(ema_var.value, group_var, momentum)
+
+
+def _weighted(weight: Array, value: Array) -> Array:
+  """weight * value, where a zero weight takes nothing from a non-finite value.
+
+  0 * inf is NaN: without this, one overflowing input entry would spread NaN
+  over its whole example-channel even with alpha = beta = 0 (plain EMA).
+  """
+  return weight * jnp.where(jnp.isfinite(value) | (weight != 0), value, 0)
 
 
 def blend_statistics(alpha: Array, beta: Array, example_mean: Array,
                      example_var: Array, ema_mean: Array,
                      ema_var: Array) -> tuple[Array, Array]:
-  """The EvalNorm estimate (mu_hat, var_hat) of DESIGN.md."""
-  mean = alpha * example_mean + (1 - alpha) * ema_mean
-  var = (beta * example_var + (1 - beta) * ema_var
-         + beta * (1 - beta) * jnp.square(example_mean - ema_mean))
+  """The EvalNorm estimate (mu_hat, var_hat) of the module docstring."""
+  mean = _weighted(alpha, example_mean) + (1 - alpha) * ema_mean
+  var = (_weighted(beta, example_var) + (1 - beta) * ema_var
+         + _weighted(beta * (1 - beta), abs_square(example_mean - ema_mean)))
   return mean, var
+
+
+def normalize(x: Array, mean: Array, var: Array, scale: Array | None,
+              bias: Array | None, epsilon: float) -> Array:
+  """(x - mean) * (rsqrt(var + eps) * scale) + bias, in flax's operation order.
+
+  The same order (scale folded into the multiplier) keeps ``'ema'``
+  evaluation bit-identical to ``nn.BatchNorm``'s.
+  """
+  y = x - mean
+  mul = lax.rsqrt(var + epsilon)
+  if scale is not None:
+    mul = mul * scale
+  y = y * mul
+  if bias is not None:
+    y = y + bias
+  return y
+
+
+def normalize_groups(x: Array, group_mean: Array, group_var: Array,
+                     scale: Array | None, bias: Array | None,
+                     epsilon: float) -> Array:
+  """Each group normalized by its own statistics (the training output).
+
+  Group values are repeated per example rather than x reshaped to
+  (groups, B, ...), so XLA keeps x's own shape and layout through the
+  backward pass.
+  """
+  group_size = x.shape[0] // group_mean.shape[0]
+  mul = lax.rsqrt(group_var + epsilon)
+  if scale is not None:
+    mul = mul * scale
+  y = (x - per_example(group_mean, group_size)) * per_example(mul, group_size)
+  if bias is not None:
+    y = y + bias
+  return y
+
+
+def auxiliary_loss(x, normalized, example_mean, example_var, ema_mean, ema_var,
+                   alpha, beta, epsilon):
+  """Paper eqs. 7-9: how well the EvalNorm estimate reproduces training.
+
+  Every input except alpha and beta is behind a stop-gradient, so adding this
+  loss to any objective changes no gradient but those of alpha and beta.
+  ``normalized`` is the training output before the affine transform and
+  ``ema_mean``/``ema_var`` are the moving averages before this step's update.
+  """
+  sg = lax.stop_gradient
+  mean_hat, var_hat = blend_statistics(
+      alpha, beta, sg(example_mean), sg(example_var), sg(ema_mean), sg(ema_var))
+  estimate = (sg(x) - mean_hat) * lax.rsqrt(var_hat + epsilon)
+  return jnp.mean(jnp.abs(sg(normalized) - estimate))
+
+
+class TrainStatistics(NamedTuple):
+  """Per-example and per-group moments of one training call."""
+  example_mean: Array
+  example_var: Array
+  group_mean: Array
+  group_var: Array
+
+
+def check_group_size(batch: int, group_size: int | None) -> int:
+  """B for a batch of ``batch`` examples (None: the whole batch)."""
+  group_size = batch if group_size is None else group_size
+  if group_size <= 0 or batch % group_size:
+    raise ValueError(f'group_size={group_size} does not divide the batch of '
+                     f'{batch} examples on this device')
+  return group_size
+
+
+def train_statistics(x: Array, feature_axes: tuple[int, ...],
+                     group_size: int | None, use_fast_variance: bool = True,
+                     axis_name: str | None = None,
+                     axis_index_groups: Any = None) -> TrainStatistics:
+  """Moments of every example and of every group of B (synced over axis_name)."""
+  group_size = check_group_size(x.shape[0], group_size)
+  mu_i, var_i = example_moments(x, feature_axes, use_fast_variance)
+  group_mean, group_var = group_moments(mu_i, var_i, group_size)
+  if axis_name is not None:
+    group_mean, group_var = synchronize(group_mean, group_var, axis_name,
+                                        axis_index_groups)
+  return TrainStatistics(mu_i, var_i, group_mean, group_var)
+
+
+def layer_auxiliary_loss(x: Array, stats: TrainStatistics, ema_mean: Array,
+                         ema_var: Array, alpha: Array, beta: Array,
+                         epsilon: float) -> Array:
+  """``auxiliary_loss`` of one training call, from its statistics.
+
+  Real inputs take the fused kernel (same value, cheaper gradient); complex
+  ones the plain formula.
+  """
+  sg = lax.stop_gradient
+  if jnp.iscomplexobj(x):
+    normalized = normalize_groups(x, stats.group_mean, stats.group_var, None,
+                                  None, epsilon)
+    return auxiliary_loss(x, normalized, stats.example_mean, stats.example_var,
+                          ema_mean, ema_var, alpha, beta, epsilon)
+  group_size = x.shape[0] // stats.group_mean.shape[0]
+  each = lambda v: sg(per_example(v, group_size))
+  mean_hat, var_hat = blend_statistics(
+      alpha, beta, sg(stats.example_mean), sg(stats.example_var), sg(ema_mean),
+      sg(ema_var))
+  return kernels.grouped_auxiliary_loss(
+      sg(x), sg(stats.example_mean), each(stats.group_mean),
+      each(lax.rsqrt(stats.group_var + epsilon)), mean_hat,
+      lax.rsqrt(var_hat + epsilon))
+
+
+def evalnorm_statistics(x: Array, feature_axes: tuple[int, ...], alpha: Array,
+                        beta: Array, ema_mean: Array, ema_var: Array,
+                        use_fast_variance: bool = True) -> tuple[Array, Array]:
+  """mu_hat, var_hat of every example (alpha/beta clipped to [0, 1] here)."""
+  mu_i, var_i = example_moments(x, feature_axes, use_fast_variance)
+  return blend_statistics(jnp.clip(alpha, 0, 1), jnp.clip(beta, 0, 1), mu_i,
+                          var_i, ema_mean, ema_var)
+
+
+# ---------------------------------------------------------------------------
+# Shapes and dtypes shared by the two modules.
+
+
+def canonical_axes(ndim: int, axes: Axes) -> tuple[int, ...]:
+  axes = (axes,) if isinstance(axes, int) else tuple(axes)
+  return tuple(sorted({ax % ndim for ax in axes}))
+
+
+def batched_feature_axes(ndim: int, axis: Axes) -> tuple[bool, tuple[int, ...]]:
+  """(has a batch axis, feature axes of the batched input).
+
+  An input whose every axis is a feature axis (e.g. (C,) inside a per-example
+  ``nn.vmap``) is one example: the layers give it a batch axis of 1.
+  """
+  feature_axes = canonical_axes(ndim, axis)
+  if len(feature_axes) == ndim:
+    return False, tuple(ax + 1 for ax in feature_axes)
+  if 0 in feature_axes:
+    raise ValueError(f'axis={axis} includes axis 0, which EvalNorm takes as '
+                     'the batch axis (groups of B examples are cut along it)')
+  return True, feature_axes
+
+
+def check_unbatched_group_size(shape: tuple[int, ...],
+                               group_size: int | None) -> None:
+  if group_size not in (None, 1):
+    raise ValueError(
+        f'group_size={group_size} cannot apply to an input of shape {shape}: '
+        'it has no batch axis (every axis is a feature axis), so each call '
+        'sees one example; use group_size=None and group examples with '
+        'axis_name (and axis_index_groups)')
+
+
+def check_call(mask: Array | None, eval_stats: str) -> None:
+  if mask is not None:
+    raise NotImplementedError(
+        'EvalNorm does not support mask: per-group and per-example '
+        'statistics would need masked counts. Drop masked examples instead.')
+  if eval_stats not in EVAL_STATS:
+    raise ValueError(f'eval_stats={eval_stats!r} is not one of {EVAL_STATS}')
+
+
+def statistics_input(x: Array, dtype: Any, force_float32_reductions: bool):
+  """x in the dtype statistics are computed in (at least float32 by default)."""
+  dtype = dtype or jnp.result_type(x)
+  if force_float32_reductions:
+    dtype = jnp.promote_types(dtype, jnp.float32)
+  return jnp.asarray(x, dtype)
+
+
+def broadcast_shape(x_shape, feature_axes) -> tuple[int, ...]:
+  """Shape that broadcasts a feature-shaped vector against x."""
+  return tuple(n if ax in feature_axes else 1 for ax, n in enumerate(x_shape))
+
+
+# ---------------------------------------------------------------------------
+# flax.linen layer.
 
 
 class EvalNorm(Module):
@@ -180,14 +316,25 @@ class EvalNorm(Module):
 
   Attributes are those of ``flax.linen.BatchNorm`` (same meaning and defaults)
   plus:
-    group_size: normalization batch B. The leading axis is cut into
+    group_size: normalization batch B. The leading (batch) axis is cut into
       consecutive groups of B examples, each normalized with its own
-      statistics. None: the whole batch on this device is one group.
+      statistics. None: the whole batch on this device is one group. An input
+      whose every axis is a feature axis is one example (groups then come
+      from ``axis_name``), and takes only None or 1.
     eval_stats: statistics used when ``use_running_average`` is true: 'ema'
       (exactly ``nn.BatchNorm``) or 'evalnorm' (the blend above).
     per_channel: alpha and beta of shape (C,) instead of scalars.
     alpha_init, beta_init: initial alpha and beta in [0, 1]. The default 0
       makes an unestimated layer evaluate exactly like BatchNorm.
+    freeze_batch_stats: training calls normalize each group by its own
+      statistics but leave the moving averages as they are, so ``batch_stats``
+      may be immutable (offline estimation, frozen-statistics fine-tuning).
+      Otherwise a training call with immutable ``batch_stats`` is flax's
+      error, as with ``nn.BatchNorm``.
+
+  The auxiliary loss is sown into ``aux_loss`` (one scalar per layer,
+  replaced at each call) when the caller makes that collection mutable in a
+  training call and ``eval_stats='evalnorm'``.
   """
   use_running_average: bool | None = None
   axis: Axes = -1
@@ -208,222 +355,93 @@ class EvalNorm(Module):
   per_channel: bool = False
   alpha_init: float = 0.0
   beta_init: float = 0.0
+  freeze_batch_stats: bool = False
 
   @compact
   def __call__(self, x: Array, use_running_average: bool | None = None, *,
                mask: Array | None = None) -> Array:
     """Normalizes ``x`` (batch axis first); see the class docstring."""
-    if mask is not None:
-      raise NotImplementedError(
-          'EvalNorm does not support mask: per-group and per-example '
-          'statistics would need masked counts. Drop masked examples instead.')
-    if self.eval_stats not in EVAL_STATS:
-      raise ValueError(
-          f'eval_stats={self.eval_stats!r} is not one of {EVAL_STATS}')
+    check_call(mask, self.eval_stats)
     use_running_average = module.merge_param(
         'use_running_average', self.use_running_average, use_running_average)
-    feature_axes = _canonical_axes(x.ndim, self.axis)
-    if 0 in feature_axes:
-      raise ValueError('EvalNorm normalizes over the batch axis 0; '
-                       f'axis={self.axis} may not include it')
-    feature_shape = tuple(x.shape[ax] for ax in feature_axes)
-    # Shape that broadcasts a feature-shaped vector against x.
-    broadcast_shape = tuple(
-        x.shape[ax] if ax in feature_axes else 1 for ax in range(x.ndim))
-
+    batched, feature_axes = batched_feature_axes(x.ndim, self.axis)
+    if not batched:
+      check_unbatched_group_size(x.shape, self.group_size)
+    xb = x if batched else x[None]
+    feature_shape = tuple(xb.shape[ax] for ax in feature_axes)
+    shape = broadcast_shape(xb.shape, feature_axes)
     stats_dtype = (jnp.float32 if self.force_float32_reductions
                    else self.param_dtype)
-    ema_mean = self.variable('batch_stats', 'mean',
-                             lambda: jnp.zeros(feature_shape, stats_dtype))
-    ema_var = self.variable('batch_stats', 'var',
-                            lambda: jnp.ones(feature_shape, stats_dtype))
-    ab_shape = feature_shape if self.per_channel else ()
-    alpha = self.variable('evalnorm', 'alpha',
-                          lambda: jnp.full(ab_shape, self.alpha_init, jnp.float32))
-    beta = self.variable('evalnorm', 'beta',
-                         lambda: jnp.full(ab_shape, self.beta_init, jnp.float32))
-    scale, bias = self._affine_params(feature_shape)
+    ema_mean = self.variable('batch_stats', 'mean', jnp.zeros, feature_shape,
+                             stats_dtype)
+    ema_var = self.variable('batch_stats', 'var', jnp.ones, feature_shape,
+                            stats_dtype)
+    alpha, beta = _alpha_beta(self, feature_shape)
+    scale, bias = _affine_params(self, feature_shape)
+    affine = [None if p is None else p.reshape(shape) for p in (scale, bias)]
+    ab_shape = shape if self.per_channel else ()
+    alpha, beta = alpha.value.reshape(ab_shape), beta.value.reshape(ab_shape)
+    x_stats = statistics_input(xb, self.dtype, self.force_float32_reductions)
 
-    x32 = self._promote(x)
-    mean_e = ema_mean.value.reshape(broadcast_shape)
-    var_e = ema_var.value.reshape(broadcast_shape)
     if use_running_average:
-      if self.eval_stats == 'ema':
-        mean, var = mean_e, var_e
-      else:
-        a = jnp.clip(alpha.value, 0, 1).reshape(self._ab_broadcast(broadcast_shape))
-        b = jnp.clip(beta.value, 0, 1).reshape(self._ab_broadcast(broadcast_shape))
-        mu_i, var_i = example_moments(x32, feature_axes, self.use_fast_variance)
-        mean, var = blend_statistics(a, b, mu_i, var_i, mean_e, var_e)
-      y = self._normalize(x32, mean, var, scale, bias, broadcast_shape)
-      return self._cast_output(y, x, scale, bias)
-
-    y, mu_i, var_i, group_mean, group_var = self._train_normalize(
-        x32, feature_axes, scale, bias, broadcast_shape)
-    if self.is_mutable_collection('aux_loss') and not self.is_initializing():
-      a = jnp.clip(alpha.value, 0, 1).reshape(self._ab_broadcast(broadcast_shape))
-      b = jnp.clip(beta.value, 0, 1).reshape(self._ab_broadcast(broadcast_shape))
-      self.sow('aux_loss', 'loss', grouped_auxiliary_loss(
-          x32, mu_i, var_i, group_mean, group_var, mean_e, var_e, a, b,
-          self.epsilon))
-    # The EMA is left alone when batch_stats is immutable, so that offline
-    # estimation can run training-mode passes over a frozen model.
-    if self.is_mutable_collection('batch_stats') and not self.is_initializing():
-      update_ema(ema_mean, ema_var, group_mean, group_var, self.momentum)
-    return self._cast_output(y, x, scale, bias)
-
-  def _train_normalize(self, x32, feature_axes, scale, bias, broadcast_shape):
-    """Normalizes each group by its own statistics (synced over axis_name)."""
-    batch = x32.shape[0]
-    group_size = batch if self.group_size is None else self.group_size
-    if group_size <= 0 or batch % group_size:
-      raise ValueError(f'group_size={group_size} does not divide the batch of '
-                       f'{batch} examples on this device')
-    mu_i, var_i = example_moments(x32, feature_axes, self.use_fast_variance)
-    group_mean, group_var = group_moments(mu_i, var_i, group_size)
-    if self.axis_name is not None and not self.is_initializing():
-      # Synchronized BN: average E[x] and E[x^2] of matching groups across
-      # devices in one collective, as flax does.
-      group_sq = group_var + jnp.square(group_mean)
-      group_mean, group_sq = lax.pmean(
-          jnp.stack([group_mean, group_sq]), self.axis_name,
-          axis_index_groups=self.axis_index_groups)
-      group_var = jnp.maximum(0.0, group_sq - jnp.square(group_mean))
-    # As flax's _normalize, the scale is folded into the per-channel
-    # multiplier: then no full-size `normalized` array exists that autodiff
-    # would have to keep for the backward pass of `normalized * scale`.
-    mul = lax.rsqrt(group_var + self.epsilon)
-    if scale is not None:
-      mul = mul * scale.reshape(broadcast_shape)
-    # Group statistics are repeated per example rather than x reshaped to
-    # (groups, B, ...): XLA then keeps x's own shape and layout through the
-    # backward pass (measured 3-5% faster train steps on XLA:CPU).
-    y = ((x32 - per_example(group_mean, group_size))
-         * per_example(mul, group_size))
-    if bias is not None:
-      y = y + bias.reshape(broadcast_shape)
-    return y, mu_i, var_i, group_mean, group_var
-
-  def _normalize(self, x32, mean, var, scale, bias, broadcast_shape):
-    # Same operation order as flax's _normalize, so 'ema' matches it exactly.
-    y = x32 - mean
-    mul = lax.rsqrt(var + self.epsilon)
-    if scale is not None:
-      mul = mul * scale.reshape(broadcast_shape)
-    y = y * mul
-    if bias is not None:
-      y = y + bias.reshape(broadcast_shape)
-    return y
-
-  def _affine_params(self, feature_shape):
-    scale = bias = None
-    if self.use_scale:
-      scale = self.param('scale', self.scale_init, feature_shape,
-                         self.param_dtype)
-    if self.use_bias:
-      bias = self.param('bias', self.bias_init, feature_shape, self.param_dtype)
-    if not self.force_float32_reductions:
-      scale = None if scale is None else jnp.asarray(scale, self.param_dtype)
-      bias = None if bias is None else jnp.asarray(bias, self.param_dtype)
-    return scale, bias
-
-  def _ab_broadcast(self, broadcast_shape):
-    return broadcast_shape if self.per_channel else ()
-
-  def _promote(self, x):
-    """Statistics are at least float32 unless force_float32_reductions=False."""
-    dtype = self.dtype or jnp.result_type(x)
-    if self.force_float32_reductions:
-      dtype = jnp.promote_types(dtype, jnp.float32)
-    return jnp.asarray(x, dtype)
-
-  def _cast_output(self, y, x, scale, bias):
-    args = [x] + [p for p in (scale, bias) if p is not None]
-    return jnp.asarray(y, dtypes.canonicalize_dtype(*args, dtype=self.dtype))
+      mean_e, var_e = (_stored(v.value, self).reshape(shape)
+                       for v in (ema_mean, ema_var))
+      if self.eval_stats == 'evalnorm':
+        mean_e, var_e = evalnorm_statistics(x_stats, feature_axes, alpha, beta,
+                                            mean_e, var_e,
+                                            self.use_fast_variance)
+      y = normalize(xb, mean_e, var_e, *affine, self.epsilon)
+    else:
+      initializing = self.is_initializing()
+      stats = train_statistics(
+          x_stats, feature_axes, self.group_size, self.use_fast_variance,
+          None if initializing else self.axis_name, self.axis_index_groups)
+      y = normalize_groups(xb, stats.group_mean, stats.group_var, *affine,
+                           self.epsilon)
+      if (self.eval_stats == 'evalnorm' and not initializing
+          and self.is_mutable_collection('aux_loss')):
+        loss = layer_auxiliary_loss(
+            x_stats, stats, ema_mean.value.reshape(shape),
+            ema_var.value.reshape(shape), jnp.clip(alpha, 0, 1),
+            jnp.clip(beta, 0, 1), self.epsilon)
+        # Replaced, not appended: a loop that merges the returned collection
+        # back into its variables must not accumulate one loss per step.
+        self.sow('aux_loss', 'loss', loss, init_fn=lambda: jnp.zeros(()),
+                 reduce_fn=lambda _, new: new)
+      if not (initializing or self.freeze_batch_stats):
+        # Raises flax's error when batch_stats is immutable, as BatchNorm does.
+        update_ema(ema_mean, ema_var, stats.group_mean, stats.group_var,
+                   self.momentum)
+    y = jnp.asarray(y, dtypes.canonicalize_dtype(
+        *[x] + [p for p in (scale, bias) if p is not None], dtype=self.dtype))
+    return y if batched else y[0]
 
 
-def auxiliary_loss(x, normalized, example_mean, example_var, ema_mean, ema_var,
-                   alpha, beta, epsilon):
-  """Paper eqs. 7-9: how well the EvalNorm estimate reproduces training.
-
-  Every input except alpha and beta is behind a stop-gradient, so adding this
-  loss to any objective changes no gradient but those of alpha and beta.
-  ``normalized`` is the training output before the affine transform and
-  ``ema_mean``/``ema_var`` are the moving averages before this step's update.
-  """
-  sg = lax.stop_gradient
-  mean_hat, var_hat = blend_statistics(
-      alpha, beta, sg(example_mean), sg(example_var), sg(ema_mean), sg(ema_var))
-  estimate = (sg(x) - mean_hat) * lax.rsqrt(var_hat + epsilon)
-  return jnp.mean(jnp.abs(sg(normalized) - estimate))
+# Module-level helpers rather than methods: flax wraps every method of a
+# Module, and tabulate would list these as sub-modules.
 
 
-def grouped_auxiliary_loss(x, example_mean, example_var, group_mean, group_var,
-                           ema_mean, ema_var, alpha, beta, epsilon):
-  """``auxiliary_loss`` for the layer's training normalization, in one pass.
-
-  ``normalized`` is (x - group_mean) / sqrt(group_var + eps), so the error of
-  example i is affine in x - mu_i with per-example slope and offset. The loss
-  and its gradient then need only two per-example sums over x
-  (``_affine_abs_error``), where autodiff of the plain formula would keep a
-  full-size sign array per layer for the backward pass.
-  """
-  sg = lax.stop_gradient
-  group_size = example_mean.shape[0] // group_mean.shape[0]
-  target_mean = per_example(group_mean, group_size)
-  target_inv_std = per_example(lax.rsqrt(group_var + epsilon), group_size)
-  mean_hat, var_hat = blend_statistics(
-      alpha, beta, sg(example_mean), sg(example_var), sg(ema_mean), sg(ema_var))
-  return _affine_abs_error(sg(x), sg(example_mean), sg(target_mean),
-                           sg(target_inv_std), mean_hat,
-                           lax.rsqrt(var_hat + epsilon))
+def _stored(value: Array, mdl: EvalNorm) -> Array:
+  """A stored statistic as flax's BatchNorm reads it for evaluation."""
+  if mdl.force_float32_reductions:
+    return value
+  return jnp.asarray(value, mdl.param_dtype)
 
 
-def _affine_abs_error_parts(x, center, target_mean, target_inv_std, mean_hat,
-                            inv_std):
-  """Per-example slope, offset, sum sign(e) and sum sign(e) * (x - center)."""
-  xc = x - center
-  slope = target_inv_std - inv_std
-  offset = (center - target_mean) * target_inv_std - (center - mean_hat) * inv_std
-  sign = jnp.sign(xc * slope + offset)
-  stat_shape = jnp.shape(center)  # (N, 1, ..., C): kept dims are reduced
-  axes = tuple(ax for ax, (n, m) in enumerate(zip(x.shape, stat_shape))
-               if m == 1 and n != 1)
-  # One variadic reduction in x's own layout. Not spatial_sums' CPU row
-  # layout: the per-example slope and offset broadcast inside it made XLA:CPU's
-  # loop 1.5x slower than this one (while plain moments gain 3-4x from it).
-  sign_sum, sign_xc_sum = _variadic_sum((sign, sign * xc), axes)
-  return (slope, offset, sign_sum.reshape(stat_shape),
-          sign_xc_sum.reshape(stat_shape))
+def _alpha_beta(mdl: EvalNorm, feature_shape):
+  shape = feature_shape if mdl.per_channel else ()
+  return tuple(
+      mdl.variable('evalnorm', name, jnp.full, shape, init, jnp.float32)
+      for name, init in (('alpha', mdl.alpha_init), ('beta', mdl.beta_init)))
 
 
-@jax.custom_vjp
-def _affine_abs_error(x, center, target_mean, target_inv_std, mean_hat, inv_std):
-  """mean |(x - target_mean) * target_inv_std - (x - mean_hat) * inv_std|.
-
-  Differentiable in mean_hat and inv_std only (the others are stop-gradiented
-  by the caller). Since |e| = sign(e) * e and e = (x - center) * slope + offset,
-  the mean is sum(slope * S_x + offset * S_1) / size.
-  """
-  return _affine_abs_error_fwd(x, center, target_mean, target_inv_std,
-                               mean_hat, inv_std)[0]
-
-
-def _affine_abs_error_fwd(x, center, target_mean, target_inv_std, mean_hat,
-                          inv_std):
-  slope, offset, s1, sx = _affine_abs_error_parts(
-      x, center, target_mean, target_inv_std, mean_hat, inv_std)
-  value = jnp.sum(slope * sx + offset * s1) / x.size
-  return value, (center, mean_hat, inv_std, s1, sx, x.size)
-
-
-def _affine_abs_error_bwd(residuals, g):
-  center, mean_hat, inv_std, s1, sx, size = residuals
-  # de/d mean_hat = inv_std and de/d inv_std = -(x - mean_hat), where
-  # sum sign(e) * (x - mean_hat) = S_x + (center - mean_hat) * S_1.
-  d_mean_hat = (g / size) * s1 * inv_std
-  d_inv_std = -(g / size) * (sx + (center - mean_hat) * s1)
-  return None, None, None, None, d_mean_hat, d_inv_std
-
-
-_affine_abs_error.defvjp(_affine_abs_error_fwd, _affine_abs_error_bwd)
+def _affine_params(mdl: EvalNorm, feature_shape):
+  scale = bias = None
+  if mdl.use_scale:
+    scale = mdl.param('scale', mdl.scale_init, feature_shape, mdl.param_dtype)
+  if mdl.use_bias:
+    bias = mdl.param('bias', mdl.bias_init, feature_shape, mdl.param_dtype)
+  if not mdl.force_float32_reductions:
+    scale = None if scale is None else jnp.asarray(scale, mdl.param_dtype)
+    bias = None if bias is None else jnp.asarray(bias, mdl.param_dtype)
+  return scale, bias

@@ -20,44 +20,38 @@ from absl import logging
 from flax import jax_utils
 from jax import lax
 
-from evalnorm import checkpoint, config_lib, data, evaluation, train
+from evalnorm import calibration, checkpoint, config_lib, data, evaluation, train
 from evalnorm.variables import (alpha_beta_by_layer, batchnorm_to_evalnorm,
-                                mean_alpha_beta, set_alpha_beta, total_aux_loss)
+                                set_alpha_beta)
 
 PMAP_AXIS = evaluation.PMAP_AXIS
 
 
-def aux_loss_step(evalnorm, opt_state, params, batch_stats, batch, apply_fn,
-                  tx):
-  """One optimizer step on alpha/beta; params and batch_stats are read-only."""
-  def loss_fn(evalnorm):
-    _, new_vars = apply_fn(
-        {'params': params, 'batch_stats': batch_stats, 'evalnorm': evalnorm},
-        batch['image'], train=True, mutable=['aux_loss'])
-    return total_aux_loss(new_vars['aux_loss'])
-  loss, grads = jax.value_and_grad(loss_fn)(evalnorm)
-  grads = lax.pmean(grads, PMAP_AXIS)
-  evalnorm, opt_state = train.update_alpha_beta(tx, grads, opt_state, evalnorm)
-  return evalnorm, opt_state, lax.pmean(loss, PMAP_AXIS)
-
-
 def estimate_offline(config, model, variables, dataset) -> tuple[dict, int]:
-  """Estimated ``evalnorm`` collection and the number of examples it used."""
-  tx = train.alpha_beta_optimizer(config)
+  """Estimated ``evalnorm`` collection and the number of examples it used.
+
+  The library's calibration step under pmap: each device cuts its share of
+  the batch into groups of B, and the alpha/beta gradients are averaged.
+  """
+  tx = calibration.alpha_beta_optimizer(config.alpha_beta_optimizer,
+                                        config.alpha_beta_learning_rate)
   evalnorm = set_alpha_beta(variables['evalnorm'], config.alpha_init,
                             config.beta_init)
-  step = jax.pmap(functools.partial(aux_loss_step, apply_fn=model.apply, tx=tx),
-                  axis_name=PMAP_AXIS)
-  frozen = jax_utils.replicate((variables['params'], variables['batch_stats']))
+  step = jax.pmap(functools.partial(
+      calibration.calibration_step,
+      apply_fn=functools.partial(model.apply, train=True), tx=tx,
+      group_size=config.norm_batch_size, axis_name=PMAP_AXIS),
+      axis_name=PMAP_AXIS)
+  frozen = jax_utils.replicate({'params': variables['params'],
+                                'batch_stats': variables['batch_stats']})
   evalnorm, opt_state = jax_utils.replicate((evalnorm, tx.init(evalnorm)))
   batches = dataset.train_batches(0)
-  for i in range(config.offline_estimation_steps):
-    evalnorm, opt_state, loss = step(evalnorm, opt_state, *frozen,
-                                     data.shard(next(batches)))
-    if (i + 1) % config.log_every_steps == 0:
-      alpha, beta = mean_alpha_beta(jax_utils.unreplicate(evalnorm))
-      logging.info('offline step %d: aux_loss=%.4f mean alpha=%.3f beta=%.3f',
-                   i + 1, float(loss[0]), alpha, beta)
+  for i in range(1, config.offline_estimation_steps + 1):
+    evalnorm, opt_state, loss = step(evalnorm, opt_state, frozen,
+                                     data.shard(next(batches))['image'])
+    if i % config.log_every_steps == 0:
+      calibration.log_progress(i, float(loss[0]),
+                               jax_utils.unreplicate(evalnorm))
   examples = config.offline_estimation_steps * config.batch_size
   return jax.device_get(jax_utils.unreplicate(evalnorm)), examples
 

@@ -35,7 +35,8 @@ from flax import jax_utils
 from flax.training import train_state
 from jax import lax
 
-from evalnorm import baselines, checkpoint, config_lib, data, evaluation, models
+from evalnorm import (baselines, calibration, checkpoint, config_lib, data,
+                      evaluation, models)
 from evalnorm.layers import EvalNorm
 from evalnorm.variables import alpha_beta_by_layer, mean_alpha_beta, total_aux_loss
 
@@ -55,23 +56,9 @@ class TrainState(train_state.TrainState):
   evalnorm_tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
 
   def apply_evalnorm_gradients(self, grads):
-    evalnorm, opt_state = update_alpha_beta(
+    evalnorm, opt_state = calibration.update_alpha_beta(
         self.evalnorm_tx, grads, self.evalnorm_opt_state, self.evalnorm)
     return self.replace(evalnorm=evalnorm, evalnorm_opt_state=opt_state)
-
-
-def alpha_beta_optimizer(config) -> optax.GradientTransformation:
-  """alpha/beta's own optimizer (no weight decay), online and offline alike."""
-  optimizers = {'adam': optax.adam, 'sgd': optax.sgd}
-  return optimizers[config.alpha_beta_optimizer](config.alpha_beta_learning_rate)
-
-
-def update_alpha_beta(tx, grads, opt_state, evalnorm):
-  """One optimizer step, then clipping: alpha and beta are blend weights in [0, 1]."""
-  updates, opt_state = tx.update(grads, opt_state, evalnorm)
-  evalnorm = jax.tree_util.tree_map(lambda v: jnp.clip(v, 0.0, 1.0),
-                                    optax.apply_updates(evalnorm, updates))
-  return evalnorm, opt_state
 
 
 def make_norm(config: ml_collections.ConfigDict, norm_name: str | None = None):
@@ -127,7 +114,8 @@ def create_train_state(config, model: nn.Module, image_shape, total_steps: int,
   tx = optax.chain(
       optax.add_decayed_weights(config.weight_decay),
       optax.sgd(learning_rate_schedule(config, total_steps), config.momentum))
-  evalnorm_tx = alpha_beta_optimizer(config)
+  evalnorm_tx = calibration.alpha_beta_optimizer(
+      config.alpha_beta_optimizer, config.alpha_beta_learning_rate)
   evalnorm = variables.get('evalnorm', {})
   state = TrainState.create(
       apply_fn=model.apply, params=variables['params'], tx=tx,
@@ -152,17 +140,18 @@ def train_step(state: TrainState, batch, estimate: bool,
   def loss_fn(params, evalnorm):
     variables = {'params': params, 'batch_stats': state.batch_stats,
                  'evalnorm': evalnorm}
-    mutable = ['batch_stats'] if update_batch_stats else []
-    if estimate:
-      mutable.append('aux_loss')
+    mutable = ['batch_stats', 'aux_loss'] if estimate else ['batch_stats']
     logits, new_vars = state.apply_fn(variables, batch['image'], train=True,
                                       mutable=mutable)
     task_loss = jnp.mean(cross_entropy(logits, batch['label']))
     aux_loss = total_aux_loss(new_vars.get('aux_loss', {}))
+    # Frozen statistics: the layers' EMA update is computed and dropped, which
+    # works for every norm of the slot (flax's BatchNorm included).
+    batch_stats = (new_vars['batch_stats'] if update_batch_stats
+                   else state.batch_stats)
     # aux_loss sees the model only through stop_gradient: it moves alpha/beta
     # and nothing else.
-    return task_loss + aux_loss, (new_vars.get('batch_stats', state.batch_stats),
-                                  task_loss, aux_loss, logits)
+    return task_loss + aux_loss, (batch_stats, task_loss, aux_loss, logits)
 
   grad_fn = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)
   (_, (batch_stats, task_loss, aux_loss, logits)), grads = grad_fn(

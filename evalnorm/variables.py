@@ -8,6 +8,7 @@ Each function takes and returns plain nested dicts, so it works on the output
 of ``init``/``apply``, on a ``TrainState`` field and on a restored checkpoint.
 """
 
+import re
 from typing import Any, Mapping
 
 import jax
@@ -59,7 +60,7 @@ def alpha_beta_by_layer(evalnorm: Tree) -> dict[str, dict[str, Any]]:
   layers: dict[str, dict[str, Any]] = {}
   for path, leaf in traverse_util.flatten_dict(dict(evalnorm)).items():
     value = np.asarray(leaf, np.float64)
-    layers.setdefault('/'.join(path[:-1]), {})[path[-1]] = (
+    layers.setdefault('/'.join(map(str, path[:-1])), {})[path[-1]] = (
         float(value) if value.ndim == 0 else value.tolist())
   return layers
 
@@ -72,26 +73,76 @@ def mean_alpha_beta(evalnorm: Tree) -> tuple[float, float]:
   return means['alpha'], means['beta']
 
 
+# flax names an unnamed layer after its class and a per-class counter, so a
+# model that swaps every nn.BatchNorm for EvalNorm has EvalNorm_k where the
+# BatchNorm model had BatchNorm_k.
+_AUTO_NAMED_BATCHNORM = re.compile(r'BatchNorm_(\d+)')
+
+
+def _evalnorm_name(name: str) -> str:
+  return _AUTO_NAMED_BATCHNORM.sub(r'EvalNorm_\1', name) if (
+      _AUTO_NAMED_BATCHNORM.fullmatch(name)) else name
+
+
+def _rename_auto_named(collection: Tree) -> dict:
+  flat = traverse_util.flatten_dict(dict(collection))
+  return traverse_util.unflatten_dict(
+      {tuple(map(_evalnorm_name, path)): leaf for path, leaf in flat.items()})
+
+
+def _check_against(converted: Tree, template: Tree) -> None:
+  """Every params/batch_stats variable of the EvalNorm model, with its shape."""
+  for collection in ('params', 'batch_stats'):
+    have = traverse_util.flatten_dict(dict(converted.get(collection, {})))
+    for path, leaf in traverse_util.flatten_dict(
+        dict(template.get(collection, {}))).items():
+      name = f'{collection}/{"/".join(path)}'
+      if path not in have:
+        layers = sorted({'/'.join(p[:-1]) for p in have})
+        raise ValueError(f'{name} of the EvalNorm model has no counterpart in '
+                         f'the BatchNorm variables (their layers: {layers})')
+      if jnp.shape(have[path]) != jnp.shape(leaf):
+        raise ValueError(f'{name}: shape {jnp.shape(have[path])} in the '
+                         f'BatchNorm variables, {jnp.shape(leaf)} in the '
+                         'EvalNorm model')
+
+
 def batchnorm_to_evalnorm(variables: Tree, alpha: float = 0.0,
                           beta: float | None = None,
-                          per_channel: bool = False) -> dict:
+                          per_channel: bool = False,
+                          template: Tree | None = None) -> dict:
   """Converts a plain ``nn.BatchNorm`` model's variables into EvalNorm's.
 
-  ``params`` and ``batch_stats`` are returned unchanged (EvalNorm uses the same
-  names); an ``evalnorm`` collection is added with alpha/beta for every layer
-  that has batch statistics. With the default alpha = beta = 0 the converted
-  model evaluates exactly like the BatchNorm one.
+  ``params`` and ``batch_stats`` keep their values (EvalNorm uses the same
+  variable names); auto-named layers (``BatchNorm_0``, ...) are renamed to
+  the names flax gives the same layers in the EvalNorm model
+  (``EvalNorm_0``, ...). An ``evalnorm`` collection is added with alpha/beta
+  for every layer that has batch statistics; with the default alpha = beta = 0
+  the converted model evaluates exactly like the BatchNorm one.
+
+  ``template``: the EvalNorm model's variables (or their shapes, e.g. from
+  ``jax.eval_shape(model.init, ...)``). When given, every ``params`` and
+  ``batch_stats`` variable of the template must be found with its shape (a
+  ``ValueError`` names the first that is not), and alpha/beta take the
+  template's shapes (scalar or per channel).
   """
   if 'batch_stats' not in variables:
     raise ValueError('variables have no batch_stats collection: '
                      f'found {sorted(variables)}')
   beta = alpha if beta is None else beta
-  flat_stats = traverse_util.flatten_dict(dict(variables['batch_stats']))
+  converted = {k: (_rename_auto_named(v) if k in ('params', 'batch_stats')
+                   else v) for k, v in variables.items()}
+  if template is not None:
+    _check_against(converted, template)
+  if template is not None and 'evalnorm' in template:
+    return {**converted, 'evalnorm': set_alpha_beta(template['evalnorm'],
+                                                    alpha, beta)}
   evalnorm = {}
-  for path, mean in flat_stats.items():
+  for path, mean in traverse_util.flatten_dict(
+      dict(converted['batch_stats'])).items():
     if path[-1] != 'mean':
       continue
     shape = jnp.shape(mean) if per_channel else ()
     evalnorm[path[:-1] + ('alpha',)] = jnp.full(shape, alpha, jnp.float32)
     evalnorm[path[:-1] + ('beta',)] = jnp.full(shape, beta, jnp.float32)
-  return {**variables, 'evalnorm': traverse_util.unflatten_dict(evalnorm)}
+  return {**converted, 'evalnorm': traverse_util.unflatten_dict(evalnorm)}

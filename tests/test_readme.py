@@ -1,17 +1,18 @@
-"""The README's code runs as shown."""
+"""The README's layer examples run as shown (own-model ones: test_calibration)."""
 
-import os
-import re
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from readme import readme_code
 
 
 def test_readme_layer_example_runs():
-  with open(os.path.join(ROOT, 'README.md')) as f:
-    readme = f.read()
-  example = re.search(r'```python\n(.*?)```', readme, re.S).group(1)
   namespace = {}
-  exec(compile(example, 'README.md', 'exec'), namespace)  # pylint: disable=exec-used
+  exec(readme_code('The layer'), namespace)  # pylint: disable=exec-used
   assert namespace['eval_logits'].shape == (8, 10)
   assert float(namespace['aux']) > 0
 
+
+def test_readme_nnx_example_runs():
+  namespace = {}
+  exec(readme_code('The layer', 'NNX'), namespace)  # pylint: disable=exec-used
+  alpha_beta = namespace['ennx'].alpha_beta_by_layer(namespace['model'])
+  assert 0 < alpha_beta['norm']['alpha'] <= 1
+  assert namespace['logits'].shape == (8, 10)
