@@ -1,0 +1,197 @@
+"""Detection evaluation: every statistics mode in one pass, scored by pycocotools.
+
+The modes are the classifiers' (``evalnorm.evaluation``). The RCN's norm
+layers get their own normalization batch: in training they normalize the
+``rois_per_image`` ROIs of each of the B images of a base-network group
+together, so their B is ``B * rois_per_image`` ROIs, and ``rule_of_thumb``
+(1/B^2) and ``one_over_b`` (1/B) use that count there (so both are close to
+plain EMA evaluation in the RCN). ``ema``, ``evalnorm`` and ``fixed_<c>`` mean
+the same in both parts; ``train_stats`` normalizes groups of B eval images in
+the base network and their B * num_proposals proposals in the RCN.
+
+Ground truth and each mode's detections are written in COCO format, and the
+AP of each mode is computed by ``COCOeval`` from those very files, so any
+COCO tool reading them gets the numbers of ``eval.json``.
+"""
+
+import contextlib
+import functools
+import io
+import json
+import os
+import tempfile
+from typing import Any
+
+import jax
+import numpy as np
+from flax import jax_utils
+
+from evalnorm import detector, evaluation
+from evalnorm.data import shard
+from evalnorm.evaluation import PMAP_AXIS
+
+METRICS = ('AP', 'AP50', 'AP75')  # COCOeval.stats[0:3], in percent
+
+
+def ground_truth_json(image_ids, boxes, classes, image_size: tuple[int, int],
+                      category_names) -> dict:
+  """COCO-format ground truth of images ``image_ids`` (N,) of ``image_size``
+  (height, width), with boxes (N, G, 4) and classes (N, G; 0 = no object)."""
+  height, width = image_size
+  images, annotations = [], []
+  for image_id, image_boxes, image_classes in zip(image_ids, boxes, classes):
+    images.append({'id': int(image_id), 'width': width, 'height': height})
+    for box, category in zip(image_boxes, image_classes):
+      if category > 0:
+        x1, y1, x2, y2 = (float(v) for v in box)
+        annotations.append({
+            'id': len(annotations) + 1, 'image_id': int(image_id),
+            'category_id': int(category), 'bbox': [x1, y1, x2 - x1, y2 - y1],
+            'area': (x2 - x1) * (y2 - y1), 'iscrowd': 0})
+  categories = [{'id': i + 1, 'name': name}
+                for i, name in enumerate(category_names)]
+  return {'images': images, 'annotations': annotations,
+          'categories': categories}
+
+
+def detections_json(image_ids, detections) -> list[dict]:
+  """COCO results from detections (N, D, ...) of images ``image_ids`` (N,)."""
+  results = []
+  for image_id, boxes, scores, classes, valid in zip(
+      image_ids, detections['boxes'], detections['scores'],
+      detections['classes'], detections['valid']):
+    for box, score, category in zip(boxes[valid], scores[valid],
+                                    classes[valid]):
+      x1, y1, x2, y2 = (round(float(v), 2) for v in box)
+      results.append({'image_id': int(image_id), 'category_id': int(category),
+                      'bbox': [x1, y1, round(x2 - x1, 2), round(y2 - y1, 2)],
+                      'score': round(float(score), 5)})
+  return results
+
+
+def coco_metrics(ground_truth_path: str, detections_path: str
+                 ) -> dict[str, float]:
+  """AP, AP50 and AP75 (percent) of a COCO results file against ground truth."""
+  from pycocotools.coco import COCO  # only detection runs need it
+  from pycocotools.cocoeval import COCOeval
+  with open(detections_path) as f:
+    if not json.load(f):  # COCO.loadRes cannot read an empty list.
+      return {name: 0.0 for name in METRICS}
+  with contextlib.redirect_stdout(io.StringIO()):  # COCO's progress prints
+    ground_truth = COCO(ground_truth_path)
+    evaluator = COCOeval(ground_truth, ground_truth.loadRes(detections_path),
+                         'bbox')
+    evaluator.evaluate()
+    evaluator.accumulate()
+    evaluator.summarize()
+  # -1 marks "no ground truth in this category/area": no AP at all.
+  return {name: float(100.0 * max(value, 0.0))
+          for name, value in zip(METRICS, evaluator.stats[:3])}
+
+
+def write_and_score(directory: str, ground_truth: dict,
+                    detections: dict[str, list]) -> dict[str, dict]:
+  """Writes ground_truth.json and detections_<mode>.json; scores each mode."""
+  os.makedirs(directory, exist_ok=True)
+  ground_truth_path = os.path.join(directory, 'ground_truth.json')
+  with open(ground_truth_path, 'w') as f:
+    json.dump(ground_truth, f)
+  results = {}
+  for mode, mode_detections in sorted(detections.items()):
+    path = os.path.join(directory, f'detections_{mode}.json')
+    with open(path, 'w') as f:
+      json.dump(mode_detections, f)
+    results[mode] = coco_metrics(ground_truth_path, path)
+  return results
+
+
+def eval_step(params, stacked_modes, batch, apply_fn, postprocess,
+              train_stats: bool):
+  """Detections of every mode on one device's batch (vmapped over modes)."""
+  num_modes = None if jax.tree_util.tree_leaves(stacked_modes) else 1
+
+  def mode_detections(variables):
+    return postprocess(apply_fn({'params': params, **variables},
+                                batch['image'], train=False))
+  results = {'modes': jax.vmap(mode_detections, axis_size=num_modes)(
+      stacked_modes)}
+  if train_stats:
+    # Training-mode pass: groups use their own statistics; the EMA update it
+    # computes is dropped.
+    first_mode = jax.tree_util.tree_map(lambda v: v[0], stacked_modes)
+    outputs, _ = apply_fn({'params': params, **first_mode}, batch['image'],
+                          train=True, mutable=['batch_stats'])
+    results['train_stats'] = postprocess(outputs)
+  return results
+
+
+class DetectionEvaluator(evaluation.Evaluator):
+  """The classifiers' evaluator with detections and COCO AP in place of top-1.
+
+  ``modes`` gives the RCN's layers their own B (see the module docstring);
+  calling it returns each mode's COCO-format detections.
+  """
+
+  def __init__(self, config, model, evalnorm_model, image_size):
+    self.config = config
+    self.uses_batch_statistics = (
+        config.norm in evaluation.BATCH_STATISTICS_NORMS)
+    eval_model = evalnorm_model if self.uses_batch_statistics else model
+    postprocess = functools.partial(
+        detector.postprocess, image_size=image_size,
+        score_threshold=config.score_threshold,
+        nms_threshold=config.detection_nms_threshold,
+        max_detections=config.max_detections)
+    self._step = jax.pmap(
+        functools.partial(eval_step, apply_fn=eval_model.apply,
+                          postprocess=postprocess,
+                          train_stats=self.uses_batch_statistics),
+        axis_name=PMAP_AXIS)
+
+  def modes(self, state) -> dict[str, Any]:
+    modes = super().modes(state)
+    if not self.uses_batch_statistics:
+      return modes
+    rcn_group = self.config.norm_batch_size * self.config.rois_per_image
+    evalnorm = evaluation.evalnorm_collection(self.config, state)
+    rcn_modes = evaluation.fixed_modes(evalnorm['rcn'], rcn_group,
+                                       self.config.fixed_alpha_beta)
+    for mode, rcn_alpha_beta in rcn_modes.items():
+      modes[mode]['evalnorm'] = {**modes[mode]['evalnorm'],
+                                 'rcn': rcn_alpha_beta}
+    return modes
+
+  def detect(self, params, mode_variables: dict[str, Any], dataset
+             ) -> dict[str, list]:
+    """{mode: COCO results} over the whole eval set."""
+    names = list(mode_variables)
+    stacked = jax.tree_util.tree_map(lambda *v: np.stack(v),
+                                     *mode_variables.values())
+    stacked, params = jax_utils.replicate((stacked, params))
+    detections = {name: [] for name in names}
+    for batch in dataset.eval_batches():
+      outputs = jax.device_get(self._step(params, stacked, shard(batch)))
+      real = batch['mask'] > 0
+      image_ids = batch['image_id'][real]
+      unshard = lambda x: x.reshape((-1,) + x.shape[2:])[real]
+      for i, name in enumerate(names):
+        mode = jax.tree_util.tree_map(lambda x: unshard(x[:, i]),
+                                      outputs['modes'])
+        detections[name] += detections_json(image_ids, mode)
+      if 'train_stats' in outputs:
+        detections.setdefault('train_stats', []).extend(detections_json(
+            image_ids, jax.tree_util.tree_map(unshard, outputs['train_stats'])))
+    return detections
+
+  def __call__(self, params, mode_variables, dataset, directory=None
+               ) -> dict[str, dict[str, float]]:
+    """{mode: {'AP', 'AP50', 'AP75'}}; COCO files go to ``directory``.
+
+    Without a directory (periodic evaluation) they go to a temporary one.
+    """
+    detections = self.detect(params, mode_variables, dataset)
+    ground_truth = dataset.ground_truth()
+    if directory is not None:
+      return write_and_score(directory, ground_truth, detections)
+    with tempfile.TemporaryDirectory() as scratch:
+      return write_and_score(scratch, ground_truth, detections)

@@ -1,0 +1,238 @@
+"""Training and evaluation of the Faster R-CNN detector (the paper's Table 2).
+
+The classifiers' machinery is reused as it is: the train state with its
+alpha/beta optimizer, checkpoints, resume, SIGTERM and divergence checks
+(``evalnorm.train.train_loop``), config validation and the evaluation modes.
+What is detection's own: the dataset, the model, the train step (detection
+losses, ground truth passed to the model, an rng for sampling) and the
+evaluation, which scores detections with pycocotools.
+
+``train_and_evaluate(config, workdir)`` is what ``python -m evalnorm.main``
+runs for a detection config (``config.dataset`` in ``DATASETS``).
+"""
+
+import functools
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from clu import metric_writers
+from flax import jax_utils
+from jax import lax
+
+from evalnorm import (checkpoint, config_lib, detection_eval, detection_init,
+                      detection_targets, detector, report, scenes, train)
+from evalnorm.variables import alpha_beta_by_layer, total_aux_loss
+
+PMAP_AXIS = train.PMAP_AXIS
+DATASETS = ('digit_scenes', 'coco')
+MODELS = ('resnet_v2_small', 'resnet50_v2')
+
+
+def is_detection(config) -> bool:
+  return config.dataset in DATASETS
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int,
+             num_processes: int = 1) -> None:
+  """Raises ConfigError for the first detection config value that cannot work."""
+  require = config_lib._require  # pylint: disable=protected-access
+  require(config.dataset in DATASETS, 'dataset', config.dataset,
+          f'allowed: {DATASETS}')
+  require(config.model in MODELS, 'model', config.model, f'allowed: {MODELS}')
+  require(num_processes == 1, 'distributed', config.distributed,
+          'detection evaluation gathers detections in one process')
+  for key in ('canvas_size', 'num_eval_images', 'num_proposals',
+              'rois_per_image', 'pre_nms_top_k', 'rpn_samples',
+              'max_detections'):
+    require(isinstance(config[key], int) and config[key] > 0, key,
+            config[key], 'must be a positive integer')
+  for key in ('rpn_nms_threshold', 'detection_nms_threshold',
+              'score_threshold'):
+    require(0 < config[key] <= 1, key, config[key], 'must be in (0, 1]')
+  # Every key the classifiers share means the same here: check those with
+  # the classifiers' rules, naming a classification dataset and model.
+  shared = config.copy_and_resolve_references()
+  shared.dataset, shared.model = config_lib.DATASETS[0], 'resnet50_v2'
+  config_lib.validate(shared, num_devices, num_processes)
+
+
+def make_dataset(config):
+  if config.dataset == 'coco':
+    from evalnorm import coco  # tensorflow only when used
+    return coco.CocoDataset(config)
+  return scenes.DigitScenesDataset(config)
+
+
+def build_detector(config, num_classes: int, norm_name: str | None = None):
+  """The detector of ``config.model`` with the norm of ``norm_name``."""
+  norm = train.make_norm(config, norm_name)
+  dtype = jnp.bfloat16 if config.half_precision else jnp.float32
+  settings = dict(
+      anchor_sizes=tuple(config.anchor_sizes),
+      aspect_ratios=tuple(config.aspect_ratios),
+      pre_nms_top_k=config.pre_nms_top_k,
+      rpn_nms_threshold=config.rpn_nms_threshold,
+      num_proposals=config.num_proposals,
+      rois_per_image=config.rois_per_image, dtype=dtype)
+  if config.model == 'resnet50_v2':
+    return detector.resnet50_detector(num_classes, norm, **settings)
+  return detector.small_detector(num_classes, norm, width=config.width,
+                                 **settings)
+
+
+def smooth_l1(x, beta: float = 1.0 / 9):
+  """Huber-like loss of Faster R-CNN's box regression, summed over (dx..dh)."""
+  absolute = jnp.abs(x)
+  return jnp.sum(jnp.where(absolute < beta, 0.5 * x**2 / beta,
+                           absolute - 0.5 * beta), axis=-1)
+
+
+def _weighted_mean(values, weights):
+  return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
+def detection_loss(outputs, batch, key, rpn_samples: int):
+  """RPN and RCN classification and box losses; (total, parts)."""
+  targets = jax.vmap(
+      functools.partial(detection_targets.rpn_targets, num_samples=rpn_samples),
+      in_axes=(0, None, 0, 0))(
+          jax.random.split(key, batch['image'].shape[0]), outputs['anchors'],
+          batch['boxes'], batch['classes'])
+  sampled = targets['weights']
+  parts = {
+      'rpn_cls': _weighted_mean(optax.sigmoid_binary_cross_entropy(
+          outputs['rpn_logits'], targets['labels']), sampled),
+      'rpn_box': jnp.sum(targets['box_weights'] * smooth_l1(
+          outputs['rpn_deltas'] - targets['box_targets']))
+                 / jnp.maximum(jnp.sum(sampled), 1.0)}
+  rois = outputs['roi_targets']
+  parts['rcn_cls'] = _weighted_mean(
+      optax.softmax_cross_entropy_with_integer_labels(
+          outputs['rcn_logits'], rois['classes']), rois['weights'])
+  # The box layer predicts one box per class; the loss reads the true class's.
+  true_class = jnp.maximum(rois['classes'] - 1, 0)[..., None, None]
+  deltas = jnp.take_along_axis(outputs['rcn_deltas'], true_class, axis=2)
+  parts['rcn_box'] = (jnp.sum(rois['box_weights'] * smooth_l1(
+      deltas[..., 0, :] - rois['box_targets'])) /
+                      jnp.maximum(jnp.sum(rois['weights']), 1.0))
+  parts['rcn_accuracy'] = _weighted_mean(
+      jnp.argmax(outputs['rcn_logits'], -1) == rois['classes'], rois['weights'])
+  total = parts['rpn_cls'] + parts['rpn_box'] + parts['rcn_cls'] + parts['rcn_box']
+  return total, parts
+
+
+def train_step(state: train.TrainState, batch, estimate: bool,
+               update_batch_stats: bool = True, *, seed: int,
+               rpn_samples: int):
+  """One SGD step on one device's images, as ``train.train_step`` otherwise.
+
+  Anchor and ROI sampling draw from a key of (seed, step, device), so a
+  resumed run samples exactly as an uninterrupted one.
+  """
+  key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed),
+                                              state.step),
+                           lax.axis_index(PMAP_AXIS))
+  rpn_key, roi_key = jax.random.split(key)
+
+  def loss_fn(params, evalnorm):
+    variables = {'params': params, 'batch_stats': state.batch_stats,
+                 'evalnorm': evalnorm}
+    mutable = ['batch_stats', 'aux_loss'] if estimate else ['batch_stats']
+    outputs, new_vars = state.apply_fn(
+        variables, batch['image'], train=True, gt_boxes=batch['boxes'],
+        gt_classes=batch['classes'], mutable=mutable,
+        rngs={'sampling': roi_key})
+    task_loss, parts = detection_loss(outputs, batch, rpn_key, rpn_samples)
+    aux_loss = total_aux_loss(new_vars.get('aux_loss', {}))
+    # Frozen statistics: the EMA update is computed and dropped (any norm).
+    batch_stats = (new_vars['batch_stats'] if update_batch_stats
+                   else state.batch_stats)
+    # aux_loss moves alpha/beta only (it sees the model through stop_gradient).
+    return task_loss + aux_loss, (batch_stats, task_loss, aux_loss, parts)
+
+  grad_fn = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)
+  (_, (batch_stats, task_loss, aux_loss, parts)), grads = grad_fn(
+      state.params, state.evalnorm)
+  # Data parallelism: every replica applies the mean gradient.
+  grads = lax.pmean(grads, PMAP_AXIS)
+  # Statistics stay per device; averaging their EMAs keeps replicas identical.
+  batch_stats = lax.pmean(batch_stats, PMAP_AXIS)
+  params_grads, evalnorm_grads = grads
+  new_state = state.apply_gradients(grads=params_grads, batch_stats=batch_stats)
+  if estimate:
+    new_state = new_state.apply_evalnorm_gradients(evalnorm_grads)
+  metrics = lax.pmean({'loss': task_loss, 'aux_loss': aux_loss, **parts},
+                      PMAP_AXIS)
+  metrics['grad_norm'] = optax.tree.norm(params_grads)
+  return new_state, metrics
+
+
+def results_table(results: dict) -> str:
+  """A markdown table of COCO AP, AP50 and AP75 per evaluation mode."""
+  lines = [f"{results['dataset']}, norm={results['norm']}, "
+           f"B={results['norm_batch_size']}, step {results['step']}, "
+           f"{results['num_eval_examples']} eval images", '',
+           '| mode | AP | AP50 | AP75 | meaning |', '|---|---:|---:|---:|---|']
+  modes = results['eval']
+  ordered = [m for m in report.MODE_DESCRIPTIONS if m in modes]
+  ordered += sorted(set(modes) - set(ordered))
+  for mode in ordered:
+    m = modes[mode]
+    lines.append(f"| {mode} | {m['AP']:.1f} | {m['AP50']:.1f} | "
+                 f"{m['AP75']:.1f} | {report.describe(mode)} |")
+  return '\n'.join(lines)
+
+
+def restore_or_create(config, manager, model, dataset, total_steps, rng):
+  """As ``train.restore_or_create``; a fresh fine-tuning run loads backbone
+  weights from a classifier (``init_from``)."""
+  if config.init_from and manager.latest_step() is None:
+    state = train.create_train_state(config, model, dataset.image_shape,
+                                     total_steps, rng)
+    return detection_init.initialize_from_classifier(
+        config, state, dataset.image_shape[-1])
+  return train.restore_or_create(config, manager, model, dataset, total_steps,
+                                 rng)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains (resuming from ``workdir``), evaluates every mode with COCOeval,
+  writes eval.json and the COCO files in ``workdir/coco``."""
+  validate(config, jax.device_count(), jax.process_count())
+  dataset = make_dataset(config)
+  total_steps = config_lib.num_train_steps(config, dataset.num_train_examples)
+  model = build_detector(config, dataset.num_classes)
+  manager = checkpoint.make_manager(workdir, config.checkpoints_to_keep,
+                                    asynchronous=config.async_checkpointing)
+  state = restore_or_create(config, manager, model, dataset, total_steps,
+                            jax.random.PRNGKey(config.seed))
+  writer = metric_writers.create_default_writer(workdir)
+  estimate = config.estimate_alpha_beta and config.norm == 'evalnorm'
+  evaluator = detection_eval.DetectionEvaluator(
+      config, model, build_detector(config, dataset.num_classes, 'evalnorm'),
+      dataset.image_shape[:2])
+  step_fn = functools.partial(train_step, seed=config.seed,
+                              rpn_samples=config.rpn_samples)
+  state = train.train_loop(config, state, dataset, manager, writer, evaluator,
+                           total_steps, estimate, step_fn=step_fn)
+  state = jax.device_get(jax_utils.unreplicate(state))
+  results = evaluator(state.params, evaluator.modes(state), dataset,
+                      directory=os.path.join(workdir, 'coco'))
+  writer.write_scalars(total_steps, {f'eval/{mode}_{name}': value
+                                     for mode, r in results.items()
+                                     for name, value in r.items()})
+  report_dict = {
+      'step': int(state.step), 'norm_batch_size': config.norm_batch_size,
+      'dataset': config.dataset, 'norm': config.norm,
+      'num_eval_examples': dataset.num_eval_examples, 'eval': results,
+      'alpha_beta': alpha_beta_by_layer(state.evalnorm) if estimate else {},
+  }
+  with open(os.path.join(workdir, 'eval.json'), 'w') as f:
+    json.dump(report_dict, f, indent=2)
+  writer.flush()
+  manager.wait_until_finished()
+  return report_dict
