@@ -8,6 +8,7 @@ data position needs no saving: every training batch is a function of (seed,
 step), so restoring the step restores the data order.
 """
 
+import contextlib
 import os
 import time
 from typing import Any
@@ -26,8 +27,10 @@ def make_manager(workdir: str, max_to_keep: int = 3, create: bool = True,
                  asynchronous: bool = True) -> ocp.CheckpointManager:
   """The manager of ``workdir/checkpoints`` (absolute paths, as orbax needs)."""
   directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+  # A process killed mid-save (SIGKILL, a lost machine) leaves a temporary
+  # directory; the next run's manager removes it.
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=max_to_keep, create=create,
+      max_to_keep=max_to_keep, create=create, cleanup_tmp_directories=create,
       enable_async_checkpointing=asynchronous)
   # Naming the handlers lets item_metadata read a checkpoint's tree without
   # restoring it first.
@@ -35,6 +38,27 @@ def make_manager(workdir: str, max_to_keep: int = 3, create: bool = True,
               'meta': ocp.JsonCheckpointHandler()}
   return ocp.CheckpointManager(directory, options=options,
                                item_handlers=handlers)
+
+
+@contextlib.contextmanager
+def closing(manager: ocp.CheckpointManager):
+  """Yields ``manager``; on every way out, waits for its saves in flight.
+
+  A process that exits with an asynchronous save pending leaves it
+  half-written (``<step>.orbax-checkpoint-tmp``) and orbax's thread prints a
+  traceback at interpreter shutdown. On an error the wait stays quiet, so the
+  error in flight is the one reported.
+  """
+  try:
+    yield manager
+  except BaseException:
+    try:
+      manager.close()
+    except Exception as error:  # noqa: BLE001 - keep the first error.
+      logging.error('waiting for checkpoints in %s failed: %s',
+                    manager.directory, error)
+    raise
+  manager.close()
 
 
 def save(manager: ocp.CheckpointManager, state: Any, meta: dict) -> None:

@@ -6,7 +6,9 @@ the same everywhere. `validate(config, ...)` turns every bad value into one
 `ConfigError` line naming the key, the value and what is allowed.
 """
 
+import difflib
 import math
+import re
 
 import ml_collections
 from ml_collections import config_dict
@@ -43,6 +45,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.renorm_dmax = 1.0                # Batch Renorm's final d clip
   c.renorm_warmup_steps = 5000       # steps over which r/d clips ramp from (1, 0)
   c.estimate_alpha_beta = True       # online estimation of alpha/beta (EvalNorm only)
+  c.estimate_every_steps = 1         # k: estimating train step every k-th step, the plain step otherwise
   c.per_channel = False              # alpha/beta per channel instead of per layer
   c.alpha_init = 0.0                 # initial alpha (0 = plain EMA evaluation)
   c.beta_init = 0.0                  # initial beta
@@ -69,6 +72,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_every_steps = 1000          # periodic evaluation (logged, not in eval.json)
   c.log_every_steps = 100            # loss, learning rate, mean alpha/beta, steps/s
   c.distributed = False              # call jax.distributed.initialize() (multi-host)
+  # With distributed: None leaves each to jax's cluster auto-detection (TPU, Slurm, MPI).
+  c.coordinator_address = config_dict.placeholder(str)  # 'host:port' of process 0
+  c.num_processes = config_dict.placeholder(int)  # processes in the job
+  c.process_id = config_dict.placeholder(int)     # this process, 0..num_processes-1
+  c.distributed_timeout_s = 120      # joining, and noticing that a process died
   return c
 
 
@@ -76,34 +84,55 @@ def override(config: ml_collections.ConfigDict,
              arg: str | None) -> ml_collections.ConfigDict:
   """Applies `key=value,key=value` from `--config=file.py:ARG` to `config`.
 
-  Values are parsed with the type of the default (int, float, bool, str);
-  a key whose default is None takes the value as written (int, float or str).
+  Values are parsed as the key's type (int, float, bool or str; a None
+  placeholder has a type too), so a typo fails here with one line.
   """
   if not arg:
     return config
   for item in arg.split(','):
     key, sep, text = item.partition('=')
     key = key.strip()
-    if not sep or key not in config:
-      raise ConfigError(f'config argument {item!r} is not key=value with a key '
-                        f'of this config ({", ".join(sorted(config))})')
-    config[key] = _parse_like(config[key], text.strip(), key)
+    if not sep:
+      raise ConfigError(f'config argument {item!r} is not key=value')
+    if key not in config:
+      raise ConfigError(f'config argument {item!r}: {unknown_key(key, config)}')
+    config[key] = parse_value(config, key, text.strip(),
+                              f'config argument {key}')
   return config
 
 
-def _parse_like(default, text: str, key: str):
-  if isinstance(default, bool):
-    if text.lower() not in ('true', 'false', '1', '0'):
-      raise ConfigError(f'{key}={text!r}: expected true or false')
-    return text.lower() in ('true', '1')
-  for kind in (int, float):
-    if default is None or isinstance(default, kind):
-      try:
-        return kind(text)
-      except ValueError:
-        if default is not None:
-          raise ConfigError(f'{key}={text!r}: expected a {kind.__name__}') from None
-  return None if text.lower() == 'none' else text
+def unknown_key(key: str, config: ml_collections.ConfigDict) -> str:
+  """'no config key ...' with the closest known keys, for one-line errors."""
+  close = difflib.get_close_matches(key, list(config), n=3, cutoff=0.6)
+  if close:
+    return f'no config key {key!r}; closest known keys: {", ".join(close)}'
+  return f'no config key {key!r}; known keys: {", ".join(sorted(config))}'
+
+
+# What a value of each type looks like, for the error messages.
+_EXPECTED = {bool: 'true or false', int: 'an integer', float: 'a number',
+             str: 'a string'}
+
+
+def parse_value(config: ml_collections.ConfigDict, key: str, text: str,
+                name: str):
+  """``text`` as a value of ``config[key]``'s type; ConfigError names ``name``."""
+  kind = config.get_type(key)
+  if text.lower() == 'none' and config[key] is None:
+    return None
+  try:
+    if kind is bool:
+      if text.lower() not in ('true', 'false', '1', '0'):
+        raise ValueError(text)
+      return text.lower() in ('true', '1')
+    if kind in (int, float, str):
+      return kind(text)
+  except ValueError:
+    pass
+  expected = _EXPECTED.get(kind, f'a {kind.__name__}')
+  if kind is tuple:  # The ',' of a tuple would split the config argument.
+    expected = f'a tuple, which only --config.{key}=... can set'
+  raise ConfigError(f'{name}={text!r} is invalid: expected {expected}')
 
 
 def num_train_steps(config: ml_collections.ConfigDict,
@@ -142,19 +171,21 @@ def validate(config: ml_collections.ConfigDict, num_devices: int,
              'must be a positive integer (the paper uses 1, 2, 4, 8)')
   for key in ('num_train_steps', 'batch_size', 'eval_batch_size',
               'norm_batch_size', 'checkpoint_every_steps', 'eval_every_steps',
-              'log_every_steps', 'checkpoints_to_keep'):
+              'log_every_steps', 'checkpoints_to_keep', 'estimate_every_steps'):
     _require(isinstance(c[key], int) and c[key] > 0, key, c[key],
              'must be a positive integer')
   if c.num_epochs is not None:
     _require(c.num_epochs > 0, 'num_epochs', c.num_epochs, 'must be positive or None')
   for key in ('learning_rate', 'alpha_beta_learning_rate'):
     _require(c[key] > 0, key, c[key], 'must be positive')
+  validate_distributed(c)
   _require(c.offline_estimation_steps > 0, 'offline_estimation_steps',
            c.offline_estimation_steps, 'must be a positive integer')
   _require(c.precise_ema_batches >= 0, 'precise_ema_batches',
            c.precise_ema_batches, 'must be >= 0 (0 turns PreciseBN off)')
-  _require(all(0 <= v <= 1 for v in c.fixed_alpha_beta), 'fixed_alpha_beta',
-           c.fixed_alpha_beta, 'every value must be in [0, 1]')
+  _require(all(isinstance(v, (int, float)) and 0 <= v <= 1
+               for v in c.fixed_alpha_beta), 'fixed_alpha_beta',
+           c.fixed_alpha_beta, 'every value must be a number in [0, 1]')
   _require(c.weight_decay >= 0, 'weight_decay', c.weight_decay, 'must be >= 0')
   _require(0 <= c.warmup_steps, 'warmup_steps', c.warmup_steps, 'must be >= 0')
   _require(0 <= c.bn_momentum < 1, 'bn_momentum', c.bn_momentum, 'must be in [0, 1)')
@@ -162,6 +193,25 @@ def validate(config: ml_collections.ConfigDict, num_devices: int,
   for key in ('alpha_init', 'beta_init'):
     _require(0 <= c[key] <= 1, key, c[key], 'must be in [0, 1]')
   _validate_batches(c, num_devices, num_processes, training)
+
+
+def validate_distributed(c) -> None:
+  """The multi-process keys; main checks them before joining the job."""
+  _require(isinstance(c.distributed_timeout_s, int) and c.distributed_timeout_s > 0,
+           'distributed_timeout_s', c.distributed_timeout_s,
+           'must be a positive integer (seconds)')
+  if c.num_processes is not None:
+    _require(c.num_processes > 0, 'num_processes', c.num_processes,
+             'must be a positive integer, or None to auto-detect')
+  if c.process_id is not None:
+    limit = c.num_processes if c.num_processes is not None else float('inf')
+    _require(0 <= c.process_id < limit, 'process_id', c.process_id,
+             f'must be in [0, num_processes={c.num_processes}), or None to '
+             'auto-detect')
+  if c.coordinator_address is not None:
+    _require(re.fullmatch(r'.+:\d+', c.coordinator_address) is not None,
+             'coordinator_address', c.coordinator_address,
+             "must be 'host:port', or None to auto-detect")
 
 
 def _validate_batches(c, num_devices: int, num_processes: int,

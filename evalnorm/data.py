@@ -6,8 +6,10 @@ batches are NumPy arrays for *this process*:
 - `train_batches(start_step)`: an infinite stream of
   `{'image': float32 (local_batch, H, W, C), 'label': int32 (local_batch,)}`,
   `local_batch = config.batch_size // jax.process_count()`. The batch of step
-  `s` is a deterministic function of `(config.seed, s)` (and the process
-  index), so a run resumed at step `s` sees the batches of an uninterrupted run.
+  `s` is a deterministic function of `(config.seed, s)` (and, for tfds, the
+  process index), so a run resumed at step `s` sees the batches of an
+  uninterrupted run. The built-in digits draw the global batch and give each
+  process its slice: the same batches whatever the number of processes.
 - `eval_batches()`: one pass over this process's share of the eval set in
   batches of `config.eval_batch_size // jax.process_count()`, every batch full.
   The last batch is padded by repeating real examples from the start of the
@@ -168,8 +170,22 @@ def _standardize_digits(images: np.ndarray, mean: float,
 
 
 def _step_rng(seed: int, step: int) -> np.random.Generator:
-  """The generator of one training step: a function of (seed, step, process)."""
-  return np.random.default_rng([seed, step, jax.process_index()])
+  """The generator of one step's global batch: a function of (seed, step) only.
+
+  Every process draws the same global batch and keeps its slice, so the
+  training batches do not depend on the number of processes. (The 0 is the
+  process index this seed once held; keeping it keeps results unchanged.)
+  """
+  return np.random.default_rng([seed, step, 0])
+
+
+def _process_slice(batch: Batch) -> Batch:
+  """This process's consecutive share of a global batch (the devices of
+  process p follow those of p - 1, so each device sees the examples it would
+  see in a one-process run)."""
+  size = _local_batch_size(len(batch['label']))
+  start = jax.process_index() * size
+  return {k: v[start:start + size] for k, v in batch.items()}
 
 
 class _InMemoryDigits:
@@ -207,8 +223,8 @@ class DigitsDataset(_InMemoryDigits):
   def train_batch(self, step: int) -> Batch:
     """This process's training batch of global step `step`."""
     rng = _step_rng(self._config.seed, step)
-    batch_size = _local_batch_size(self._config.batch_size)
-    indices = rng.integers(0, self.num_train_examples, batch_size)
+    indices = rng.integers(0, self.num_train_examples, self._config.batch_size)
+    indices = _process_slice({'label': indices})['label']
     images = self._train_images[indices]
     return {'image': _standardize_digits(images, self._mean, self._std),
             'label': self._train_labels[indices]}
@@ -353,11 +369,13 @@ class NoisyDigitsDataset(_InMemoryDigits):
   def train_batch(self, step: int) -> Batch:
     """This process's training batch of global step `step`."""
     rng = _step_rng(self._config.seed, step)
-    batch_size = _local_batch_size(self._config.batch_size)
-    indices = rng.integers(0, self.num_train_examples, batch_size)
+    indices = rng.integers(0, self.num_train_examples, self._config.batch_size)
+    # The whole global batch is rendered (its random draws are sequential),
+    # then sliced: each process renders num_processes times its share.
     images = _render_noisy_digits(self._train_digits[indices], rng)
-    return {'image': _standardize_digits(images, self._mean, self._std),
-            'label': self._train_labels[indices]}
+    return _process_slice({
+        'image': _standardize_digits(images, self._mean, self._std),
+        'label': self._train_labels[indices]})
 
 
 

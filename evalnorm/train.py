@@ -31,7 +31,7 @@ import numpy as np
 import optax
 from absl import logging
 from clu import metric_writers, periodic_actions
-from flax import jax_utils
+from flax import jax_utils, serialization
 from flax.training import train_state
 from jax import lax
 
@@ -233,47 +233,75 @@ def restore_or_create(config, manager, model, dataset, total_steps, rng):
   return state
 
 
-def check_finite(step: int, metrics: dict[str, float]) -> None:
-  for name in ('loss', 'aux_loss', 'grad_norm'):
-    if not np.isfinite(metrics[name]):
-      raise TrainingDiverged(
-          f'training diverged: {name} is {metrics[name]} at step {step} '
-          '(checked every log_every_steps and before each checkpoint; the '
-          'latest checkpoint predates it; lower learning_rate?)')
+def check_finite(step: int, metrics: dict[str, float],
+                 state: TrainState | None = None) -> None:
+  """Raises TrainingDiverged for a non-finite metric or array of ``state``."""
+  problems = [f'{name} is {metrics[name]}' for name in
+              ('loss', 'aux_loss', 'grad_norm') if not np.isfinite(metrics[name])]
+  if state is not None and not problems:
+    problems = _non_finite_arrays(state)[:1]
+  if problems:
+    raise TrainingDiverged(
+        f'training diverged: {problems[0]} at step {step} (checked every '
+        'log_every_steps and in each state before it is saved; the latest '
+        'checkpoint predates it; lower learning_rate?)')
+
+
+def _non_finite_arrays(state: TrainState) -> list[str]:
+  flat = flax.traverse_util.flatten_dict(serialization.to_state_dict(state),
+                                         sep='/')
+  problems = []
+  for path, value in flat.items():
+    value = np.asarray(value)
+    if np.issubdtype(value.dtype, np.inexact) and not np.all(np.isfinite(value)):
+      bad = value.size - int(np.sum(np.isfinite(value)))
+      problems.append(f'{path} holds {bad} non-finite values')
+  return problems
+
+
+STARTING = 'during start-up, before this run trained a step: nothing new to save'
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains (resuming from ``workdir``), evaluates every mode, writes eval.json."""
-  config_lib.validate(config, jax.device_count(), jax.process_count())
-  dataset = data.make_dataset(config)
-  total_steps = config_lib.num_train_steps(config, dataset.num_train_examples)
-  model = build_model(config, dataset.num_classes)
-  manager = checkpoint.make_manager(workdir, config.checkpoints_to_keep,
-                                    asynchronous=config.async_checkpointing)
-  state = restore_or_create(config, manager, model, dataset, total_steps,
-                            jax.random.PRNGKey(config.seed))
-  writer = metric_writers.create_default_writer(
-      workdir, just_logging=jax.process_index() > 0)
-  estimate = config.estimate_alpha_beta and config.norm == 'evalnorm'
-  evaluator = evaluation.Evaluator(
-      config, model, build_model(config, dataset.num_classes, 'evalnorm'))
-  state = train_loop(config, state, dataset, manager, writer, evaluator,
-                     total_steps, estimate)
-  state = jax.device_get(jax_utils.unreplicate(state))
-  results = evaluator(state.params, evaluator.modes(state), dataset)
-  writer.write_scalars(total_steps, {f'eval/{mode}_top1': r['top1']
-                                     for mode, r in results.items()})
-  report = {
-      'step': int(state.step), 'norm_batch_size': config.norm_batch_size,
-      'dataset': config.dataset, 'norm': config.norm,
-      'num_eval_examples': dataset.num_eval_examples, 'eval': results,
-      'alpha_beta': alpha_beta_by_layer(state.evalnorm) if estimate else {},
-  }
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'eval.json'), 'w') as f:
-      json.dump(report, f, indent=2)
-  writer.flush()
-  manager.wait_until_finished()
+  """Trains (resuming from ``workdir``), evaluates every mode, writes eval.json.
+
+  A SIGTERM anywhere ends it with Preempted once what is worth saving is
+  saved, and every way out waits for the checkpoints being written.
+  """
+  with SigtermFlag(defer=False, situation=STARTING) as sigterm:
+    config_lib.validate(config, jax.device_count(), jax.process_count())
+    dataset = data.make_dataset(config)
+    total_steps = config_lib.num_train_steps(config, dataset.num_train_examples)
+    model = build_model(config, dataset.num_classes)
+    writer = metric_writers.create_default_writer(
+        workdir, just_logging=jax.process_index() > 0)
+    estimate = config.estimate_alpha_beta and config.norm == 'evalnorm'
+    evaluator = evaluation.Evaluator(
+        config, model, build_model(config, dataset.num_classes, 'evalnorm'))
+    manager = checkpoint.make_manager(workdir, config.checkpoints_to_keep,
+                                      asynchronous=config.async_checkpointing)
+    with checkpoint.closing(manager):
+      state = restore_or_create(config, manager, model, dataset, total_steps,
+                                jax.random.PRNGKey(config.seed))
+      state = train_loop(config, state, dataset, manager, writer, evaluator,
+                         total_steps, estimate)
+      sigterm.situation = (f'during the final evaluation: the checkpoint of '
+                           f'step {total_steps} in {manager.directory} holds '
+                           'the trained state')
+      state = jax.device_get(jax_utils.unreplicate(state))
+      results = evaluator(state.params, evaluator.modes(state), dataset)
+    writer.write_scalars(total_steps, {f'eval/{mode}_top1': r['top1']
+                                       for mode, r in results.items()})
+    report = {
+        'step': int(state.step), 'norm_batch_size': config.norm_batch_size,
+        'dataset': config.dataset, 'norm': config.norm,
+        'num_eval_examples': dataset.num_eval_examples, 'eval': results,
+        'alpha_beta': alpha_beta_by_layer(state.evalnorm) if estimate else {},
+    }
+    if jax.process_index() == 0:
+      with open(os.path.join(workdir, 'eval.json'), 'w') as f:
+        json.dump(report, f, indent=2)
+    writer.flush()
   return report
 
 
@@ -288,18 +316,25 @@ def replicate(tree):
 
 
 class Preempted(RuntimeError):
-  """SIGTERM arrived; a checkpoint of the current step was written."""
+  """SIGTERM arrived; what was worth saving is saved (the message says what)."""
 
 
 class SigtermFlag:
-  """Records SIGTERM (the usual preemption notice) for the loop to act on.
+  """Handles SIGTERM (the usual preemption notice) while entered.
 
-  The handler only sets a flag: saving from inside a signal handler could
-  interrupt an XLA call or an orbax write half-way.
+  ``defer=True`` (the training loop): the handler only sets ``received``, and
+  the loop saves and stops after the current step; saving from inside a
+  signal handler could interrupt an XLA call or an orbax write half-way.
+  ``defer=False`` (start-up, final evaluation): the latest checkpoint already
+  holds everything worth saving, so the handler raises Preempted at once,
+  saying ``situation`` (what was happening, what is saved). A second SIGTERM
+  while the first is handled is ignored.
   """
 
-  def __init__(self):
+  def __init__(self, defer: bool = True, situation: str = ''):
     self.received = False
+    self.defer = defer
+    self.situation = situation
     self._previous = None
 
   def __enter__(self):
@@ -313,13 +348,31 @@ class SigtermFlag:
 
   def _set(self, signum, frame):
     del signum, frame
+    first = not self.received
     self.received = True
+    if first and not self.defer:
+      raise Preempted(f'SIGTERM received {self.situation}; rerun the same '
+                      'command to resume')
 
 
-def log_step(config, writer, step, state, metrics, learning_rate, estimate):
+def is_estimating_step(step: int, every: int) -> bool:
+  """Steps 1, 1 + k, 1 + 2k, ... run the estimating train step (k = every).
+
+  alpha/beta move slowly and training does not depend on them, so the
+  auxiliary pass (one more read of every normalized activation) can be
+  amortized; the choice is a function of the step, so a resumed run makes the
+  same choices as an uninterrupted one.
+  """
+  return (step - 1) % every == 0
+
+
+def log_step(config, writer, step, state, metrics, learning_rate, estimate,
+             estimating):
   scalars = jax.device_get(jax_utils.unreplicate(metrics))
   check_finite(step, scalars)
   scalars = {k: float(v) for k, v in scalars.items()}
+  if estimate and not estimating:
+    scalars.pop('aux_loss', None)  # a plain step computes none
   scalars['learning_rate'] = float(learning_rate(step))
   if estimate:
     scalars['alpha'], scalars['beta'] = mean_alpha_beta(
@@ -328,29 +381,37 @@ def log_step(config, writer, step, state, metrics, learning_rate, estimate):
 
 
 def save_checkpoint(manager, step, state, metrics, meta):
-  # A state is saved only after its step's loss was checked finite, so the
-  # latest checkpoint is always a good one.
-  check_finite(step, jax.device_get(jax_utils.unreplicate(metrics)))
-  checkpoint.save(manager, jax.device_get(jax_utils.unreplicate(state)), meta)
+  # The saved arrays themselves are checked, not only the step's loss: the
+  # loss is computed before the step's update, so an update that overflowed
+  # would pass. Thus the latest checkpoint is always a good one to resume.
+  state = jax.device_get(jax_utils.unreplicate(state))
+  check_finite(step, jax.device_get(jax_utils.unreplicate(metrics)), state)
+  checkpoint.save(manager, state, meta)
 
 
 def evaluate_periodically(writer, evaluator, dataset, step, state):
   current = jax.device_get(jax_utils.unreplicate(state))
   results = evaluator(current.params, evaluator.modes(current), dataset)
-  writer.write_scalars(step, {f'eval/{mode}_top1': r['top1']
-                              for mode, r in results.items()})
+  # Every metric of every mode: top-1 and loss, or a detector's COCO APs.
+  writer.write_scalars(step, {f'eval/{mode}_{name}': value
+                              for mode, r in results.items()
+                              for name, value in r.items()})
 
 
 def train_loop(config, state, dataset, manager, writer, evaluator,
-               total_steps: int, estimate: bool) -> TrainState:
-  """Runs steps from ``state.step`` to ``total_steps``; returns replicated state."""
+               total_steps: int, estimate: bool,
+               step_fn=train_step) -> TrainState:
+  """Runs steps from ``state.step`` to ``total_steps``; returns replicated state.
+
+  ``step_fn`` has ``train_step``'s signature (the detector passes its own).
+  """
   start_step = int(state.step)
   meta = checkpoint_meta(config, dataset.num_classes)
   state = replicate(state)
-  p_train_step = jax.pmap(
-      functools.partial(train_step, estimate=estimate,
+  steps = {flag: jax.pmap(
+      functools.partial(step_fn, estimate=flag,
                         update_batch_stats=not config.freeze_batch_stats),
-      axis_name=PMAP_AXIS, donate_argnums=(0,))
+      axis_name=PMAP_AXIS, donate_argnums=(0,)) for flag in {estimate, False}}
   batches = jax_utils.prefetch_to_device(
       map(data.shard, dataset.train_batches(start_step)), 2)
   learning_rate = learning_rate_schedule(config, total_steps)
@@ -358,12 +419,15 @@ def train_loop(config, state, dataset, manager, writer, evaluator,
       num_train_steps=total_steps, writer=writer)
   with SigtermFlag() as sigterm:
     for step in range(start_step + 1, total_steps + 1):
+      estimating = estimate and is_estimating_step(
+          step, config.estimate_every_steps)
       # Dispatched before anything reads the previous step's metrics back.
-      state, metrics = p_train_step(state, next(batches))
+      state, metrics = steps[estimating](state, next(batches))
       progress(step)
       is_last = step == total_steps
       if step % config.log_every_steps == 0 or is_last:
-        log_step(config, writer, step, state, metrics, learning_rate, estimate)
+        log_step(config, writer, step, state, metrics, learning_rate, estimate,
+                 estimating)
       if step % config.checkpoint_every_steps == 0 or is_last or sigterm.received:
         save_checkpoint(manager, step, state, metrics, meta)
       if sigterm.received:

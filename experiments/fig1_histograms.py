@@ -21,7 +21,6 @@ the EMA-normalized activations are shifted and narrower than the training
 ones; EvalNorm's match them; at large B all three agree.
 """
 
-import functools
 
 import jax
 import matplotlib

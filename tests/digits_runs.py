@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,3 +28,13 @@ def small_digits_config(**overrides):
 def read_eval(workdir):
   with open(os.path.join(workdir, 'eval.json')) as f:
     return json.load(f)
+
+
+def logged_steps(caplog):
+  """Steps of the metrics a run logged (clu's LoggingWriter: '[step] k=v')."""
+  steps = set()
+  for record in caplog.records:
+    match = re.match(r'\[(\d+)\] \S+=', record.getMessage())
+    if match:
+      steps.add(int(match.group(1)))
+  return steps

@@ -29,7 +29,7 @@ TOL = dict(rtol=1e-5, atol=2e-5)
 
 
 # --------------------------------------------------------------------------
-# Independent NumPy (float64) reference of DESIGN.md.
+# Independent NumPy (float64) reference of the equations above.
 # All functions take channel-last arrays; `_to_last`/`_from_last` handle axis.
 # --------------------------------------------------------------------------
 

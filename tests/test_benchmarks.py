@@ -11,7 +11,8 @@ def test_cost_smoke_prints_finite_positive_ratios(capsys):
   assert 'flax nn.BatchNorm' in out and 'ratio (min)' in out
   printed = cost.parse_ratios(out)
   for key in ('train_B8', 'train_B2', 'eval_evalnorm', 'eval_ema',
-              'train_peak_B8', 'train_peak_B2', 'eval_peak_evalnorm'):
+              'train_peak_B8', 'train_peak_B2', 'eval_peak_evalnorm',
+              'train_B2_amortized'):
     assert key in printed, key
     assert math.isfinite(printed[key]) and printed[key] > 0, (key, printed[key])
   smoke = results['smoke']
@@ -20,3 +21,9 @@ def test_cost_smoke_prints_finite_positive_ratios(capsys):
       for name in ('ratio_min', 'ratio_median', 'ratio_paired'):
         assert math.isfinite(row[name]) and row[name] > 0, (phase, name, row)
   assert smoke['train']['batchnorm']['ratio_min'] == 1.0
+
+
+def test_amortized_ratio():
+  # k = 4: one step at 1.2 and three at 1.0, against a reference of 1.0.
+  assert cost.amortized_ratio(1.2, 1.0, 1.0, 4) == 1.05
+  assert cost.amortized_ratio(1.2, 1.0, 1.0, 1) == 1.2

@@ -3,12 +3,16 @@
 import hashlib
 import os
 
+import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from evalnorm import checkpoint, offline, train
+from evalnorm import checkpoint, data, offline, train
+from evalnorm.layers import EvalNorm
+from evalnorm.variables import batchnorm_to_evalnorm
 
 from digits_runs import small_digits_config
 
@@ -61,6 +65,51 @@ def test_offline_estimation_leaves_checkpoint_bit_identical(batchnorm_run,
   assert len(alphas) == 7 and any(a > 0 for a in alphas)
   # precise_ema really recomputed the statistics.
   assert results['eval']['precise_ema'] != results['eval']['ema']
+
+
+def norm_inputs(model, variables, images):
+  """{layer path: float64 input} of every EvalNorm layer in a training call."""
+  def record(next_fun, args, kwargs, context):
+    if isinstance(context.module, EvalNorm) and context.method_name == '__call__':
+      context.module.sow('intermediates', 'input', args[0])
+    return next_fun(*args, **kwargs)
+
+  @jax.jit
+  def forward(variables, images):
+    with nn.intercept_methods(record):
+      return model.apply(variables, images, train=True,
+                         mutable=['batch_stats', 'intermediates'])[1]
+  flat = flax.traverse_util.flatten_dict(
+      forward(variables, images)['intermediates'])
+  return {path[:-1]: np.asarray(x[0], np.float64) for path, x in flat.items()}
+
+
+def test_precise_ema_is_the_mean_of_per_batch_group_statistics(batchnorm_run):
+  """PreciseBN's statistics against float64 NumPy: for each of 2 training
+  batches, each group of B=2's mean and biased variance over (examples, H,
+  W) of every norm layer's input, averaged over groups, then over batches."""
+  config, workdir = batchnorm_run
+  config = config.copy_and_resolve_references()
+  config.precise_ema_batches = 2
+  dataset = data.make_dataset(config)
+  variables = batchnorm_to_evalnorm(restored_variables(config, workdir))
+  got = offline.precise_batch_stats(config, 10, variables, dataset)
+  model = train.build_model(config, 10, 'evalnorm')
+  sums = {}
+  for step in range(2):
+    for path, x in norm_inputs(model, variables,
+                               dataset.train_batch(step)['image']).items():
+      groups = x.reshape((-1, config.norm_batch_size) + x.shape[1:])
+      axes = (1, 2, 3)  # examples of a group, H, W
+      moments = (groups.mean(axes).mean(0), groups.var(axes).mean(0))
+      sums[path] = [a + b / 2 for a, b in zip(sums.get(path, (0, 0)), moments)]
+  assert len(sums) == 7
+  for path, (mean, var) in sums.items():
+    layer = got
+    for name in path:
+      layer = layer[name]
+    np.testing.assert_allclose(layer['mean'], mean, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(layer['var'], var, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize('make_dir, fragment', [

@@ -1,46 +1,55 @@
 """Training system: step isolation, device equivalence, resume, configs end to end."""
 
+import hashlib
+import logging
 import os
 import shutil
 import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import jax_utils
 
-from evalnorm import checkpoint, config_lib, data, train
+from evalnorm import calibration, checkpoint, config_lib, data, train
+from evalnorm.variables import mean_alpha_beta, set_alpha_beta
 
-from digits_runs import ROOT, read_eval, small_digits_config
+from digits_runs import ROOT, logged_steps, read_eval, small_digits_config
 
 import cifar as cifar_config  # noqa: E402  (configs/, on sys.path via digits_runs)
 import imagenet as imagenet_config  # noqa: E402
 
-def one_step(config, estimate):
+def one_step(config, estimate, num_steps=1):
+  """State after ``num_steps`` train steps on 8 devices, and the last metrics."""
   dataset = data.make_dataset(config)
   model = train.build_model(config, dataset.num_classes)
   state = train.create_train_state(config, model, dataset.image_shape, 10,
                                    jax.random.PRNGKey(0))
-  batch = data.shard(next(dataset.train_batches(0)))
   step = jax.pmap(lambda s, b: train.train_step(s, b, estimate=estimate),
                   axis_name=train.PMAP_AXIS)
-  new_state, metrics = step(jax_utils.replicate(state), batch)
-  return jax.device_get(jax_utils.unreplicate(new_state)), metrics
+  state = jax_utils.replicate(state)
+  for i in range(num_steps):
+    state, metrics = step(state, data.shard(dataset.train_batch(i)))
+  return jax.device_get(jax_utils.unreplicate(state)), metrics
 
 
 def test_estimation_leaves_training_bit_identical():
-  config = small_digits_config()
-  with_estimation, metrics = one_step(config, estimate=True)
-  without, _ = one_step(config, estimate=False)
+  """Several steps from alpha = beta = 0.3: a gradient leaking from the
+  auxiliary loss into the model would not be multiplied away by a zero."""
+  config = small_digits_config(alpha_init=0.3, beta_init=0.3)
+  with_estimation, metrics = one_step(config, estimate=True, num_steps=3)
+  without, _ = one_step(config, estimate=False, num_steps=3)
   for name in ('params', 'batch_stats', 'opt_state'):
     jax.tree_util.tree_map(np.testing.assert_array_equal,
                            getattr(with_estimation, name), getattr(without, name))
-  # ... while alpha/beta moved off their initial 0 and the aux loss is real.
-  assert any(float(v) > 0 for v in jax.tree_util.tree_leaves(
-      with_estimation.evalnorm))
+  # ... while alpha/beta moved off 0.3 and the aux loss is real.
+  moved = [abs(float(v) - 0.3) for v in jax.tree_util.tree_leaves(
+      with_estimation.evalnorm)]
+  assert min(moved) > 1e-3
   assert float(metrics['aux_loss'][0]) > 0
-  jax.tree_util.tree_map(lambda a: np.testing.assert_array_equal(a, 0.0),
+  jax.tree_util.tree_map(lambda a: np.testing.assert_allclose(a, 0.3),
                          without.evalnorm)
 
 
@@ -125,18 +134,25 @@ def steps_on_devices(config, num_devices, num_steps):
 
 
 def test_train_steps_on_eight_devices_match_one_device():
-  """8 devices x 2 examples == one device with groups of 2, one step.
+  """8 devices x 2 examples == one device with groups of 2, three steps.
 
-  The tolerance is float32 round-off (different reduction order) times the up
-  to 1/sqrt(epsilon) ~ 300 gain of a 2-example normalization; normalizing
-  over the wrong examples would move parameters by ~lr * grad ~ 1e-2.
+  Measured differences (float32 round-off of another reduction order):
+  parameters 3.5e-7, batch statistics 2.4e-7, alpha/beta 0; the tolerance
+  is 2e-6. Normalizing over the wrong examples would move parameters by
+  ~lr * grad ~ 1e-2. alpha/beta use SGD from 0.3 here: Adam's first steps
+  move every alpha by +-lr whatever the gradient's size, which would
+  compare only the gradients' signs.
   """
-  config = small_digits_config()
-  eight, one = steps_on_devices(config, 8, 1), steps_on_devices(config, 1, 1)
+  config = small_digits_config(alpha_init=0.3, beta_init=0.3,
+                               alpha_beta_optimizer='sgd',
+                               alpha_beta_learning_rate=0.1)
+  eight, one = steps_on_devices(config, 8, 3), steps_on_devices(config, 1, 3)
   for name in ('params', 'batch_stats', 'evalnorm'):
     jax.tree_util.tree_map(
-        lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-4),
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=2e-6),
         getattr(eight, name), getattr(one, name))
+  alphas = [float(v) for v in jax.tree_util.tree_leaves(one.evalnorm)]
+  assert max(alphas) - min(alphas) > 1e-2  # values, not one shared step
 
 
 @pytest.mark.slow  # a second training process: ~1 minute on 2 cores.
@@ -173,17 +189,79 @@ def test_eight_devices_match_one_device_end_to_end(tmp_path):
       assert value == pytest.approx(single['alpha_beta'][layer][name], abs=1e-3)
 
 
-def test_resume_reproduces_uninterrupted_run(trained_run, tmp_path):
+def set_alpha_beta_in_checkpoint(config, workdir, step, value):
+  """Rewrites checkpoint ``step`` of ``workdir`` with every alpha/beta = value."""
+  dataset = data.make_dataset(config)
+  model = train.build_model(config, dataset.num_classes)
+  template = train.create_train_state(config, model, dataset.image_shape, 1,
+                                      jax.random.PRNGKey(0))
+  manager = checkpoint.make_manager(workdir, asynchronous=False)
+  state, meta = checkpoint.restore(manager, template, step)
+  manager.delete(step)  # orbax writes a step only once
+  checkpoint.save(manager, state.replace(
+      evalnorm=set_alpha_beta(state.evalnorm, value)), meta)
+  manager.close()
+
+
+def test_resume_continues_from_the_saved_state(trained_run, tmp_path, caplog):
+  """A rerun trains on from the latest checkpoint's own state.
+
+  Its alpha/beta are set to 0.5 there: the resumed run must carry them on
+  (a fresh start ends near 0 instead) while its weights, which alpha/beta
+  never influence, end exactly as the uninterrupted run's.
+  """
   config, original, uninterrupted = trained_run
   workdir = str(tmp_path / 'run')
   shutil.copytree(original, workdir)
   # Pretend the run died after the step-10 checkpoint.
   shutil.rmtree(os.path.join(workdir, 'checkpoints', '20'))
   os.remove(os.path.join(workdir, 'eval.json'))
+  set_alpha_beta_in_checkpoint(config, workdir, 10, 0.5)
+  caplog.set_level(logging.INFO)
   resumed = train.train_and_evaluate(config, workdir)
-  assert resumed['step'] == 20
-  assert resumed['eval'] == uninterrupted['eval']
-  assert resumed['alpha_beta'] == uninterrupted['alpha_beta']
+  assert resumed['step'] == 20 and min(logged_steps(caplog)) > 10
+  for mode, metrics in uninterrupted['eval'].items():
+    if mode != 'evalnorm':  # the one mode alpha/beta change
+      assert resumed['eval'][mode] == metrics, mode
+  for layer, values in resumed['alpha_beta'].items():
+    assert values == pytest.approx({'alpha': 0.5, 'beta': 0.5}, abs=0.05)
+    assert uninterrupted['alpha_beta'][layer]['alpha'] < 0.1
+
+
+def test_fine_tuning_rerun_resumes_its_own_checkpoint(trained_run, tmp_path):
+  config, original, _ = trained_run
+  workdir = str(tmp_path / 'finetune')
+  shutil.copytree(os.path.join(original, 'checkpoints'),
+                  os.path.join(workdir, 'checkpoints'))
+  shutil.rmtree(os.path.join(workdir, 'checkpoints', '20'))
+  # init_from's latest checkpoint (step 20) differs from the run's own (10).
+  config = small_digits_config(num_train_steps=20, init_from=original)
+  dataset = data.make_dataset(config)
+  model = train.build_model(config, dataset.num_classes)
+  manager = checkpoint.make_manager(workdir)
+  state = train.restore_or_create(config, manager, model, dataset, 20,
+                                  jax.random.PRNGKey(0))
+  own, _ = checkpoint.restore(manager, state, 10)
+  assert int(state.step) == 10
+  jax.tree_util.tree_map(np.testing.assert_array_equal, state.params,
+                         own.params)
+
+
+def test_alpha_beta_are_clipped_to_0_1_after_each_update():
+  tx = calibration.alpha_beta_optimizer('sgd', 1.0)
+  evalnorm = {'a': {'alpha': jnp.float32(0.5), 'beta': jnp.full(3, 0.5)}}
+  grads = {'a': {'alpha': jnp.float32(-2.0), 'beta': jnp.array([2.0, 0.1, -0.2])}}
+  updated, _ = calibration.update_alpha_beta(tx, grads, tx.init(evalnorm),
+                                             evalnorm)
+  assert float(updated['a']['alpha']) == 1.0
+  np.testing.assert_allclose(updated['a']['beta'], [0.0, 0.4, 0.7], rtol=1e-6)
+
+
+def test_mean_alpha_beta_weighs_every_layer_equally():
+  evalnorm = {'block': {'norm1': {'alpha': np.float32(0.2), 'beta': np.float32(0.4)},
+                        'norm2': {'alpha': np.array([0.0, 1.0, 0.5, 0.5]),
+                                  'beta': np.array([0.0, 0.0, 0.0, 0.4])}}}
+  assert mean_alpha_beta(evalnorm) == pytest.approx((0.35, 0.25))
 
 
 def test_eval_json_has_every_mode_and_layer(trained_run):
@@ -280,3 +358,47 @@ def test_imagenet_config_one_step_on_mock_data_8_devices(tmp_path):
   with tfds.testing.mock_data(num_examples=16):
     report = train.train_and_evaluate(config, str(tmp_path))
   assert report['step'] == 1 and len(report['alpha_beta']) == 49  # 16 blocks x 3 + final
+
+
+@pytest.mark.parametrize('dataset', ['digits', 'noisy_digits'])
+def test_built_in_training_batches_do_not_depend_on_the_process_count(
+    dataset, monkeypatch):
+  """1, 2 and 4 processes see the same global batches; 1 is pinned bitwise."""
+  config = small_digits_config(dataset=dataset, batch_size=16, seed=3)
+  source = data.make_dataset(config)
+  one = source.train_batch(7)
+  golden = {'digits': '20fcb02d494f26d1', 'noisy_digits': '080d5a9a3d571321'}
+  digest = hashlib.sha256(one['image'].tobytes() + one['label'].tobytes())
+  assert digest.hexdigest()[:16] == golden[dataset]
+  for count in (2, 4):
+    monkeypatch.setattr(jax, 'process_count', lambda count=count: count)
+    shares = []
+    for index in range(count):
+      monkeypatch.setattr(jax, 'process_index', lambda index=index: index)
+      shares.append(source.train_batch(7))
+    for key in ('image', 'label'):
+      np.testing.assert_array_equal(
+          np.concatenate([share[key] for share in shares]), one[key])
+
+
+def test_amortized_estimation_trains_identically_and_resumes(trained_run,
+                                                            tmp_path):
+  """Estimating every 3rd step: weights as with every step, exact resume.
+
+  The checkpoint at step 11 falls between estimating steps (1, 4, 7, 10, 13),
+  so the resumed run must pick the plain step up where the first one left.
+  """
+  every_step_config, _, every_step = trained_run
+  config = small_digits_config(num_train_steps=20, estimate_every_steps=3,
+                               checkpoint_every_steps=11)
+  assert config.estimate_every_steps != every_step_config.estimate_every_steps
+  workdir = str(tmp_path / 'amortized')
+  amortized = train.train_and_evaluate(config, workdir)
+  for mode, metrics in every_step['eval'].items():
+    if mode != 'evalnorm':  # alpha/beta took fewer steps: the one mode that differs
+      assert amortized['eval'][mode] == metrics, mode
+  assert amortized['alpha_beta'] != every_step['alpha_beta']
+  assert all(v['alpha'] > 0 for v in amortized['alpha_beta'].values())
+  shutil.rmtree(os.path.join(workdir, 'checkpoints', '20'))
+  os.remove(os.path.join(workdir, 'eval.json'))
+  assert train.train_and_evaluate(config, workdir) == amortized
