@@ -237,6 +237,7 @@ def test_eval_json_has_top1_and_top5_of_every_mode(trained_run):
       evaluation._in_top_k(logits, labels, 5), [False, True])
 
 
+@pytest.mark.slow
 def test_fig1_layer_outputs(trained_run, tmp_path):
   config, workdir, _ = trained_run
   overrides = {k: config[k] for k in ('dataset', 'stem_strides', 'batch_size',

@@ -68,6 +68,7 @@ def log_of(process):
 
 
 @pytest.mark.slow  # 2 processes + a 1-process run: 3 min on 2 busy cores.
+@pytest.mark.xdist_group('multiprocess')
 def test_two_processes_train_as_one_process(tmp_path, processes):
   job = processes(tmp_path / 'two', '--config.num_train_steps=6',
                   '--config.checkpoint_every_steps=3')
@@ -86,6 +87,7 @@ def test_two_processes_train_as_one_process(tmp_path, processes):
 
 
 @pytest.mark.slow  # two 2-process jobs: 7 min on 2 busy cores.
+@pytest.mark.xdist_group('multiprocess')
 def test_a_dead_process_stops_the_other_and_the_job_resumes(tmp_path,
                                                             processes):
   workdir = tmp_path / 'run'

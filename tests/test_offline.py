@@ -45,6 +45,7 @@ def restored_variables(config, workdir):
   return checkpoint.restore_variables(checkpoint.open_existing(workdir), template)
 
 
+@pytest.mark.slow
 def test_offline_estimation_leaves_checkpoint_bit_identical(batchnorm_run,
                                                             tmp_path):
   config, workdir = batchnorm_run
@@ -135,6 +136,7 @@ def test_checkpoint_of_other_model_is_refused(batchnorm_run, tmp_path):
   assert tree_digest(workdir) == before
 
 
+@pytest.mark.slow
 def test_warns_when_rules_assume_another_b(batchnorm_run, tmp_path, capsys):
   config, workdir = batchnorm_run
   config = config.copy_and_resolve_references()

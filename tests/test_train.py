@@ -133,6 +133,7 @@ def steps_on_devices(config, num_devices, num_steps):
   return jax.tree_util.tree_map(lambda x: np.asarray(x)[0], state)
 
 
+@pytest.mark.slow
 def test_train_steps_on_eight_devices_match_one_device():
   """8 devices x 2 examples == one device with groups of 2, three steps.
 
@@ -307,6 +308,7 @@ def test_invalid_config_values_name_key_and_value(key, value, fragment):
   assert fragment in message and '\n' not in message
 
 
+@pytest.mark.slow
 def test_bad_config_on_command_line_is_one_line_and_exit_2(tmp_path):
   result = subprocess.run(
       [sys.executable, '-m', 'evalnorm.main', '--config=configs/digits.py',
@@ -334,6 +336,7 @@ def test_num_epochs_overrides_steps():
   assert config_lib.num_train_steps(config, num_train_examples=1350) == 27
 
 
+@pytest.mark.slow
 def test_cifar_config_one_step_on_mock_data(tmp_path):
   import tensorflow_datasets as tfds
   config = cifar_config.get_config('norm_batch_size=2')
@@ -381,6 +384,7 @@ def test_built_in_training_batches_do_not_depend_on_the_process_count(
           np.concatenate([share[key] for share in shares]), one[key])
 
 
+@pytest.mark.slow
 def test_amortized_estimation_trains_identically_and_resumes(trained_run,
                                                             tmp_path):
   """Estimating every 3rd step: weights as with every step, exact resume.
