@@ -2,9 +2,12 @@
 
 import math
 
+import pytest
+
 from benchmarks import cost
 
 
+@pytest.mark.slow
 def test_cost_smoke_prints_finite_positive_ratios(capsys):
   results = cost.main(['--smoke'])
   out = capsys.readouterr().out

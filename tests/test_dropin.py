@@ -208,10 +208,20 @@ def test_conversion_names_the_layer_it_cannot_match():
 # 6. dtypes: 'ema' evaluation is nn.BatchNorm's arithmetic in every setting.
 
 
-@pytest.mark.parametrize('input_dtype', [jnp.float32, jnp.bfloat16])
-@pytest.mark.parametrize('dtype', [None, jnp.bfloat16, jnp.float32])
-@pytest.mark.parametrize('param_dtype', [jnp.float32, jnp.bfloat16])
-@pytest.mark.parametrize('force_float32', [True, False])
+# Input x dtype x force_float32_reductions with float32 parameters, and
+# bfloat16 parameters where they change the arithmetic (no float32 forcing).
+DTYPE_SETTINGS = [
+    (input_dtype, dtype, jnp.float32, force)
+    for input_dtype in (jnp.float32, jnp.bfloat16)
+    for dtype in (None, jnp.bfloat16)
+    for force in (True, False)] + [
+        (jnp.float32, None, jnp.bfloat16, False),
+        (jnp.float32, jnp.float32, jnp.bfloat16, False),
+        (jnp.bfloat16, jnp.bfloat16, jnp.bfloat16, False)]
+
+
+@pytest.mark.parametrize('input_dtype,dtype,param_dtype,force_float32',
+                         DTYPE_SETTINGS)
 def test_ema_bit_identical_in_every_dtype_setting(input_dtype, dtype,
                                                   param_dtype, force_float32):
   rng = np.random.default_rng(4)

@@ -125,6 +125,7 @@ def test_missing_checkpoint_is_one_clear_error(tmp_path, make_dir, fragment):
   assert fragment in str(error.value) and directory in str(error.value)
 
 
+@pytest.mark.slow
 def test_checkpoint_of_other_model_is_refused(batchnorm_run, tmp_path):
   _, workdir = batchnorm_run
   before = tree_digest(workdir)

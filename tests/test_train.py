@@ -53,6 +53,7 @@ def test_estimation_leaves_training_bit_identical():
                          without.evalnorm)
 
 
+@pytest.mark.slow
 def test_frozen_batch_stats_train_everything_else():
   config = small_digits_config()
   dataset = data.make_dataset(config)
@@ -277,6 +278,7 @@ def test_eval_json_has_every_mode_and_layer(trained_run):
     assert 0 <= metrics['top1'] <= 100 and np.isfinite(metrics['loss'])
 
 
+@pytest.mark.slow
 def test_batchnorm_model_reports_fixed_modes(tmp_path):
   # flax's BatchNorm normalizes the whole per-device batch: 16 / 8 devices = 2.
   config = small_digits_config(norm='batchnorm', num_train_steps=10,
