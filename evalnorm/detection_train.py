@@ -25,7 +25,7 @@ from jax import lax
 
 from evalnorm import (checkpoint, config_lib, detection_eval, detection_init,
                       detection_targets, detector, report, scenes, train)
-from evalnorm.variables import alpha_beta_by_layer, total_aux_loss
+from evalnorm.variables import alpha_beta_by_layer
 
 PMAP_AXIS = train.PMAP_AXIS
 DATASETS = ('digit_scenes', 'coco')
@@ -138,37 +138,14 @@ def train_step(state: train.TrainState, batch, estimate: bool,
                            lax.axis_index(PMAP_AXIS))
   rpn_key, roi_key = jax.random.split(key)
 
-  def loss_fn(params, evalnorm):
-    variables = {'params': params, 'batch_stats': state.batch_stats,
-                 'evalnorm': evalnorm}
-    mutable = ['batch_stats', 'aux_loss'] if estimate else ['batch_stats']
+  def forward(variables, mutable):
     outputs, new_vars = state.apply_fn(
         variables, batch['image'], train=True, gt_boxes=batch['boxes'],
         gt_classes=batch['classes'], mutable=mutable,
         rngs={'sampling': roi_key})
     task_loss, parts = detection_loss(outputs, batch, rpn_key, rpn_samples)
-    aux_loss = total_aux_loss(new_vars.get('aux_loss', {}))
-    # Frozen statistics: the EMA update is computed and dropped (any norm).
-    batch_stats = (new_vars['batch_stats'] if update_batch_stats
-                   else state.batch_stats)
-    # aux_loss moves alpha/beta only (it sees the model through stop_gradient).
-    return task_loss + aux_loss, (batch_stats, task_loss, aux_loss, parts)
-
-  grad_fn = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)
-  (_, (batch_stats, task_loss, aux_loss, parts)), grads = grad_fn(
-      state.params, state.evalnorm)
-  # Data parallelism: every replica applies the mean gradient.
-  grads = lax.pmean(grads, PMAP_AXIS)
-  # Statistics stay per device; averaging their EMAs keeps replicas identical.
-  batch_stats = lax.pmean(batch_stats, PMAP_AXIS)
-  params_grads, evalnorm_grads = grads
-  new_state = state.apply_gradients(grads=params_grads, batch_stats=batch_stats)
-  if estimate:
-    new_state = new_state.apply_evalnorm_gradients(evalnorm_grads)
-  metrics = lax.pmean({'loss': task_loss, 'aux_loss': aux_loss, **parts},
-                      PMAP_AXIS)
-  metrics['grad_norm'] = optax.tree.norm(params_grads)
-  return new_state, metrics
+    return task_loss, new_vars, parts
+  return train.sgd_step(state, forward, estimate, update_batch_stats)
 
 
 def results_table(results: dict) -> str:

@@ -130,20 +130,20 @@ def cross_entropy(logits, labels):
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
-def train_step(state: TrainState, batch, estimate: bool,
-               update_batch_stats: bool = True):
-  """One SGD step on one device's batch; cross-device ops are explicit below.
+def sgd_step(state: TrainState, forward, estimate: bool,
+             update_batch_stats: bool = True):
+  """One SGD step on one device; cross-device ops are explicit below.
 
-  ``update_batch_stats=False`` (``config.freeze_batch_stats``): groups still
-  normalize by their own statistics, but the moving averages stay as they are.
+  ``forward(variables, mutable)`` runs the model in training mode and returns
+  (task loss, updated collections, metrics). ``update_batch_stats=False``
+  (``config.freeze_batch_stats``): groups still normalize by their own
+  statistics, but the moving averages stay as they are.
   """
   def loss_fn(params, evalnorm):
     variables = {'params': params, 'batch_stats': state.batch_stats,
                  'evalnorm': evalnorm}
     mutable = ['batch_stats', 'aux_loss'] if estimate else ['batch_stats']
-    logits, new_vars = state.apply_fn(variables, batch['image'], train=True,
-                                      mutable=mutable)
-    task_loss = jnp.mean(cross_entropy(logits, batch['label']))
+    task_loss, new_vars, metrics = forward(variables, mutable)
     aux_loss = total_aux_loss(new_vars.get('aux_loss', {}))
     # Frozen statistics: the layers' EMA update is computed and dropped, which
     # works for every norm of the slot (flax's BatchNorm included).
@@ -151,10 +151,10 @@ def train_step(state: TrainState, batch, estimate: bool,
                    else state.batch_stats)
     # aux_loss sees the model only through stop_gradient: it moves alpha/beta
     # and nothing else.
-    return task_loss + aux_loss, (batch_stats, task_loss, aux_loss, logits)
+    return task_loss + aux_loss, (batch_stats, task_loss, aux_loss, metrics)
 
   grad_fn = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)
-  (_, (batch_stats, task_loss, aux_loss, logits)), grads = grad_fn(
+  (_, (batch_stats, task_loss, aux_loss, metrics)), grads = grad_fn(
       state.params, state.evalnorm)
   # Data parallelism: every replica applies the mean gradient.
   grads = lax.pmean(grads, PMAP_AXIS)
@@ -166,13 +166,22 @@ def train_step(state: TrainState, batch, estimate: bool,
   if estimate:
     new_state = new_state.apply_evalnorm_gradients(evalnorm_grads)
   grad_norm = optax.tree.norm(params_grads)
-  metrics = {
-      'loss': task_loss, 'aux_loss': aux_loss,
-      'accuracy': jnp.mean(jnp.argmax(logits, -1) == batch['label']),
-  }
-  metrics = lax.pmean(metrics, PMAP_AXIS)
+  metrics = lax.pmean({'loss': task_loss, 'aux_loss': aux_loss, **metrics},
+                      PMAP_AXIS)
   metrics['grad_norm'] = grad_norm
   return new_state, metrics
+
+
+def train_step(state: TrainState, batch, estimate: bool,
+               update_batch_stats: bool = True):
+  """``sgd_step`` of the classifier on one device's batch."""
+  def forward(variables, mutable):
+    logits, new_vars = state.apply_fn(variables, batch['image'], train=True,
+                                      mutable=mutable)
+    accuracy = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
+    return (jnp.mean(cross_entropy(logits, batch['label'])), new_vars,
+            {'accuracy': accuracy})
+  return sgd_step(state, forward, estimate, update_batch_stats)
 
 
 def checkpoint_meta(config, num_classes: int) -> dict:
