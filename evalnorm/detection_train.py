@@ -150,18 +150,7 @@ def train_step(state: train.TrainState, batch, estimate: bool,
 
 def results_table(results: dict) -> str:
   """A markdown table of COCO AP, AP50 and AP75 per evaluation mode."""
-  lines = [f"{results['dataset']}, norm={results['norm']}, "
-           f"B={results['norm_batch_size']}, step {results['step']}, "
-           f"{results['num_eval_examples']} eval images", '',
-           '| mode | AP | AP50 | AP75 | meaning |', '|---|---:|---:|---:|---|']
-  modes = results['eval']
-  ordered = [m for m in report.MODE_DESCRIPTIONS if m in modes]
-  ordered += sorted(set(modes) - set(ordered))
-  for mode in ordered:
-    m = modes[mode]
-    lines.append(f"| {mode} | {m['AP']:.1f} | {m['AP50']:.1f} | "
-                 f"{m['AP75']:.1f} | {report.describe(mode)} |")
-  return '\n'.join(lines)
+  return report.results_table(results, report.DETECTION_COLUMNS, 'eval images')
 
 
 def restore_or_create(config, manager, model, dataset, total_steps, rng):

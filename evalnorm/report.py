@@ -17,18 +17,25 @@ def describe(mode: str) -> str:
   return MODE_DESCRIPTIONS.get(mode, '')
 
 
-def results_table(results: dict) -> str:
-  """A markdown table of top-1, top-5 and loss per evaluation mode."""
+# (eval.json key, column heading, format) of each metric a table shows.
+CLASSIFICATION_COLUMNS = (('top1', 'top-1 (%)', '.2f'), ('top5', 'top-5 (%)', '.2f'),
+                          ('loss', 'loss', '.4f'))
+DETECTION_COLUMNS = (('AP', 'AP', '.1f'), ('AP50', 'AP50', '.1f'),
+                     ('AP75', 'AP75', '.1f'))
+
+
+def results_table(results: dict, columns=CLASSIFICATION_COLUMNS,
+                  examples: str = 'eval examples') -> str:
+  """A markdown table of the metrics in ``columns`` per evaluation mode."""
   lines = [f"{results['dataset']}, norm={results['norm']}, "
            f"B={results['norm_batch_size']}, step {results['step']}, "
-           f"{results['num_eval_examples']} eval examples", '',
-           '| mode | top-1 (%) | top-5 (%) | loss | meaning |',
-           '|---|---:|---:|---:|---|']
+           f"{results['num_eval_examples']} {examples}", '',
+           '| mode | ' + ' | '.join(c[1] for c in columns) + ' | meaning |',
+           '|---|' + '---:|' * len(columns) + '---|']
   modes = results['eval']
   ordered = [m for m in MODE_DESCRIPTIONS if m in modes]
   ordered += sorted(set(modes) - set(ordered))
   for mode in ordered:
-    metrics = modes[mode]
-    lines.append(f"| {mode} | {metrics['top1']:.2f} | {metrics['top5']:.2f} | "
-                 f"{metrics['loss']:.4f} | {describe(mode)} |")
+    cells = [format(modes[mode][key], spec) for key, _, spec in columns]
+    lines.append(f"| {mode} | {' | '.join(cells)} | {describe(mode)} |")
   return '\n'.join(lines)
