@@ -52,3 +52,11 @@ def trained_run(tmp_path_factory):
   config = small_digits_config(num_train_steps=20)
   workdir = str(tmp_path_factory.mktemp('trained_run'))
   return config, workdir, train.train_and_evaluate(config, workdir)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+  """Tests of the shared trained run go to one xdist worker: one run, not two."""
+  for item in items:
+    if 'trained_run' in getattr(item, 'fixturenames', ()):
+      item.add_marker(pytest.mark.xdist_group('trained_run'))
