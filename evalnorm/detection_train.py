@@ -125,10 +125,9 @@ def detection_loss(outputs, batch, key, rpn_samples: int):
   return total, parts
 
 
-def train_step(state: train.TrainState, batch, estimate: bool,
-               update_batch_stats: bool = True, *, seed: int,
-               rpn_samples: int):
-  """One SGD step on one device's images, as ``train.train_step`` otherwise.
+def detector_forward(state: train.TrainState, batch, *, seed: int,
+                     rpn_samples: int):
+  """The detector's ``forward`` for ``train.sgd_step`` and ``alpha_beta_step``.
 
   Anchor and ROI sampling draw from a key of (seed, step, device), so a
   resumed run samples exactly as an uninterrupted one.
@@ -145,7 +144,7 @@ def train_step(state: train.TrainState, batch, estimate: bool,
         rngs={'sampling': roi_key})
     task_loss, parts = detection_loss(outputs, batch, rpn_key, rpn_samples)
     return task_loss, new_vars, parts
-  return train.sgd_step(state, forward, estimate, update_batch_stats)
+  return forward
 
 
 def results_table(results: dict) -> str:
@@ -181,10 +180,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   evaluator = detection_eval.DetectionEvaluator(
       config, model, build_detector(config, dataset.num_classes, 'evalnorm'),
       dataset.image_shape[:2])
-  step_fn = functools.partial(train_step, seed=config.seed,
-                              rpn_samples=config.rpn_samples)
+  forward_fn = functools.partial(detector_forward, seed=config.seed,
+                                 rpn_samples=config.rpn_samples)
   state = train.train_loop(config, state, dataset, manager, writer, evaluator,
-                           total_steps, estimate, step_fn=step_fn)
+                           total_steps, estimate, forward_fn=forward_fn)
   state = jax.device_get(jax_utils.unreplicate(state))
   results = evaluator(state.params, evaluator.modes(state), dataset,
                       directory=os.path.join(workdir, 'coco'))

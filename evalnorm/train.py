@@ -6,10 +6,11 @@ of ``norm_batch_size`` examples. The CIFAR "microbatch" setup is one device
 with groups of B; the ImageNet setup is 8 devices with B examples each. BN
 statistics never cross devices (no ``axis_name`` on the norm layers).
 
-Online estimation adds the auxiliary loss of every EvalNorm layer to the task
-loss, so one backward pass yields the task gradients of ``params`` (unchanged
-by construction, see ``evalnorm.layers.auxiliary_loss``) and the gradients of
-alpha/beta, which have their own optimizer and are clipped to [0, 1].
+Online estimation runs, every ``estimate_every_steps`` steps, a program of its
+own before the SGD step: a training forward pass whose auxiliary loss (every
+EvalNorm layer's) moves alpha/beta only, with their own optimizer, clipped to
+[0, 1]. The SGD step is the same program with estimation on or off, so
+training is bit-identical either way (see ``alpha_beta_step``).
 
 ``train_and_evaluate(config, workdir)`` is what ``python -m evalnorm.main``
 runs; tests and notebooks call it directly.
@@ -54,11 +55,6 @@ class TrainState(train_state.TrainState):
   evalnorm: Any
   evalnorm_opt_state: Any
   evalnorm_tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
-
-  def apply_evalnorm_gradients(self, grads):
-    evalnorm, opt_state = calibration.update_alpha_beta(
-        self.evalnorm_tx, grads, self.evalnorm_opt_state, self.evalnorm)
-    return self.replace(evalnorm=evalnorm, evalnorm_opt_state=opt_state)
 
 
 def make_norm(config: ml_collections.ConfigDict, norm_name: str | None = None):
@@ -130,58 +126,116 @@ def cross_entropy(logits, labels):
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
-def sgd_step(state: TrainState, forward, estimate: bool,
-             update_batch_stats: bool = True):
+def sgd_step(state: TrainState, forward, update_batch_stats: bool = True):
   """One SGD step on one device; cross-device ops are explicit below.
 
   ``forward(variables, mutable)`` runs the model in training mode and returns
   (task loss, updated collections, metrics). ``update_batch_stats=False``
   (``config.freeze_batch_stats``): groups still normalize by their own
-  statistics, but the moving averages stay as they are.
+  statistics, but the moving averages stay as they are. alpha/beta are not
+  touched: ``alpha_beta_step`` estimates them in a program of its own.
   """
-  def loss_fn(params, evalnorm):
+  def loss_fn(params):
     variables = {'params': params, 'batch_stats': state.batch_stats,
-                 'evalnorm': evalnorm}
-    mutable = ['batch_stats', 'aux_loss'] if estimate else ['batch_stats']
-    task_loss, new_vars, metrics = forward(variables, mutable)
-    aux_loss = total_aux_loss(new_vars.get('aux_loss', {}))
+                 'evalnorm': state.evalnorm}
+    task_loss, new_vars, metrics = forward(variables, ['batch_stats'])
     # Frozen statistics: the layers' EMA update is computed and dropped, which
     # works for every norm of the slot (flax's BatchNorm included).
     batch_stats = (new_vars['batch_stats'] if update_batch_stats
                    else state.batch_stats)
-    # aux_loss sees the model only through stop_gradient: it moves alpha/beta
-    # and nothing else.
-    return task_loss + aux_loss, (batch_stats, task_loss, aux_loss, metrics)
+    return task_loss, (batch_stats, metrics)
 
-  grad_fn = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)
-  (_, (batch_stats, task_loss, aux_loss, metrics)), grads = grad_fn(
-      state.params, state.evalnorm)
+  (task_loss, (batch_stats, metrics)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state.params)
   # Data parallelism: every replica applies the mean gradient.
   grads = lax.pmean(grads, PMAP_AXIS)
   # Statistics were computed per device (the point of the method); averaging
   # the EMAs keeps the replicas identical without mixing the normalization.
   batch_stats = lax.pmean(batch_stats, PMAP_AXIS)
-  params_grads, evalnorm_grads = grads
-  new_state = state.apply_gradients(grads=params_grads, batch_stats=batch_stats)
-  if estimate:
-    new_state = new_state.apply_evalnorm_gradients(evalnorm_grads)
-  grad_norm = optax.tree.norm(params_grads)
-  metrics = lax.pmean({'loss': task_loss, 'aux_loss': aux_loss, **metrics},
-                      PMAP_AXIS)
-  metrics['grad_norm'] = grad_norm
+  new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  metrics = lax.pmean({'loss': task_loss, **metrics}, PMAP_AXIS)
+  metrics['grad_norm'] = optax.tree.norm(grads)
   return new_state, metrics
 
 
-def train_step(state: TrainState, batch, estimate: bool,
-               update_batch_stats: bool = True):
-  """``sgd_step`` of the classifier on one device's batch."""
+def alpha_beta_step(state: TrainState, forward):
+  """Online estimation: one optimizer step of alpha/beta on one device.
+
+  The auxiliary loss of the training forward pass at ``state`` (the weights
+  and moving averages the SGD step of the same batch starts from), minimized
+  over alpha/beta only; the moving-average update is dropped. Returns the new
+  (evalnorm, evalnorm_opt_state) and the loss.
+
+  A program of its own, not a term added to the SGD step's loss: its
+  gradient to the weights would be exactly zero, but XLA compiles a step with
+  the extra term differently, and the reductions the weights' update shares
+  with it change order in the last bits (measured on the quick start's
+  ResNet-8). Kept apart, the SGD step is the same executable with estimation
+  on or off, so training is bit-identical by construction. The price is a
+  second forward pass on estimating steps, amortized by
+  ``estimate_every_steps``.
+  """
+  def aux_loss_fn(evalnorm):
+    variables = {'params': state.params, 'batch_stats': state.batch_stats,
+                 'evalnorm': evalnorm}
+    _, new_vars, _ = forward(variables, ['batch_stats', 'aux_loss'])
+    return total_aux_loss(new_vars['aux_loss'])
+
+  aux_loss, grads = jax.value_and_grad(aux_loss_fn)(state.evalnorm)
+  grads, aux_loss = lax.pmean((grads, aux_loss), PMAP_AXIS)
+  evalnorm, opt_state = calibration.update_alpha_beta(
+      state.evalnorm_tx, grads, state.evalnorm_opt_state, state.evalnorm)
+  return evalnorm, opt_state, aux_loss
+
+
+def classifier_forward(state: TrainState, batch):
+  """The classifier's ``forward`` for ``sgd_step`` and ``alpha_beta_step``."""
   def forward(variables, mutable):
     logits, new_vars = state.apply_fn(variables, batch['image'], train=True,
                                       mutable=mutable)
     accuracy = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
     return (jnp.mean(cross_entropy(logits, batch['label'])), new_vars,
             {'accuracy': accuracy})
-  return sgd_step(state, forward, estimate, update_batch_stats)
+  return forward
+
+
+def train_step(state: TrainState, batch, update_batch_stats: bool = True):
+  """``sgd_step`` of the classifier on one device's batch."""
+  return sgd_step(state, classifier_forward(state, batch), update_batch_stats)
+
+
+def estimate_step(state: TrainState, batch):
+  """``alpha_beta_step`` of the classifier on one device's batch."""
+  return alpha_beta_step(state, classifier_forward(state, batch))
+
+
+class Steps:
+  """The train loop's two pmapped programs and how a step combines them.
+
+  ``forward_fn(state, batch)`` gives the task's ``forward`` (the classifier's
+  or the detector's). An estimating step runs ``alpha_beta_step`` on the
+  state before the update, then the same SGD step as every other step.
+  ``devices``: as ``jax.pmap``'s (default: all local devices).
+  """
+
+  def __init__(self, forward_fn, update_batch_stats: bool = True,
+               devices=None):
+    self.sgd = jax.pmap(
+        lambda s, b: sgd_step(s, forward_fn(s, b), update_batch_stats),
+        axis_name=PMAP_AXIS, devices=devices, donate_argnums=(0,))
+    self.alpha_beta = jax.pmap(
+        lambda s, b: alpha_beta_step(s, forward_fn(s, b)), axis_name=PMAP_AXIS,
+        devices=devices)
+
+  def __call__(self, state: TrainState, batch, estimating: bool):
+    aux_loss = None
+    if estimating:
+      evalnorm, opt_state, aux_loss = self.alpha_beta(state, batch)
+      state = state.replace(evalnorm=evalnorm, evalnorm_opt_state=opt_state)
+    state, metrics = self.sgd(state, batch)
+    if aux_loss is not None:
+      metrics = {**metrics, 'aux_loss': aux_loss}
+    return state, metrics
 
 
 def checkpoint_meta(config, num_classes: int) -> dict:
@@ -245,8 +299,10 @@ def restore_or_create(config, manager, model, dataset, total_steps, rng):
 def check_finite(step: int, metrics: dict[str, float],
                  state: TrainState | None = None) -> None:
   """Raises TrainingDiverged for a non-finite metric or array of ``state``."""
+  # aux_loss is there on estimating steps only.
   problems = [f'{name} is {metrics[name]}' for name in
-              ('loss', 'aux_loss', 'grad_norm') if not np.isfinite(metrics[name])]
+              ('loss', 'aux_loss', 'grad_norm')
+              if name in metrics and not np.isfinite(metrics[name])]
   if state is not None and not problems:
     problems = _non_finite_arrays(state)[:1]
   if problems:
@@ -365,23 +421,19 @@ class SigtermFlag:
 
 
 def is_estimating_step(step: int, every: int) -> bool:
-  """Steps 1, 1 + k, 1 + 2k, ... run the estimating train step (k = every).
+  """Steps 1, 1 + k, 1 + 2k, ... also run ``alpha_beta_step`` (k = every).
 
-  alpha/beta move slowly and training does not depend on them, so the
-  auxiliary pass (one more read of every normalized activation) can be
-  amortized; the choice is a function of the step, so a resumed run makes the
-  same choices as an uninterrupted one.
+  alpha/beta move slowly and training does not depend on them, so their
+  forward pass can be amortized over k steps; the choice is a function of the
+  step, so a resumed run makes the same choices as an uninterrupted one.
   """
   return (step - 1) % every == 0
 
 
-def log_step(config, writer, step, state, metrics, learning_rate, estimate,
-             estimating):
+def log_step(writer, step, state, metrics, learning_rate, estimate):
   scalars = jax.device_get(jax_utils.unreplicate(metrics))
   check_finite(step, scalars)
   scalars = {k: float(v) for k, v in scalars.items()}
-  if estimate and not estimating:
-    scalars.pop('aux_loss', None)  # a plain step computes none
   scalars['learning_rate'] = float(learning_rate(step))
   if estimate:
     scalars['alpha'], scalars['beta'] = mean_alpha_beta(
@@ -409,18 +461,15 @@ def evaluate_periodically(writer, evaluator, dataset, step, state):
 
 def train_loop(config, state, dataset, manager, writer, evaluator,
                total_steps: int, estimate: bool,
-               step_fn=train_step) -> TrainState:
+               forward_fn=classifier_forward) -> TrainState:
   """Runs steps from ``state.step`` to ``total_steps``; returns replicated state.
 
-  ``step_fn`` has ``train_step``'s signature (the detector passes its own).
+  ``forward_fn`` is ``classifier_forward`` or the detector's (see ``Steps``).
   """
   start_step = int(state.step)
   meta = checkpoint_meta(config, dataset.num_classes)
   state = replicate(state)
-  steps = {flag: jax.pmap(
-      functools.partial(step_fn, estimate=flag,
-                        update_batch_stats=not config.freeze_batch_stats),
-      axis_name=PMAP_AXIS, donate_argnums=(0,)) for flag in {estimate, False}}
+  steps = Steps(forward_fn, update_batch_stats=not config.freeze_batch_stats)
   batches = jax_utils.prefetch_to_device(
       map(data.shard, dataset.train_batches(start_step)), 2)
   learning_rate = learning_rate_schedule(config, total_steps)
@@ -431,12 +480,11 @@ def train_loop(config, state, dataset, manager, writer, evaluator,
       estimating = estimate and is_estimating_step(
           step, config.estimate_every_steps)
       # Dispatched before anything reads the previous step's metrics back.
-      state, metrics = steps[estimating](state, next(batches))
+      state, metrics = steps(state, next(batches), estimating)
       progress(step)
       is_last = step == total_steps
       if step % config.log_every_steps == 0 or is_last:
-        log_step(config, writer, step, state, metrics, learning_rate, estimate,
-                 estimating)
+        log_step(writer, step, state, metrics, learning_rate, estimate)
       if step % config.checkpoint_every_steps == 0 or is_last or sigterm.received:
         save_checkpoint(manager, step, state, metrics, meta)
       if sigterm.received:

@@ -4,7 +4,6 @@ Kept importable on its own (no test framework) so that the same function can
 be run on another checkout to compare numerics.
 """
 
-import functools
 import os
 import sys
 
@@ -16,12 +15,17 @@ sys.path.insert(0, os.path.join(ROOT, 'configs'))
 import digits as digits_config  # noqa: E402
 
 
-def quick_start_metrics(num_steps: int) -> dict[str, list[float]]:
-  """Per-step loss, aux loss and gradient norm of the quick start's config.
+def quick_start_run(num_steps: int, estimate: bool = True, steps=None):
+  """Per-step metrics and the final state of the quick start's first steps.
 
   Noisy digits, ResNet-8 v2, batch 128 over the local devices in groups of
-  B = 2, online estimation on: the quick start's first ``num_steps`` steps,
-  on one device as the quick start runs on a CPU.
+  B = 2: the quick start's first ``num_steps`` steps, on one device as the
+  quick start runs on a CPU, estimating alpha/beta every step (``estimate``)
+  or never. ``steps``: the ``train.Steps`` to run (default: new ones); pass
+  the same to two calls to compile once.
+
+  Returns ({'loss': [...], 'grad_norm': [...], 'aux_loss': [...] when
+  estimating}, host state after the last step).
   """
   from evalnorm import data, train  # after conftest set up the devices
   config = digits_config.get_config()
@@ -30,19 +34,25 @@ def quick_start_metrics(num_steps: int) -> dict[str, list[float]]:
   state = train.create_train_state(config, model, dataset.image_shape,
                                    config.num_train_steps,
                                    jax.random.PRNGKey(config.seed))
-  one_device = jax.local_devices()[:1]
+  steps = steps or quick_start_steps()
   state = jax.tree.map(lambda v: v[None], state)
-  step = jax.pmap(functools.partial(train.train_step, estimate=True),
-                  axis_name=train.PMAP_AXIS, devices=one_device)
   batches = dataset.train_batches(0)
-  metrics = {'loss': [], 'aux_loss': [], 'grad_norm': []}
+  names = ('loss', 'aux_loss', 'grad_norm') if estimate else ('loss', 'grad_norm')
+  metrics = {name: [] for name in names}
   for _ in range(num_steps):
     batch = jax.tree.map(lambda v: v[None], next(batches))
-    state, step_metrics = step(state, batch)
+    state, step_metrics = steps(state, batch, estimating=estimate)
     for name, values in metrics.items():
       values.append(float(step_metrics[name][0]))
-  return metrics
+  return metrics, jax.device_get(jax.tree.map(lambda v: v[0], state))
+
+
+def quick_start_steps():
+  """The train loop's programs on one device, as the quick start runs."""
+  from evalnorm import train
+  return train.Steps(train.classifier_forward,
+                     devices=jax.local_devices()[:1])
 
 
 if __name__ == '__main__':
-  print(quick_start_metrics(int(sys.argv[1])))
+  print(quick_start_run(int(sys.argv[1]))[0])

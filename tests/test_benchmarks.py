@@ -13,9 +13,10 @@ def test_cost_smoke_prints_finite_positive_ratios(capsys):
   out = capsys.readouterr().out
   assert 'flax nn.BatchNorm' in out and 'ratio (min)' in out
   printed = cost.parse_ratios(out)
-  for key in ('train_B8', 'train_B2', 'eval_evalnorm', 'eval_ema',
-              'train_peak_B8', 'train_peak_B2', 'eval_peak_evalnorm',
-              'train_B2_amortized'):
+  for key in ('train_B8', 'train_B2', 'alpha_beta_B2', 'train_B2_estimating',
+              'train_B2_amortized', 'eval_evalnorm', 'eval_ema',
+              'train_peak_B8', 'train_peak_B2', 'alpha_beta_peak_B2',
+              'eval_peak_evalnorm'):
     assert key in printed, key
     assert math.isfinite(printed[key]) and printed[key] > 0, (key, printed[key])
   smoke = results['smoke']
@@ -27,6 +28,8 @@ def test_cost_smoke_prints_finite_positive_ratios(capsys):
 
 
 def test_amortized_ratio():
-  # k = 4: one step at 1.2 and three at 1.0, against a reference of 1.0.
-  assert cost.amortized_ratio(1.2, 1.0, 1.0, 4) == 1.05
-  assert cost.amortized_ratio(1.2, 1.0, 1.0, 1) == 1.2
+  # SGD step 1.0, alpha/beta step 0.4, reference 1.0: every step 1.4; every
+  # 8th step 1.05.
+  assert cost.amortized_ratio(1.0, 0.4, 1.0, 1) == 1.4
+  assert cost.amortized_ratio(1.0, 0.4, 1.0, 8) == 1.05
+  assert cost.amortized_ratio(1.0, 0.4, 2.0, 8) == 0.525

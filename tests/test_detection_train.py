@@ -86,11 +86,10 @@ def test_train_step_on_8_devices_learns_and_keeps_replicas_equal():
   model = detection_train.build_detector(config, dataset.num_classes)
   state = train.create_train_state(config, model, dataset.image_shape, 10,
                                    jax.random.PRNGKey(0))
-  step = jax.pmap(functools.partial(detection_train.train_step, estimate=True,
-                                    seed=0, rpn_samples=config.rpn_samples),
-                  axis_name=train.PMAP_AXIS)
-  new_state, metrics = step(jax_utils.replicate(state),
-                            data.shard(dataset.train_batch(0)))
+  steps = train.Steps(functools.partial(detection_train.detector_forward,
+                                        seed=0, rpn_samples=config.rpn_samples))
+  new_state, metrics = steps(train.replicate(state),
+                             data.shard(dataset.train_batch(0)), True)
   for name in ('loss', 'rpn_cls', 'rpn_box', 'rcn_cls', 'rcn_box', 'aux_loss'):
     assert np.all(np.isfinite(metrics[name])), name
   assert float(metrics['rcn_cls'][0]) > 0 and float(metrics['aux_loss'][0]) > 0
