@@ -15,13 +15,14 @@ run, each listed under the first script that needs it.
 
 import time
 
-from experiments import (fig1_histograms, fig2_error_vs_b, fig3_alpha_beta,
-                         fig4_fixed_schedules, fig5_deeper_wider, runs, seeds,
-                         table1_imagenet, table2_transfer)
+from experiments import (estimate_every, fig1_histograms, fig2_error_vs_b,
+                         fig3_alpha_beta, fig4_fixed_schedules,
+                         fig5_deeper_wider, runs, seeds, table1_imagenet,
+                         table2_transfer)
 
 SCRIPTS = (fig2_error_vs_b, fig1_histograms, fig3_alpha_beta,
            fig4_fixed_schedules, seeds, fig5_deeper_wider, table1_imagenet,
-           table2_transfer)
+           table2_transfer, estimate_every)
 
 
 def script_arguments(args) -> list[str]:

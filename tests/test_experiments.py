@@ -19,9 +19,10 @@ import numpy as np
 import pytest
 
 from digits_runs import ROOT
-from experiments import (fig1_histograms, fig2_error_vs_b, fig3_alpha_beta,
-                         fig4_fixed_schedules, fig5_deeper_wider, run_all, runs,
-                         seeds, table1_imagenet, table2_transfer)
+from experiments import (estimate_every, fig1_histograms, fig2_error_vs_b,
+                         fig3_alpha_beta, fig4_fixed_schedules,
+                         fig5_deeper_wider, run_all, runs, seeds,
+                         table1_imagenet, table2_transfer)
 
 MODES = ('ema', 'evalnorm', 'rule_of_thumb', 'one_over_b', 'train_stats',
          'fixed_0.05', 'fixed_0.5', 'groupnorm')
@@ -144,6 +145,31 @@ def test_seeds_mean_and_spread(context):
   assert row[2] == f'{np.std(values, ddof=1):.2f}'
   gain = next(r for r in rows if r[0].startswith('B=8, EvalNorm gain'))
   assert gain[1] == f'{np.mean([fake_top1(f"evalnorm_b8_seed{s}", "evalnorm") - fake_top1(f"evalnorm_b8_seed{s}", "ema") for s in range(3)]):.2f}'
+
+
+def test_estimate_every_report_and_its_training_check(context):
+  groups = estimate_every.k_runs(context.scale, [0, 1, 2])
+  assert list(groups) == [1, 2, 4, 8, 16]
+  assert dict(groups[4][2].overrides)['estimate_every_steps'] == 4
+  results = FakeResults()
+  summary = estimate_every.report(context, groups, results)
+  top1 = [fake_top1(f'estimate_every_k4_seed{s}', 'evalnorm') for s in range(3)]
+  assert summary[4]['mean'] == pytest.approx(np.mean(top1))
+  assert summary[4]['std'] == pytest.approx(np.std(top1, ddof=1))
+  alphas = [np.mean([fake_top1(f'estimate_every_k4_seed{s}', l + 'a') / 100
+                     for l in LAYERS]) for s in range(3)]
+  assert summary[4]['alpha'] == pytest.approx(np.mean(alphas))
+  # Made-up runs differ in every mode: the report must say training differs.
+  assert 'TRAINING DIFFERS' in read(context, 'estimate_every.md')
+  for k, group in groups.items():
+    for run, reference in zip(group, groups[1]):
+      for mode in ('ema', 'rule_of_thumb', 'one_over_b', 'train_stats'):
+        results[run.name]['eval'][mode] = results[reference.name]['eval'][mode]
+  estimate_every.report(context, groups, results)
+  text = read(context, 'estimate_every.md')
+  assert 'TRAINING DIFFERS' not in text and 'identical across k' in text
+  assert f"| 4 | {np.mean(top1):.2f} |" in text
+  assert_plot(context, 'estimate_every.png')
 
 
 def test_table1_per_device_setup_and_report(context):
@@ -285,7 +311,7 @@ def test_run_all_at_smoke_scale(tmp_path):
   assert len(seconds) == len(run_all.SCRIPTS)
   for name in ('fig1_histograms', 'fig2_error_vs_b', 'fig3_alpha_beta',
                'fig4_fixed_schedules', 'fig5_deeper_wider', 'table1_imagenet',
-               'table2_transfer'):
+               'table2_transfer', 'estimate_every'):
     assert os.path.exists(tmp_path / 'r' / f'{name}.md')
     assert os.path.exists(tmp_path / 'r' / f'{name}.png')
   assert os.path.exists(tmp_path / 'r' / 'seeds.md')
