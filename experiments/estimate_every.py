@@ -2,19 +2,30 @@ r"""How often online estimation must run: the curve over k = estimate_every_step
 
     python -m experiments.estimate_every [--scale small|full|smoke] [--seeds 0,1,2]
 
-Trains the same network at the smallest B with alpha/beta estimated every k-th
-step, k = 1, 2, 4, 8, 16, for several seeds. At the ``small`` scale each run
-is the quick start itself (``configs/digits.py``, noisy digits, B = 2, 3000
-steps) with ``--config.estimate_every_steps=k``. Writes estimate_every.{md,png}:
-per k the EvalNorm top-1 (mean, spread, every seed), the mean alpha and beta,
-and whether the mean top-1 stays within the seed spread of k = 1.
+Estimates alpha/beta every k-th step, k = 1, 2, 4, 8, 16, at the smallest B,
+for several seeds. At the ``small`` scale the training is the quick start's
+(``configs/digits.py``, noisy digits, B = 2, 3000 steps). Writes
+estimate_every.{md,png}: per k the EvalNorm top-1 (mean, spread, every seed),
+the mean alpha and beta, and whether the mean top-1 stays within the seed
+spread of k = 1.
 
-The SGD step is the same program whatever k (``evalnorm.train.Steps``), so
-every mode that does not read alpha/beta (EMA and the fixed schedules) must
-come out identical for every k of a seed: the report checks that and says so.
-The train-step cost of each k is ``benchmarks/cost.py``'s business (its
-amortized ratio); the README puts the two side by side.
+One training per seed serves every k. The SGD step does not read alpha/beta
+and is the same program whatever k (``evalnorm.train.Steps``), so the runs
+``--config.estimate_every_steps=k`` would make share their weights at every
+step, bit for bit; here each k's alpha/beta take their own
+``alpha_beta_step`` on the steps that k estimates, from the same states and
+batches. That saves four trainings of five. The report checks the premise
+where it can: when the workdir root holds the quick start run of a seed
+(``python -m evalnorm.main`` with k = 1, named ``estimate_every_k1_seed<s>``),
+every mode of it must equal this script's k = 1 column exactly.
+The train-step cost of each k is ``benchmarks/cost.py``'s (amortized ratio).
 """
+
+import concurrent.futures
+import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 
@@ -23,26 +34,103 @@ from experiments import runs
 NAME = 'estimate_every'
 KS = {'smoke': (1, 2), 'small': (1, 2, 4, 8, 16), 'full': (1, 2, 4, 8, 16)}
 SEEDS = (0, 1, 2)
-# Modes whose value does not depend on alpha/beta: equal for every k.
-TRAINING_ONLY_MODES = ('ema', 'rule_of_thumb', 'one_over_b', 'train_stats')
 
 
-def k_run(scale: runs.Scale, k: int, seed: int) -> runs.Run:
-  name = f'estimate_every_k{k}_seed{seed}'
+def seed_run(scale: runs.Scale, seed: int) -> runs.Run:
+  """The training of one seed (its config and overrides; k is set per k)."""
+  name = f'{NAME}_seed{seed}'
   if scale.name == 'small':  # The quick start, as its README command runs it.
     return runs.make_run(name, scale, config='configs/digits.py', seed=seed,
-                         norm_batch_size=2, estimate_every_steps=k)
-  return runs.make_run(name, scale, seed=seed, estimate_every_steps=k,
+                         norm_batch_size=2)
+  return runs.make_run(name, scale, seed=seed,
                        norm_batch_size=min(scale.b_values))
 
 
-def k_runs(scale: runs.Scale, seeds) -> dict[int, list[runs.Run]]:
-  """k -> the runs over seeds; k = 1 (estimation every step) first."""
-  return {k: [k_run(scale, k, s) for s in seeds] for k in KS[scale.name]}
+def reference_run(scale: runs.Scale, seed: int, k: int = 1) -> runs.Run:
+  """``seed_run`` as ``python -m evalnorm.main`` runs it with k: the check."""
+  run = seed_run(scale, seed)
+  return runs.Run(f'{NAME}_k{k}_seed{seed}', run.config,
+                  tuple(sorted(dict(run.overrides,
+                                    estimate_every_steps=k).items())),
+                  run.devices)
 
 
-def planned_runs(context: runs.Context, seeds=SEEDS) -> list[runs.Run]:
-  return [r for group in k_runs(context.scale, seeds).values() for r in group]
+def train_every_k(run: runs.Run, ks) -> dict[int, dict]:
+  """{k: eval.json-like {'eval': ..., 'alpha_beta': ...}} from one training.
+
+  k = 1 is evaluated in every mode; the others in ``evalnorm`` only (the
+  other modes do not read alpha/beta).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from flax import jax_utils  # pylint: disable=g-import-not-at-top
+  from evalnorm import config_lib, data, evaluation, train  # pylint: disable=g-import-not-at-top
+  from evalnorm.variables import alpha_beta_by_layer  # pylint: disable=g-import-not-at-top
+  config = runs.load_config(run)
+  config_lib.validate(config, jax.device_count())
+  dataset = data.make_dataset(config)
+  total_steps = config_lib.num_train_steps(config, dataset.num_train_examples)
+  model = train.build_model(config, dataset.num_classes)
+  state = train.replicate(train.create_train_state(
+      config, model, dataset.image_shape, total_steps,
+      jax.random.PRNGKey(config.seed)))
+  steps = train.Steps(train.classifier_forward,
+                      update_batch_stats=not config.freeze_batch_stats)
+  estimates = {k: (state.evalnorm, state.evalnorm_opt_state) for k in ks}
+  batches = map(data.shard, dataset.train_batches(0))
+  for step in range(1, total_steps + 1):
+    batch = next(batches)
+    for k in ks:
+      if train.is_estimating_step(step, k):
+        evalnorm, opt_state, _ = steps.alpha_beta(
+            state.replace(evalnorm=estimates[k][0],
+                          evalnorm_opt_state=estimates[k][1]), batch)
+        estimates[k] = (evalnorm, opt_state)
+    state, _ = steps.sgd(state, batch)
+    if step % config.log_every_steps == 0:
+      print(f'{run.name}: step {step}/{total_steps}', flush=True)
+
+  host = jax.device_get(jax_utils.unreplicate(state))
+  evaluator = evaluation.Evaluator(
+      config, model, train.build_model(config, dataset.num_classes, 'evalnorm'))
+  out = {}
+  for k in ks:
+    evalnorm = jax.device_get(jax_utils.unreplicate(estimates[k][0]))
+    modes = evaluator.modes(host.replace(evalnorm=evalnorm))
+    if k != 1:
+      modes = {'evalnorm': modes['evalnorm']}
+    out[k] = {'eval': evaluator(host.params, modes, dataset),
+              'alpha_beta': alpha_beta_by_layer(evalnorm)}
+  return out
+
+
+def result_path(workdir_root: str, run: runs.Run) -> str:
+  return os.path.join(workdir_root, run.name, 'every_k.json')
+
+
+def execute(context: runs.Context, seed_runs: list[runs.Run], ks
+            ) -> dict[str, dict[int, dict]]:
+  """{run name: {k: result}}; each seed trains in a process of its own (one
+  CPU device, as the quick start), ``context.jobs`` at a time; finished
+  seeds are reused."""
+  def one(run):
+    path = result_path(context.workdir_root, run)
+    if not os.path.exists(path):
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      with open(os.path.join(os.path.dirname(path), 'log.txt'), 'a') as log:
+        status = subprocess.call(
+            [sys.executable, '-m', 'experiments.estimate_every',
+             f'--train={run.name}', f"--seeds={dict(run.overrides)['seed']}",
+             f'--scale={context.scale.name}',
+             f'--workdir_root={context.workdir_root}'],
+            cwd=runs.ROOT, stdout=log, stderr=subprocess.STDOUT,
+            env=runs._environment(run.devices, ()))  # pylint: disable=protected-access
+      if status:
+        raise runs.RunFailed(f'{run.name} exited with status {status}; see '
+                             f'{os.path.dirname(path)}/log.txt')
+    with open(path) as f:
+      return {int(k): v for k, v in json.load(f).items()}
+  with concurrent.futures.ThreadPoolExecutor(max(1, context.jobs)) as pool:
+    return dict(zip([r.name for r in seed_runs], pool.map(one, seed_runs)))
 
 
 def mean_alpha_beta(result: dict) -> tuple[float, float]:
@@ -52,29 +140,17 @@ def mean_alpha_beta(result: dict) -> tuple[float, float]:
           float(np.mean([np.mean(v['beta']) for v in layers])))
 
 
-def training_differences(groups, results) -> list[str]:
-  """Runs whose alpha/beta-free modes differ from k = 1's of the same seed."""
-  differences = []
-  for k, group in groups.items():
-    for run, reference in zip(group, groups[1]):
-      for mode in TRAINING_ONLY_MODES:
-        if mode in results[run.name]['eval'] and (
-            results[run.name]['eval'][mode]
-            != results[reference.name]['eval'][mode]):
-          differences.append(f'{run.name} `{mode}`')
-  return differences
-
-
 def spread(values) -> float:
   return float(np.std(values, ddof=1)) if len(values) > 1 else float('nan')
 
 
-def summarize(groups, results) -> dict[int, dict]:
+def summarize(results: dict[str, dict[int, dict]], ks) -> dict[int, dict]:
   """Per k: EvalNorm top-1 per seed, its mean and spread, mean alpha/beta."""
   out = {}
-  for k, group in groups.items():
-    top1 = [runs.top1(results[r.name], 'evalnorm') for r in group]
-    alpha_beta = np.array([mean_alpha_beta(results[r.name]) for r in group])
+  for k in ks:
+    per_seed = [by_k[k] for by_k in results.values()]
+    top1 = [runs.top1(r, 'evalnorm') for r in per_seed]
+    alpha_beta = np.array([mean_alpha_beta(r) for r in per_seed])
     out[k] = {'top1': top1, 'mean': float(np.mean(top1)), 'std': spread(top1),
               'alpha': float(np.mean(alpha_beta[:, 0])),
               'beta': float(np.mean(alpha_beta[:, 1])),
@@ -85,40 +161,55 @@ def summarize(groups, results) -> dict[int, dict]:
 
 def within_spread(row: dict, reference: dict) -> bool:
   """The mean differs from k = 1's by at most the larger seed spread."""
-  allowed = max(row['std'], reference['std'])
-  return abs(row['mean'] - reference['mean']) <= allowed
+  return abs(row['mean'] - reference['mean']) <= max(row['std'],
+                                                      reference['std'])
 
 
-def report(context: runs.Context, groups: dict, results: dict) -> dict:
-  summary = summarize(groups, results)
-  reference = summary[1]
-  rows = []
-  for k, row in summary.items():
-    rows.append([
-        str(k), f"{row['mean']:.2f}", f"{row['std']:.2f}",
-        ' / '.join(f'{v:.2f}' for v in row['top1']),
-        f"{row['alpha']:.3f} ({row['alpha_std']:.3f})",
-        f"{row['beta']:.3f} ({row['beta_std']:.3f})",
-        'yes' if within_spread(row, reference) else 'NO'])
-  seeds = ', '.join(str(dict(r.overrides)['seed']) for r in groups[1])
+def reference_check(context: runs.Context, seed_runs, results) -> str:
+  """A sentence comparing k = 1 with the quick start runs found, if any."""
+  compared, differing = [], []
+  for run, seed in zip(seed_runs, (dict(r.overrides)['seed'] for r in seed_runs)):
+    reference = runs.read_eval(os.path.join(
+        context.workdir_root, reference_run(context.scale, seed).name))
+    if reference is None:
+      continue
+    compared.append(str(seed))
+    if reference['eval'] != results[run.name][1]['eval']:
+      differing.append(str(seed))
+  if not compared:
+    return ('(No `python -m evalnorm.main` run with k = 1 was found to '
+            'compare with.)\n')
+  if differing:
+    return ('THE SHARED TRAINING DIFFERS from `python -m evalnorm.main` with '
+            f"k = 1 for seed(s) {', '.join(differing)} (it must not).\n")
+  return (f"For seed(s) {', '.join(compared)}, `python -m evalnorm.main` with "
+          'k = 1 gives exactly the k = 1 column, in every mode.\n')
+
+
+def report(context: runs.Context, seed_runs, results: dict, ks) -> dict:
+  summary = summarize(results, ks)
+  rows = [[str(k), f"{row['mean']:.2f}", f"{row['std']:.2f}",
+           ' / '.join(f'{v:.2f}' for v in row['top1']),
+           f"{row['alpha']:.3f} ({row['alpha_std']:.3f})",
+           f"{row['beta']:.3f} ({row['beta_std']:.3f})",
+           'yes' if within_spread(row, summary[1]) else 'NO']
+          for k, row in summary.items()]
+  seeds = ', '.join(str(dict(r.overrides)['seed']) for r in seed_runs)
   table = runs.markdown_table(
       ['k', 'EvalNorm top-1 mean', 'std (n-1)', f'seeds {seeds}',
        'mean alpha (std)', 'mean beta (std)', 'within spread of k=1'], rows)
-  ema = [runs.top1(results[r.name], 'ema') for r in groups[1]]
-  differences = training_differences(groups, results)
-  identical = ('Training is the same for every k: the EMA top-1 of each seed '
-               f"({' / '.join(f'{v:.2f}' for v in ema)}) and every other mode "
-               'that does not read alpha/beta are identical across k.\n'
-               if not differences else
-               'TRAINING DIFFERS ACROSS k (it must not): '
-               + ', '.join(differences) + '\n')
+  ema = [runs.top1(results[r.name][1], 'ema') for r in seed_runs]
+  setting = (runs.scale_note(context) if context.scale.name != 'small' else
+             'Scale `small`: the quick start (`configs/digits.py`, noisy '
+             'digits, B=2, 3000 steps).\n')
   runs.write_markdown(
       context.output(f'{NAME}.md'),
       'Online estimation every k steps: EvalNorm top-1 and alpha/beta',
-      runs.scale_note(context) if context.scale.name != 'small' else
-      'Scale `small`: the quick start (`configs/digits.py`, noisy digits, '
-      'B=2, 3000 steps) with `--config.estimate_every_steps=k`.\n',
-      identical,
+      setting,
+      'One training per seed serves every k (the SGD step is the same '
+      'program whatever k); EMA top-1 per seed: '
+      f"{' / '.join(f'{v:.2f}' for v in ema)}. "
+      + reference_check(context, seed_runs, results),
       '"Within spread": the mean top-1 differs from k=1\'s by at most the '
       'larger of the two seed standard deviations.\n', table,
       f'![k curve]({NAME}.png)\n')
@@ -151,16 +242,30 @@ def plot(context: runs.Context, summary: dict) -> None:
   plt.close(figure)
 
 
+def planned_runs(context: runs.Context, seeds=SEEDS) -> list[runs.Run]:
+  """The trainings (one per seed; ``run_all --dry_run`` lists them)."""
+  return [seed_run(context.scale, s) for s in seeds]
+
+
 def main(argv=None):
   parser = runs.argument_parser(__doc__)
   parser.add_argument('--seeds', default=','.join(str(s) for s in SEEDS),
                       help='comma-separated seeds (at least 3 for a spread)')
+  parser.add_argument('--train', default=None,
+                      help='(internal) train this seed run and write its '
+                      'every_k.json')
   args = parser.parse_args(argv)
   context = runs.context_from_args(args)
-  seeds = [int(s) for s in args.seeds.split(',')]
-  groups = k_runs(context.scale, seeds)
-  results = context.execute(planned_runs(context, seeds))
-  return report(context, groups, results)
+  ks = KS[context.scale.name]
+  seed_runs = planned_runs(context, [int(s) for s in args.seeds.split(',')])
+  if args.train:
+    run = next(r for r in seed_runs if r.name == args.train)
+    results = train_every_k(run, ks)
+    with open(result_path(context.workdir_root, run), 'w') as f:
+      json.dump(results, f, indent=2)
+    return results
+  results = execute(context, seed_runs, ks)
+  return report(context, seed_runs, results, ks)
 
 
 if __name__ == '__main__':

@@ -147,29 +147,34 @@ def test_seeds_mean_and_spread(context):
   assert gain[1] == f'{np.mean([fake_top1(f"evalnorm_b8_seed{s}", "evalnorm") - fake_top1(f"evalnorm_b8_seed{s}", "ema") for s in range(3)]):.2f}'
 
 
-def test_estimate_every_report_and_its_training_check(context):
-  groups = estimate_every.k_runs(context.scale, [0, 1, 2])
-  assert list(groups) == [1, 2, 4, 8, 16]
-  assert dict(groups[4][2].overrides)['estimate_every_steps'] == 4
-  results = FakeResults()
-  summary = estimate_every.report(context, groups, results)
-  top1 = [fake_top1(f'estimate_every_k4_seed{s}', 'evalnorm') for s in range(3)]
+def test_estimate_every_report_and_its_reference_check(context):
+  seed_runs = estimate_every.planned_runs(context, [0, 1, 2])
+  assert dict(seed_runs[2].overrides)['seed'] == 2
+  ks = estimate_every.KS['small']
+  results = {r.name: {k: fake_result(f'{r.name}_k{k}') for k in ks}
+             for r in seed_runs}
+  summary = estimate_every.report(context, seed_runs, results, ks)
+  top1 = [fake_top1(f'{r.name}_k4', 'evalnorm') for r in seed_runs]
   assert summary[4]['mean'] == pytest.approx(np.mean(top1))
   assert summary[4]['std'] == pytest.approx(np.std(top1, ddof=1))
-  alphas = [np.mean([fake_top1(f'estimate_every_k4_seed{s}', l + 'a') / 100
-                     for l in LAYERS]) for s in range(3)]
+  alphas = [np.mean([fake_top1(f'{r.name}_k4', l + 'a') / 100 for l in LAYERS])
+            for r in seed_runs]
   assert summary[4]['alpha'] == pytest.approx(np.mean(alphas))
-  # Made-up runs differ in every mode: the report must say training differs.
-  assert 'TRAINING DIFFERS' in read(context, 'estimate_every.md')
-  for k, group in groups.items():
-    for run, reference in zip(group, groups[1]):
-      for mode in ('ema', 'rule_of_thumb', 'one_over_b', 'train_stats'):
-        results[run.name]['eval'][mode] = results[reference.name]['eval'][mode]
-  estimate_every.report(context, groups, results)
   text = read(context, 'estimate_every.md')
-  assert 'TRAINING DIFFERS' not in text and 'identical across k' in text
-  assert f"| 4 | {np.mean(top1):.2f} |" in text
+  assert f"| 4 | {np.mean(top1):.2f} |" in text and 'No `python' in text
   assert_plot(context, 'estimate_every.png')
+  # A quick start run of seed 1 (k = 1) must equal the k = 1 column.
+  reference = estimate_every.reference_run(context.scale, 1)
+  assert dict(reference.overrides)['estimate_every_steps'] == 1
+  workdir = os.path.join(context.workdir_root, reference.name)
+  os.makedirs(workdir)
+  with open(os.path.join(workdir, 'eval.json'), 'w') as f:
+    json.dump({'eval': results[seed_runs[1].name][1]['eval']}, f)
+  estimate_every.report(context, seed_runs, results, ks)
+  assert 'gives exactly the k = 1 column' in read(context, 'estimate_every.md')
+  results[seed_runs[1].name][1]['eval']['ema']['top1'] += 0.01
+  estimate_every.report(context, seed_runs, results, ks)
+  assert 'DIFFERS' in read(context, 'estimate_every.md')
 
 
 def test_table1_per_device_setup_and_report(context):
