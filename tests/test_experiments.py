@@ -163,6 +163,12 @@ def test_estimate_every_report_and_its_reference_check(context):
   text = read(context, 'estimate_every.md')
   assert f"| 4 | {np.mean(top1):.2f} |" in text and 'No `python' in text
   assert_plot(context, 'estimate_every.png')
+  row = {'mean': 90.0, 'std': 1.0, 'alpha': 0.30, 'alpha_std': 0.01,
+         'beta': 0.40, 'beta_std': 0.01}
+  assert estimate_every.within_spread(dict(row, mean=91.0), row)
+  assert not estimate_every.within_spread(dict(row, mean=91.5), row)
+  assert not estimate_every.within_spread(dict(row, alpha=0.32), row)
+  assert not estimate_every.within_spread(dict(row, beta=0.38), row)
   # A quick start run of seed 1 (k = 1) must equal the k = 1 column.
   reference = estimate_every.reference_run(context.scale, 1)
   assert dict(reference.overrides)['estimate_every_steps'] == 1
