@@ -80,7 +80,7 @@ import jax
 import numpy as np
 from flax import jax_utils
 
-from evalnorm import config_lib, train
+from evalnorm import config_lib, report, train
 from evalnorm.variables import rule_of_thumb, set_alpha_beta
 
 MIB = 2.0**20
@@ -298,13 +298,6 @@ def summarize(times: dict[str, list[float]], ref: str) -> dict[str, dict]:
   return out
 
 
-def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
-  align = ['---'] + ['---:'] * (len(headers) - 1)
-  lines = ['| ' + ' | '.join(headers) + ' |', '|' + '|'.join(align) + '|']
-  lines += ['| ' + ' | '.join(row) + ' |' for row in rows]
-  return '\n'.join(lines)
-
-
 def _fmt(value: float, spec: str) -> str:
   return 'n/a' if value is None or not math.isfinite(value) else format(value, spec)
 
@@ -333,7 +326,7 @@ def result_table(rows: dict[str, dict], labels: dict[str, str], ref: str,
     if gpu:
       row.insert(10, _fmt(r['device_peak'] / MIB, '.1f'))
     table.append(row)
-  return markdown_table(headers, table)
+  return report.markdown_table(headers, table)
 
 
 # --------------------------------------------------------------------------

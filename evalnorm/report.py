@@ -1,4 +1,8 @@
-"""The table printed at the end of a run, from the contents of eval.json."""
+"""Markdown tables: the one printed at the end of a run (from eval.json) and
+the helper every report of the project writes its tables with."""
+
+from collections.abc import Sequence
+from typing import Any
 
 MODE_DESCRIPTIONS = {
     'ema': 'moving averages (plain BatchNorm evaluation)',
@@ -9,6 +13,21 @@ MODE_DESCRIPTIONS = {
     'train_stats': 'batch statistics of groups of B (reference)',
     'groupnorm': 'GroupNorm (no batch statistics)',
 }
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]],
+                   align: str | None = None) -> str:
+  """A markdown table (no trailing newline); cells are written with str().
+
+  ``align`` has one letter per column, ``l`` or ``r``; by default the first
+  column is left-aligned (labels) and the others right-aligned (numbers).
+  """
+  align = align or 'l' + 'r' * (len(headers) - 1)
+  rules = {'l': '---', 'r': '---:'}
+  lines = ['| ' + ' | '.join(headers) + ' |',
+           '|' + '|'.join(rules[a] for a in align) + '|']
+  lines += ['| ' + ' | '.join(str(c) for c in row) + ' |' for row in rows]
+  return '\n'.join(lines)
 
 
 def describe(mode: str) -> str:
@@ -27,15 +46,13 @@ DETECTION_COLUMNS = (('AP', 'AP', '.1f'), ('AP50', 'AP50', '.1f'),
 def results_table(results: dict, columns=CLASSIFICATION_COLUMNS,
                   examples: str = 'eval examples') -> str:
   """A markdown table of the metrics in ``columns`` per evaluation mode."""
-  lines = [f"{results['dataset']}, norm={results['norm']}, "
-           f"B={results['norm_batch_size']}, step {results['step']}, "
-           f"{results['num_eval_examples']} {examples}", '',
-           '| mode | ' + ' | '.join(c[1] for c in columns) + ' | meaning |',
-           '|---|' + '---:|' * len(columns) + '---|']
   modes = results['eval']
   ordered = [m for m in MODE_DESCRIPTIONS if m in modes]
   ordered += sorted(set(modes) - set(ordered))
-  for mode in ordered:
-    cells = [format(modes[mode][key], spec) for key, _, spec in columns]
-    lines.append(f"| {mode} | {' | '.join(cells)} | {describe(mode)} |")
-  return '\n'.join(lines)
+  rows = [[mode] + [format(modes[mode][key], spec) for key, _, spec in columns]
+          + [describe(mode)] for mode in ordered]
+  table = markdown_table(['mode'] + [c[1] for c in columns] + ['meaning'], rows,
+                         align='l' + 'r' * len(columns) + 'l')
+  return (f"{results['dataset']}, norm={results['norm']}, "
+          f"B={results['norm_batch_size']}, step {results['step']}, "
+          f"{results['num_eval_examples']} {examples}\n\n" + table)

@@ -33,6 +33,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from evalnorm import report
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_DIR = os.path.join(ROOT, 'experiments', 'results')
 WORKDIR_ROOT = os.path.join(ROOT, 'experiments', 'workdirs')
@@ -300,10 +302,8 @@ def error(result: dict, mode: str) -> float:
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-  lines = ['| ' + ' | '.join(headers) + ' |',
-           '|' + '|'.join(['---'] + ['---:'] * (len(headers) - 1)) + '|']
-  lines += ['| ' + ' | '.join(str(c) for c in row) + ' |' for row in rows]
-  return '\n'.join(lines) + '\n'
+  """``report.markdown_table`` as a section of a result file (ends a line)."""
+  return report.markdown_table(headers, rows) + '\n'
 
 
 def write_markdown(path: str, title: str, *sections: str) -> None:
