@@ -67,6 +67,7 @@ def save(manager: ocp.CheckpointManager, state: Any, meta: dict) -> None:
   manager.save(step, args=ocp.args.Composite(
       state=ocp.args.PyTreeSave(serialization.to_state_dict(state)),
       meta=ocp.args.JsonSave(meta)))
+  logging.info('checkpoint of step %d: saving to %s', step, manager.directory)
 
 
 def restore(manager: ocp.CheckpointManager, template: Any,

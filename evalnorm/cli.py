@@ -18,10 +18,10 @@ import os
 import re
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
-from evalnorm import config_lib
+from evalnorm import config_lib, console
 
 USAGE_ERROR = 2
 RUN_ERROR = 1
@@ -52,8 +52,11 @@ class Command:
         flag_values=flag_values, lock_config=True)
 
   def run(self, main) -> None:
-    """absl's app.run with this command's flag parsing."""
-    app.run(main, flags_parser=self.parse)
+    """absl's app.run with this command's flag parsing and console."""
+    def configured_main(argv):
+      console.configure()
+      return main(argv)
+    app.run(configured_main, flags_parser=self.parse)
 
   def parse(self, argv: list[str]) -> list[str]:
     """Parses ``argv``; any mistake exits with status 2 and one line."""
@@ -109,6 +112,14 @@ def initialize_distributed(config) -> None:
       num_processes=config.num_processes, process_id=config.process_id,
       initialization_timeout=config.distributed_timeout_s,
       heartbeat_timeout_seconds=config.distributed_timeout_s)
+
+
+def log_devices() -> None:
+  """The device layout, once per command."""
+  import jax  # pylint: disable=import-outside-toplevel
+  logging.info('JAX process %d/%d, %d local devices of %d: %s',
+               jax.process_index(), jax.process_count(),
+               jax.local_device_count(), jax.device_count(), jax.devices())
 
 
 @contextlib.contextmanager

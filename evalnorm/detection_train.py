@@ -25,6 +25,7 @@ from jax import lax
 
 from evalnorm import (checkpoint, config_lib, detection_eval, detection_init,
                       detection_targets, detector, report, scenes, train)
+from evalnorm import console
 from evalnorm.variables import alpha_beta_by_layer
 
 PMAP_AXIS = train.PMAP_AXIS
@@ -175,7 +176,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                     asynchronous=config.async_checkpointing)
   state = restore_or_create(config, manager, model, dataset, total_steps,
                             jax.random.PRNGKey(config.seed))
-  writer = metric_writers.create_default_writer(workdir)
+  writer = console.MetricsConsole(
+      metric_writers.create_default_writer(workdir), total_steps)
   estimate = config.estimate_alpha_beta and config.norm == 'evalnorm'
   evaluator = detection_eval.DetectionEvaluator(
       config, model, build_detector(config, dataset.num_classes, 'evalnorm'),

@@ -26,6 +26,7 @@ def main(argv):
   # Imported after parsing, as in evalnorm.main: a mistyped flag fails fast.
   from evalnorm import offline, report  # pylint: disable=import-outside-toplevel
   with cli.exit_statuses():
+    cli.log_devices()
     results = offline.estimate_and_evaluate(FLAGS.config, FLAGS.checkpoint,
                                             FLAGS.workdir)
   if jax.process_index() == 0:

@@ -11,7 +11,7 @@ evalnorm.cli).
 """
 
 import jax
-from absl import flags, logging
+from absl import flags
 
 from evalnorm import cli
 
@@ -31,9 +31,7 @@ def main(argv):
                                               situation=train.STARTING):
     if config.distributed:
       cli.initialize_distributed(config)
-    logging.info('JAX process %d/%d, %d local devices of %d: %s',
-                 jax.process_index(), jax.process_count(),
-                 jax.local_device_count(), jax.device_count(), jax.devices())
+    cli.log_devices()
     # A detection config (dataset digit_scenes or coco) trains the detector.
     program = detection_train if detection_train.is_detection(config) else train
     results = program.train_and_evaluate(config, FLAGS.workdir)

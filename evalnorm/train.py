@@ -38,6 +38,7 @@ from jax import lax
 
 from evalnorm import (baselines, calibration, checkpoint, config_lib, data,
                       evaluation, models)
+from evalnorm import console
 from evalnorm.layers import EvalNorm
 from evalnorm.variables import alpha_beta_by_layer, mean_alpha_beta, total_aux_loss
 
@@ -338,8 +339,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     dataset = data.make_dataset(config)
     total_steps = config_lib.num_train_steps(config, dataset.num_train_examples)
     model = build_model(config, dataset.num_classes)
-    writer = metric_writers.create_default_writer(
-        workdir, just_logging=jax.process_index() > 0)
+    writer = console.MetricsConsole(metric_writers.create_default_writer(
+        workdir, just_logging=jax.process_index() > 0), total_steps)
     estimate = config.estimate_alpha_beta and config.norm == 'evalnorm'
     evaluator = evaluation.Evaluator(
         config, model, build_model(config, dataset.num_classes, 'evalnorm'))
