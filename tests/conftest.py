@@ -47,7 +47,7 @@ def trained_run(tmp_path_factory):
 
   Shared read-only: a test that changes the run copies the workdir first.
   """
-  from digits_runs import small_digits_config
+  from training_helpers import small_digits_config
   from evalnorm import train
   config = small_digits_config(num_train_steps=20)
   workdir = str(tmp_path_factory.mktemp('trained_run'))

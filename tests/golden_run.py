@@ -9,10 +9,10 @@ import sys
 
 import jax
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, 'configs'))
+# The repository root, for running this file on its own from any checkout.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import digits as digits_config  # noqa: E402
+from configs import digits as digits_config  # noqa: E402
 
 
 def quick_start_run(num_steps: int, estimate: bool = True, steps=None):

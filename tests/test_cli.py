@@ -13,7 +13,7 @@ from absl import flags
 
 from evalnorm import cli
 
-from digits_runs import ROOT
+from training_helpers import ROOT
 
 PROGRAMS = {
     'evalnorm.main': {'workdir': 'the directory for checkpoints'},

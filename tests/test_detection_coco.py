@@ -7,8 +7,7 @@ import tensorflow_datasets as tfds
 from evalnorm import boxes as box_lib
 from evalnorm import coco
 
-from digits_runs import ROOT  # noqa: F401  (puts configs/ on sys.path)
-import detection as detection_config  # noqa: E402
+from configs import detection as detection_config
 
 
 def coco_config(**overrides):

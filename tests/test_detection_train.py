@@ -14,8 +14,7 @@ from evalnorm import (checkpoint, config_lib, data, detection_eval,
                       detection_init, detection_train, detector, scenes, train)
 from evalnorm.layers import EvalNorm
 
-from digits_runs import ROOT  # noqa: F401  (puts configs/ on sys.path)
-import detection as detection_config  # noqa: E402
+from configs import detection as detection_config
 
 
 def small_detection_config(**overrides):
@@ -127,7 +126,7 @@ def test_a_run_writes_coco_files_that_reproduce_eval_json(tmp_path):
 @pytest.mark.slow  # ~30 s on 2 cores: compiles a classifier's and the detector's init.
 @pytest.mark.parametrize('init_norm', ['pretrained', 'reset'])
 def test_detector_starts_from_a_classifier(tmp_path, init_norm):
-  from digits_runs import small_digits_config
+  from training_helpers import small_digits_config
   classifier_config = small_digits_config(dataset='noisy_digits', stem_strides=2)
   classifier = train.build_model(classifier_config, 10)
   source = train.create_train_state(classifier_config, classifier, (24, 24, 1),

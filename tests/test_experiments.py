@@ -9,7 +9,6 @@ the smoke scale is the slow test at the end (``pytest -m slow``).
 import json
 import math
 import os
-import sys
 import threading
 import zlib
 
@@ -18,7 +17,7 @@ import nbformat
 import numpy as np
 import pytest
 
-from digits_runs import ROOT
+from training_helpers import ROOT
 from experiments import (estimate_every, fig1_histograms, fig2_error_vs_b,
                          fig3_alpha_beta, fig4_fixed_schedules,
                          fig5_deeper_wider, run_all, runs, seeds,
@@ -379,8 +378,7 @@ def test_full_scale_cifar_runs_are_the_papers_setup(full_listing):
 
 
 def test_full_scale_table1_runs_are_the_papers_setup(full_listing):
-  sys.path.insert(0, os.path.join(ROOT, 'configs'))
-  import imagenet  # pylint: disable=g-import-not-at-top
+  from configs import imagenet  # pylint: disable=g-import-not-at-top
   assert imagenet.TRAIN_EXAMPLES == runs.TRAIN_EXAMPLES['imagenet2012']
   for b in (2, 4, 8, 16, 32):
     batch = 8 * b

@@ -16,7 +16,7 @@ import pytest
 
 from evalnorm import train
 
-from digits_runs import ROOT, read_eval, small_digits_config
+from training_helpers import ROOT, read_eval, small_digits_config
 
 COMMON = ['--config=configs/digits.py', '--config.dataset=digits',
           '--config.stem_strides=1', '--config.batch_size=16',

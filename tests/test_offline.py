@@ -14,7 +14,7 @@ from evalnorm import checkpoint, data, offline, train
 from evalnorm.layers import EvalNorm
 from evalnorm.variables import batchnorm_to_evalnorm
 
-from digits_runs import small_digits_config
+from training_helpers import small_digits_config
 
 
 def tree_digest(directory):

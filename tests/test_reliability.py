@@ -17,7 +17,7 @@ from flax import jax_utils
 
 from evalnorm import checkpoint, data, evaluation, train
 
-from digits_runs import ROOT, logged_steps, read_eval, small_digits_config
+from training_helpers import ROOT, logged_steps, read_eval, small_digits_config
 
 
 def spy_on_managers(monkeypatch):

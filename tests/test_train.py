@@ -16,10 +16,10 @@ from flax import jax_utils
 from evalnorm import calibration, checkpoint, config_lib, data, train
 from evalnorm.variables import mean_alpha_beta, set_alpha_beta
 
-from digits_runs import ROOT, logged_steps, read_eval, small_digits_config
+from training_helpers import ROOT, logged_steps, read_eval, small_digits_config
 
-import cifar as cifar_config  # noqa: E402  (configs/, on sys.path via digits_runs)
-import imagenet as imagenet_config  # noqa: E402
+from configs import cifar as cifar_config
+from configs import imagenet as imagenet_config
 
 def one_step(config, estimate, num_steps=1):
   """State after ``num_steps`` train steps on 8 devices, and the last metrics."""

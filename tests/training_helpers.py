@@ -1,14 +1,13 @@
-"""Small digits configs and a shared trained run for the training-system tests."""
+"""What the training-system tests share: a small digits config, reading a
+run's eval.json, the steps a run logged."""
 
 import json
 import os
 import re
-import sys
+
+from configs import digits as digits_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, 'configs'))
-
-import digits as digits_config  # noqa: E402  (configs/ is not a package)
 
 
 def small_digits_config(**overrides):
