@@ -32,8 +32,6 @@ import numpy as np
 from experiments import runs
 
 NAME = 'estimate_every'
-KS = {'smoke': (1, 2), 'small': (1, 2, 4, 8, 16), 'full': (1, 2, 4, 8, 16)}
-SEEDS = (0, 1, 2)
 
 
 def seed_run(scale: runs.Scale, seed: int) -> runs.Run:
@@ -246,22 +244,21 @@ def plot(context: runs.Context, summary: dict) -> None:
   plt.close(figure)
 
 
-def planned_runs(context: runs.Context, seeds=SEEDS) -> list[runs.Run]:
+def planned_runs(context: runs.Context, seeds=None) -> list[runs.Run]:
   """The trainings (one per seed; ``run_all --dry_run`` lists them)."""
-  return [seed_run(context.scale, s) for s in seeds]
+  return [seed_run(context.scale, s) for s in seeds or runs.seeds(context)]
 
 
 def main(argv=None):
   parser = runs.argument_parser(__doc__)
-  parser.add_argument('--seeds', default=','.join(str(s) for s in SEEDS),
-                      help='comma-separated seeds (at least 3 for a spread)')
+  parser.add_argument('--seeds', **runs.SEEDS_FLAG['--seeds'])
   parser.add_argument('--train', default=None,
                       help='(internal) train this seed run and write its '
                       'every_k.json')
   args = parser.parse_args(argv)
   context = runs.context_from_args(args)
-  ks = KS[context.scale.name]
-  seed_runs = planned_runs(context, [int(s) for s in args.seeds.split(',')])
+  ks = context.scale.estimate_every_ks
+  seed_runs = planned_runs(context, args.seeds)
   if args.train:
     run = next(r for r in seed_runs if r.name == args.train)
     results = train_every_k(run, ks)

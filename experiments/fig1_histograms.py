@@ -21,6 +21,7 @@ the EMA-normalized activations are shifted and narrower than the training
 ones; EvalNorm's match them; at large B all three agree.
 """
 
+import sys
 
 import jax
 import matplotlib
@@ -33,6 +34,9 @@ from evalnorm.variables import set_alpha_beta  # noqa: E402
 from experiments import fig2_error_vs_b, runs  # noqa: E402
 
 NAME = 'fig1_histograms'
+DEFAULT_LAYER = 'stage2_block0/norm2'
+FLAGS = {'--layer': dict(default=DEFAULT_LAYER, help='norm layer path in the '
+                         'model (module names)')}
 MODES = ('training statistics', 'EMA statistics', 'EvalNorm statistics')
 
 
@@ -73,7 +77,8 @@ def summary_rows(b: int, outputs: dict[str, np.ndarray]) -> list[list[str]]:
           for mode, values in outputs.items()]
 
 
-def report(context: runs.Context, layer: str, outputs: dict[int, dict]) -> None:
+def write_report(context: runs.Context, layer: str,
+                 outputs: dict[int, dict]) -> None:
   rows = [row for b, out in outputs.items() for row in summary_rows(b, out)]
   table = runs.markdown_table(
       ['trained at', 'statistics', 'mean', 'std', 'mean abs. distance to training'],
@@ -122,19 +127,15 @@ def planned_runs(context: runs.Context) -> list[runs.Run]:
   return list(trained_runs(context.scale).values())
 
 
-def main(argv=None):
-  parser = runs.argument_parser(__doc__)
-  parser.add_argument('--layer', default='stage2_block0/norm2',
-                      help='norm layer path in the model (module names)')
-  args = parser.parse_args(argv)
-  context = runs.context_from_args(args)
-  trained = trained_runs(context.scale)
-  context.execute(list(trained.values()))
-  outputs = {b: layer_outputs(run, context.workdir_root, args.layer)
-             for b, run in trained.items()}
-  report(context, args.layer, outputs)
+def report(context: runs.Context, results: dict) -> dict[int, dict]:
+  """Captures the layer in each trained run and writes the figure."""
+  del results  # the runs' checkpoints are read, not their eval.json
+  layer = context.options.get('layer', DEFAULT_LAYER)
+  outputs = {b: layer_outputs(run, context.workdir_root, layer)
+             for b, run in trained_runs(context.scale).items()}
+  write_report(context, layer, outputs)
   return outputs
 
 
 if __name__ == '__main__':
-  main()
+  runs.main(sys.modules[__name__])

@@ -14,6 +14,8 @@ error grows sharply as B falls below ~8; Batch Renorm helps part of the way;
 EvalNorm stays close to the large-B error down to B=2.
 """
 
+import sys
+
 from experiments import runs
 
 NAME = 'fig2_error_vs_b'
@@ -99,12 +101,5 @@ def report(context: runs.Context, results: dict) -> dict[str, list[float]]:
   return panels[scale.dataset]
 
 
-def main(argv=None):
-  args = runs.argument_parser(__doc__).parse_args(argv)
-  context = runs.context_from_args(args)
-  results = context.execute(planned_runs(context))
-  return report(context, results)
-
-
 if __name__ == '__main__':
-  main()
+  runs.main(sys.modules[__name__])

@@ -12,6 +12,8 @@ they differ between layers (no single constant fits every layer), and they are
 well above 1/B^2 at B=2.
 """
 
+import sys
+
 import matplotlib
 import numpy as np
 
@@ -30,7 +32,8 @@ def network_order(layers) -> list[str]:
 
 def report(context: runs.Context, results: dict) -> dict[str, np.ndarray]:
   bs = context.scale.b_values
-  estimates = {b: results[f'evalnorm_b{b}_seed0']['alpha_beta'] for b in bs}
+  estimates = {b: results[fig2_error_vs_b.evalnorm_run(context.scale, b).name][
+      'alpha_beta'] for b in bs}
   layers = network_order(estimates[bs[0]])
   values = {p: np.array([[float(np.mean(estimates[b][layer][p])) for layer in layers]
                          for b in bs]) for p in ('alpha', 'beta')}
@@ -71,12 +74,5 @@ def planned_runs(context: runs.Context) -> list[runs.Run]:
   return fig2_error_vs_b.evalnorm_sweep(context.scale)
 
 
-def main(argv=None):
-  args = runs.argument_parser(__doc__).parse_args(argv)
-  context = runs.context_from_args(args)
-  results = context.execute(planned_runs(context))
-  return report(context, results)
-
-
 if __name__ == '__main__':
-  main()
+  runs.main(sys.modules[__name__])

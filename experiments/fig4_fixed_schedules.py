@@ -18,6 +18,8 @@ Paper: the estimated alpha/beta are best or tied at every B; 1/B^2 recovers
 much of the gap; a constant that helps at B=2 hurts at large B.
 """
 
+import sys
+
 from experiments import fig2_error_vs_b, runs
 
 NAME = 'fig4_fixed_schedules'
@@ -37,7 +39,7 @@ def schedules(result: dict) -> dict[str, str]:
 
 def report(context: runs.Context, results: dict) -> dict[str, list[float]]:
   bs = context.scale.b_values
-  by_b = [results[f'evalnorm_b{b}_seed0'] for b in bs]
+  by_b = [results[run.name] for run in fig2_error_vs_b.evalnorm_sweep(context.scale)]
   labels = schedules(by_b[0])
   errors = {label: [runs.error(r, mode) for r in by_b]
             for label, mode in labels.items()}
@@ -59,12 +61,5 @@ def planned_runs(context: runs.Context) -> list[runs.Run]:
   return fig2_error_vs_b.evalnorm_sweep(context.scale)
 
 
-def main(argv=None):
-  args = runs.argument_parser(__doc__).parse_args(argv)
-  context = runs.context_from_args(args)
-  results = context.execute(planned_runs(context))
-  return report(context, results)
-
-
 if __name__ == '__main__':
-  main()
+  runs.main(sys.modules[__name__])

@@ -42,7 +42,7 @@ WORKDIR_ROOT = os.path.join(ROOT, 'experiments', 'workdirs')
 
 @dataclasses.dataclass(frozen=True)
 class Scale:
-  """How an experiment is run: config file, shared overrides and B values."""
+  """How the experiments run at one scale: configs, overrides, every grid."""
   name: str
   config: str                       # config file, relative to the repository
   overrides: dict[str, Any]         # applied to every run; 'dataset' is the test-bed
@@ -50,6 +50,17 @@ class Scale:
   renorm_warmup_fraction: float     # Batch Renorm clip ramp, as a share of steps
   imagenet_config: str              # Table 1's config
   imagenet_overrides: dict[str, Any]
+  # Fig. 5: (depths at width 1, widths at the smallest depth), and its B values.
+  fig5_models: tuple[tuple[int, ...], tuple[int, ...]]
+  fig5_b_values: tuple[int, ...]
+  # Table 1: its B columns, and the examples each run sees (None: the config's).
+  table1_b_values: tuple[int, ...]
+  table1_examples: int | None
+  # Table 2 analog: the B of pre-training and of fine-tuning, (source, target).
+  transfer_pretrain_b: int
+  transfer_b_values: tuple[int, ...]
+  transfer_datasets: tuple[str, str]
+  estimate_every_ks: tuple[int, ...]   # the k values of estimate_every
   more_fig2_datasets: tuple[str, ...] = ()  # Fig. 2's panels besides the test-bed
 
   @property
@@ -71,7 +82,12 @@ SCALES = {
         (2, 4), 0.5, 'configs/digits.py',
         dict(dataset='digits', stem_strides=1, eval_batch_size=64,
              checkpoint_every_steps=1000, eval_every_steps=1000,
-             log_every_steps=1, offline_estimation_steps=2)),
+             log_every_steps=1, offline_estimation_steps=2),
+        fig5_models=((8, 14), (1, 2)), fig5_b_values=(2,),
+        table1_b_values=(2,), table1_examples=2 * 8 * 2,
+        transfer_pretrain_b=2,  # batch 16
+        transfer_b_values=(2,), transfer_datasets=('digits', 'digits'),
+        estimate_every_ks=(1, 2)),
     # The built-in noisy digits at a size this 2-core machine runs in minutes.
     'small': Scale(
         'small', 'configs/digits.py',
@@ -80,12 +96,24 @@ SCALES = {
              log_every_steps=100),
         (2, 4, 8, 16, 32, 64, 128), 1 / 3, 'configs/digits.py',
         dict(checkpoint_every_steps=1000, eval_every_steps=100_000,
-             log_every_steps=100, offline_estimation_steps=300)),
+             log_every_steps=100, offline_estimation_steps=300),
+        # Reduced to run on 2 cores; B = 2 is the only B at which EMA
+        # evaluation breaks down on the built-in data (see Fig. 2).
+        fig5_models=((8, 14, 20), (1, 2)), fig5_b_values=(2, 4, 8),
+        table1_b_values=(2, 4, 8, 16, 32), table1_examples=38_400,
+        transfer_pretrain_b=128, transfer_b_values=(2, 4, 8),
+        transfer_datasets=('digits', 'noisy_digits'),
+        estimate_every_ks=(1, 2, 4, 8, 16)),
     # The paper's setups; needs prepared tfds data and an accelerator.
     # CIFAR-100 is the paper's test-bed; Fig. 2 also has a CIFAR-10 panel.
     'full': Scale(
         'full', 'configs/cifar.py', dict(dataset='cifar100'),
         (2, 4, 8, 16, 32, 64, 128), 0.04, 'configs/imagenet.py', {},
+        fig5_models=((20, 56, 110, 254), (1, 2, 4, 8)), fig5_b_values=(4, 8),
+        table1_b_values=(2, 4, 8, 16, 32), table1_examples=None,
+        transfer_pretrain_b=128, transfer_b_values=(2, 4, 8),
+        transfer_datasets=('cifar100', 'cifar10'),
+        estimate_every_ks=(1, 2, 4, 8, 16),
         more_fig2_datasets=('cifar10',)),
 }
 
@@ -202,11 +230,23 @@ def read_eval(workdir: str) -> dict | None:
     return json.load(f)
 
 
-def _execute_one(run: Run, workdir_root: str, pool: DevicePool) -> dict:
+def prerequisites(run: Run, workdir_root: str) -> set[str]:
+  """Names of the runs ``run`` reads: its checkpoint, or its ``init_from``."""
+  names = {run.checkpoint} if run.checkpoint else set()
+  init_from = dict(run.overrides).get('init_from')
+  if init_from and os.path.dirname(init_from) == workdir_root:
+    names.add(os.path.basename(init_from))
+  return names
+
+
+def _execute_one(run: Run, workdir_root: str, pool: DevicePool,
+                 before: Sequence[concurrent.futures.Future] = ()) -> dict:
   workdir = os.path.join(workdir_root, run.name)
   done = read_eval(workdir)
   if done is not None:
     return done
+  for future in before:  # the runs it reads; their failure is its failure
+    future.result()
   os.makedirs(workdir, exist_ok=True)
   log_path = os.path.join(workdir, 'log.txt')
   started = time.time()
@@ -231,14 +271,22 @@ def _execute_one(run: Run, workdir_root: str, pool: DevicePool) -> dict:
 
 def execute(runs: Sequence[Run], workdir_root: str, jobs: int = 1
             ) -> dict[str, dict]:
-  """Runs what has no eval.json yet (``jobs`` at a time); {name: eval.json}."""
+  """Runs what has no eval.json yet (``jobs`` at a time); {name: eval.json}.
+
+  A run that reads another (``prerequisites``) starts once that one is done;
+  listed after it, it cannot wait for a run that waits for a free job.
+  """
   todo = [r for r in runs if read_eval(os.path.join(workdir_root, r.name)) is None]
   if todo:
     print(f'{len(todo)} of {len(runs)} runs to do in {workdir_root}', flush=True)
   devices = DevicePool(machine_gpus())
   with concurrent.futures.ThreadPoolExecutor(max(1, jobs)) as pool:
-    futures = {r.name: pool.submit(_execute_one, r, workdir_root, devices)
-               for r in runs}
+    futures = {}
+    for r in runs:
+      before = [futures[n] for n in prerequisites(r, workdir_root)
+                if n in futures]
+      futures[r.name] = pool.submit(_execute_one, r, workdir_root, devices,
+                                    before)
     return {name: f.result() for name, f in futures.items()}
 
 
@@ -268,9 +316,13 @@ class Context:
   workdir_root: str
   results_dir: str
   jobs: int
+  options: dict[str, Any] = dataclasses.field(default_factory=dict)  # a script's own flags
 
   def execute(self, runs: Sequence[Run]) -> dict[str, dict]:
     return execute(runs, self.workdir_root, self.jobs)
+
+  def workdir(self, run: Run) -> str:
+    return os.path.join(self.workdir_root, run.name)
 
   def output(self, filename: str) -> str:
     os.makedirs(self.results_dir, exist_ok=True)
@@ -283,7 +335,41 @@ def context_from_args(args: argparse.Namespace) -> Context:
   results_dir = args.results_dir or (
       RESULTS_DIR if scale.name == 'small'
       else os.path.join(RESULTS_DIR, scale.name))
-  return Context(scale, workdir_root, results_dir, args.jobs)
+  common = ('scale', 'workdir_root', 'results_dir', 'jobs')
+  options = {k: v for k, v in vars(args).items() if k not in common}
+  return Context(scale, workdir_root, results_dir, args.jobs, options)
+
+
+def seed_list(text: str) -> tuple[int, ...]:
+  """``--seeds=0,1,2`` as a tuple of ints."""
+  return tuple(int(s) for s in text.split(','))
+
+
+DEFAULT_SEEDS = (0, 1, 2)
+SEEDS_FLAG = {'--seeds': dict(default=','.join(map(str, DEFAULT_SEEDS)),
+                              type=seed_list, help='comma-separated seeds '
+                              '(at least 3 for a spread)')}
+
+
+def seeds(context: Context) -> tuple[int, ...]:
+  """The seeds of a script with ``SEEDS_FLAG`` (the default without it)."""
+  return context.options.get('seeds', DEFAULT_SEEDS)
+
+
+def main(script, argv=None):
+  """The command line of an experiment script: run what it plans, report.
+
+  ``script`` is the module: its docstring is the help, ``FLAGS`` (optional)
+  its own flags as {name: argparse keywords}, which reach it as
+  ``context.options``; ``planned_runs(context)`` the runs it needs and
+  ``report(context, results)`` what it writes from their eval.json.
+  """
+  parser = argument_parser(script.__doc__)
+  for name, keywords in getattr(script, 'FLAGS', {}).items():
+    parser.add_argument(name, **keywords)
+  context = context_from_args(parser.parse_args(argv))
+  results = context.execute(script.planned_runs(context))
+  return script.report(context, results)
 
 
 def top1(result: dict, mode: str) -> float:
@@ -337,6 +423,32 @@ def plot_against_b(path: str, bs: Sequence[int], curves: dict[str, list[float]],
   axes.set_title(title)
   axes.grid(alpha=0.3)
   axes.legend(fontsize=8)
+  save_figure(figure, path)
+  plt.close(figure)
+
+
+def plot_ema_against_evalnorm(path: str, panels: dict[str, dict[str, tuple]],
+                              ylabel: str, panel_width: float, height: float,
+                              sharey: bool = False) -> None:
+  """Bar pairs (EMA, EvalNorm) per label, one panel per title, as a PNG.
+
+  ``panels`` is {title: {label: (ema, evalnorm)}}; the legend is in the first
+  panel.
+  """
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  figure, axes = plt.subplots(1, len(panels), squeeze=False, sharey=sharey,
+                              figsize=(panel_width * len(panels), height))
+  for ax, (title, bars) in zip(axes[0], panels.items()):
+    positions = list(range(len(bars)))
+    for offset, index, label in ((-0.2, 0, 'EMA'), (0.2, 1, 'EvalNorm')):
+      ax.bar([p + offset for p in positions],
+             [values[index] for values in bars.values()], 0.4, label=label)
+    ax.set_xticks(positions, list(bars))
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+  axes[0][0].legend()
   save_figure(figure, path)
   plt.close(figure)
 

@@ -9,12 +9,14 @@ seeds.md: per mode the mean, the sample standard deviation and every seed's
 value, and the per-seed gain of EvalNorm over EMA.
 """
 
+import sys
+
 import numpy as np
 
 from experiments import fig2_error_vs_b, runs
 
 NAME = 'seeds'
-SEEDS = (0, 1, 2)
+FLAGS = runs.SEEDS_FLAG
 EVALNORM_MODES = ('ema', 'evalnorm', 'rule_of_thumb', 'one_over_b', 'train_stats')
 
 
@@ -29,8 +31,12 @@ def seed_runs(scale: runs.Scale, seeds) -> dict[tuple[str, int], list[runs.Run]]
   return groups
 
 
-def planned_runs(context: runs.Context, seeds=SEEDS) -> list[runs.Run]:
-  return [r for group in seed_runs(context.scale, seeds).values() for r in group]
+def groups_of(context: runs.Context) -> dict[tuple[str, int], list[runs.Run]]:
+  return seed_runs(context.scale, runs.seeds(context))
+
+
+def planned_runs(context: runs.Context) -> list[runs.Run]:
+  return [r for group in groups_of(context).values() for r in group]
 
 
 def stats_row(label: str, values: list[float]) -> list[str]:
@@ -39,7 +45,8 @@ def stats_row(label: str, values: list[float]) -> list[str]:
           ' / '.join(f'{v:.2f}' for v in values)]
 
 
-def report(context: runs.Context, groups: dict, results: dict) -> list[list[str]]:
+def report(context: runs.Context, results: dict) -> list[list[str]]:
+  groups = groups_of(context)
   rows = []
   for (method, b), group in groups.items():
     modes = EVALNORM_MODES if method == 'evalnorm' else ('ema',)
@@ -64,17 +71,5 @@ def report(context: runs.Context, groups: dict, results: dict) -> list[list[str]
   return rows
 
 
-def main(argv=None):
-  parser = runs.argument_parser(__doc__)
-  parser.add_argument('--seeds', default=','.join(str(s) for s in SEEDS),
-                      help='comma-separated seeds (at least 3 for a spread)')
-  args = parser.parse_args(argv)
-  context = runs.context_from_args(args)
-  seeds = [int(s) for s in args.seeds.split(',')]
-  groups = seed_runs(context.scale, seeds)
-  results = context.execute(planned_runs(context, seeds))
-  return report(context, groups, results)
-
-
 if __name__ == '__main__':
-  main()
+  runs.main(sys.modules[__name__])

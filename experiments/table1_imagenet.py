@@ -7,7 +7,7 @@ learning rate scaled with it, BN statistics never cross devices). Here the
 same setup runs as 8 fake CPU devices (``--xla_force_host_platform_device_count=8``,
 one pmap replica each, per-device batch B, one normalization group per
 device). Small scale: built-in noisy digits and the digits ResNet, every B
-seeing the same number of examples (`EXAMPLES`), learning rate 0.1 x 8B/128.
+seeing the same number of examples (`Scale.table1_examples`), learning rate 0.1 x 8B/128.
 Rows, each with one value per B column:
 
   EMA, EvalNorm (online), 1/B^2   modes of one EvalNorm run per B;
@@ -24,44 +24,51 @@ either way. Reports Prec@1 and Recall@5 (top-1 and top-5), as the paper.
 Paper (ResNet-50, B=2): Prec@1 64.80 with EMA, 70.98 with EvalNorm.
 """
 
+import sys
+
 from experiments import runs
 
 NAME = 'table1_imagenet'
 DEVICES = 8
-B_VALUES = {'smoke': (2,), 'small': (2, 4, 8, 16, 32), 'full': (2, 4, 8, 16, 32)}
-EXAMPLES = {'smoke': 2 * DEVICES * 2, 'small': 38_400}  # per run, any B
 PAPER_B2 = {'EMA': 64.80, 'EvalNorm (online)': 70.98}
 
 
 def per_device_overrides(scale: runs.Scale, b: int) -> dict:
   """Batch, steps and learning rate of the per-device-B setup."""
   overrides = dict(scale.imagenet_overrides, norm_batch_size=b)
-  if scale.name != 'full':  # configs/imagenet.py derives these from B itself
+  if scale.table1_examples:  # else configs/imagenet.py derives these from B
     batch = DEVICES * b
-    steps = max(1, EXAMPLES[scale.name] // batch)
+    steps = max(1, scale.table1_examples // batch)
     overrides.update(batch_size=batch, num_train_steps=steps,
                      checkpoint_every_steps=steps,
                      learning_rate=0.1 * batch / 128)
   return overrides
 
 
+def column_runs(scale: runs.Scale, b: int) -> dict[str, runs.Run]:
+  """The runs of one B column: three trainings, and offline estimation."""
+  config = scale.imagenet_config
+  overrides = per_device_overrides(scale, b)
+  evalnorm = runs.make_run(f'imagenet_evalnorm_b{b}', scale, DEVICES,
+                           config=config, **overrides)
+  return {
+      'evalnorm': evalnorm,
+      'renorm': runs.with_renorm_ramp(runs.make_run(
+          f'imagenet_renorm_b{b}', scale, DEVICES, config=config,
+          norm='renorm', **overrides), scale),
+      'groupnorm': runs.make_run(f'imagenet_groupnorm_b{b}', scale, DEVICES,
+                                 config=config, norm='groupnorm', **overrides),
+      'offline': runs.make_run(f'imagenet_offline_b{b}', scale, DEVICES,
+                               checkpoint=evalnorm.name, config=config,
+                               **overrides),
+  }
+
+
 def table_runs(scale: runs.Scale) -> tuple[list[runs.Run], list[runs.Run]]:
   """(training runs, offline estimation runs that read their checkpoints)."""
-  config = scale.imagenet_config
-  trained, offline = [], []
-  for b in B_VALUES[scale.name]:
-    overrides = per_device_overrides(scale, b)
-    trained.append(runs.make_run(f'imagenet_evalnorm_b{b}', scale, DEVICES,
-                                 config=config, **overrides))
-    trained.append(runs.with_renorm_ramp(runs.make_run(
-        f'imagenet_renorm_b{b}', scale, DEVICES, config=config, norm='renorm',
-        **overrides), scale))
-    trained.append(runs.make_run(f'imagenet_groupnorm_b{b}', scale, DEVICES,
-                                 config=config, norm='groupnorm', **overrides))
-    offline.append(runs.make_run(
-        f'imagenet_offline_b{b}', scale, DEVICES,
-        checkpoint=f'imagenet_evalnorm_b{b}', config=config, **overrides))
-  return trained, offline
+  columns = [column_runs(scale, b) for b in scale.table1_b_values]
+  return ([c[k] for c in columns for k in ('evalnorm', 'renorm', 'groupnorm')],
+          [c['offline'] for c in columns])
 
 
 def planned_runs(context: runs.Context) -> list[runs.Run]:
@@ -72,18 +79,15 @@ def planned_runs(context: runs.Context) -> list[runs.Run]:
 def rows_by_method(scale: runs.Scale, results: dict,
                    metric=runs.top1) -> dict[str, list[float]]:
   """{row: one value per B}; ``metric`` is runs.top1 or runs.top5."""
-  bs = B_VALUES[scale.name]
-  en = [results[f'imagenet_evalnorm_b{b}'] for b in bs]
+  columns = [{k: results[r.name] for k, r in column_runs(scale, b).items()}
+             for b in scale.table1_b_values]
   return {
-      'EMA': [metric(r, 'ema') for r in en],
-      'EvalNorm (online)': [metric(r, 'evalnorm') for r in en],
-      '1/B^2': [metric(r, 'rule_of_thumb') for r in en],
-      'EvalNorm offline': [metric(results[f'imagenet_offline_b{b}'], 'evalnorm')
-                           for b in bs],
-      'GroupNorm': [metric(results[f'imagenet_groupnorm_b{b}'], 'groupnorm')
-                    for b in bs],
-      'Batch Renorm': [metric(results[f'imagenet_renorm_b{b}'], 'ema')
-                       for b in bs],
+      'EMA': [metric(c['evalnorm'], 'ema') for c in columns],
+      'EvalNorm (online)': [metric(c['evalnorm'], 'evalnorm') for c in columns],
+      '1/B^2': [metric(c['evalnorm'], 'rule_of_thumb') for c in columns],
+      'EvalNorm offline': [metric(c['offline'], 'evalnorm') for c in columns],
+      'GroupNorm': [metric(c['groupnorm'], 'groupnorm') for c in columns],
+      'Batch Renorm': [metric(c['renorm'], 'ema') for c in columns],
   }
 
 
@@ -104,16 +108,17 @@ def metric_table(scale: runs.Scale, results: dict, metric, label: str) -> str:
           + [f'{paper[name]:.2f}' if name in paper else '']
           for name, values in table.items()]
   return runs.markdown_table(
-      [label] + [f'B={b}' for b in B_VALUES[scale.name]] + ['paper, B=2'],
+      [label] + [f'B={b}' for b in scale.table1_b_values] + ['paper, B=2'],
       rows)
 
 
 def report(context: runs.Context, results: dict) -> dict[str, list[float]]:
   """Writes the Prec@1 and Recall@5 tables; returns the Prec@1 rows."""
   scale = context.scale
-  bs = B_VALUES[scale.name]
+  bs = scale.table1_b_values
   table = rows_by_method(scale, results)
-  steps = {b: results[f'imagenet_evalnorm_b{b}']['step'] for b in bs}
+  steps = {b: results[column_runs(scale, b)['evalnorm'].name]['step']
+           for b in bs}
   devices = 'accelerators' if scale.name == 'full' else 'fake CPU devices'
   runs.write_markdown(
       context.output(f'{NAME}.md'),
@@ -139,14 +144,5 @@ def report(context: runs.Context, results: dict) -> dict[str, list[float]]:
   return table
 
 
-def main(argv=None):
-  args = runs.argument_parser(__doc__).parse_args(argv)
-  context = runs.context_from_args(args)
-  trained, offline = table_runs(context.scale)
-  results = context.execute(trained)
-  results.update(context.execute(offline))
-  return report(context, results)
-
-
 if __name__ == '__main__':
-  main()
+  runs.main(sys.modules[__name__])

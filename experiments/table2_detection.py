@@ -24,27 +24,21 @@ with three seeds. Writes table2_detection.{md,png}: AP, AP50, AP75 of EMA,
 EvalNorm (online estimate) and the rule of thumb 1/B^2.
 """
 
-import os
 import statistics
+import sys
 
 import matplotlib
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 
-from experiments import runs  # noqa: E402
+from experiments import runs, table2_transfer  # noqa: E402
 
 NAME = 'table2_detection'
 N_VALUES = {'smoke': (2,), 'small': (2, 4, 8), 'full': (2, 4, 8)}
 SEEDS = {'smoke': (0,), 'small': (0, 1, 2), 'full': (0, 1, 2)}
 MODES = ('ema', 'evalnorm', 'rule_of_thumb')
-PARADIGMS = {
-    '(a) random init': {},
-    '(b) pre-trained, BN reset': dict(init_norm='reset'),
-    '(c) pre-trained, BN statistics frozen': dict(init_norm='pretrained',
-                                                  freeze_batch_stats=True),
-    '(d) pre-trained, everything fine-tuned': dict(init_norm='pretrained'),
-}
+PARADIGMS = table2_transfer.PARADIGMS  # the same four initializations
 # Images seen in training, learning rate per image of the batch.
 IMAGES = {'smoke': 32, 'small': 6000, 'full': 64 * 118_287}
 LEARNING_RATE_PER_IMAGE = {'smoke': 0.01, 'small': 0.01, 'full': 0.015 / 8}
@@ -86,11 +80,12 @@ def detection_runs(scale: runs.Scale, pretrain_dir: str) -> dict:
   return result
 
 
+def grid_of(context: runs.Context) -> dict:
+  return detection_runs(context.scale, context.workdir(pretrain_run(context.scale)))
+
+
 def planned_runs(context: runs.Context) -> list[runs.Run]:
-  pretrain = pretrain_run(context.scale)
-  grid = detection_runs(context.scale,
-                        os.path.join(context.workdir_root, pretrain.name))
-  return [pretrain] + list(grid.values())
+  return [pretrain_run(context.scale)] + list(grid_of(context).values())
 
 
 def _cell(results, grid, paradigm, n, seeds, mode, metric='AP') -> str:
@@ -101,7 +96,8 @@ def _cell(results, grid, paradigm, n, seeds, mode, metric='AP') -> str:
   return f'{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}'
 
 
-def report(context: runs.Context, grid: dict, results: dict) -> None:
+def report(context: runs.Context, results: dict) -> None:
+  grid = grid_of(context)
   ns, seeds = N_VALUES[context.scale.name], SEEDS[context.scale.name]
   rows = []
   for paradigm in PARADIGMS:
@@ -145,16 +141,5 @@ def _plot(context, grid, results, ns) -> None:
   plt.close(figure)
 
 
-def main(argv=None):
-  args = runs.argument_parser(__doc__).parse_args(argv)
-  context = runs.context_from_args(args)
-  pretrain = pretrain_run(context.scale)
-  results = context.execute([pretrain])
-  grid = detection_runs(context.scale,
-                        os.path.join(context.workdir_root, pretrain.name))
-  results.update(context.execute(list(grid.values())))
-  report(context, grid, results)
-
-
 if __name__ == '__main__':
-  main()
+  runs.main(sys.modules[__name__])

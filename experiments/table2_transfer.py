@@ -26,22 +26,11 @@ Paper (COCO): EvalNorm improves AP over EMA in every initialization paradigm,
 by +1.5 to +7.0 AP, most where BN statistics are trained from small batches.
 """
 
-import os
+import sys
 
-import matplotlib
-import numpy as np
-
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # noqa: E402
-
-from experiments import runs  # noqa: E402
+from experiments import runs
 
 NAME = 'table2_transfer'
-PRETRAIN_B = {'smoke': 2, 'small': 128, 'full': 128}  # smoke: batch 16
-B_VALUES = {'smoke': (2,), 'small': (2, 4, 8), 'full': (2, 4, 8)}
-# (source dataset, target dataset) per scale.
-DATASETS = {'smoke': ('digits', 'digits'), 'small': ('digits', 'noisy_digits'),
-            'full': ('cifar100', 'cifar10')}
 PARADIGMS = {
     '(a) random init': {},
     '(b) pre-trained, BN reset': dict(init_norm='reset'),
@@ -57,18 +46,18 @@ def fine_tune_steps(scale: runs.Scale) -> int:
 
 
 def pretrain_run(scale: runs.Scale) -> runs.Run:
-  source = DATASETS[scale.name][0]
+  source = scale.transfer_datasets[0]
   return runs.make_run(f'transfer_pretrain_{source}', scale, dataset=source,
-                       norm_batch_size=PRETRAIN_B[scale.name])
+                       norm_batch_size=scale.transfer_pretrain_b)
 
 
 def fine_tune_runs(scale: runs.Scale, pretrain_dir: str) -> dict:
   """(paradigm, B) -> run."""
-  target = DATASETS[scale.name][1]
+  target = scale.transfer_datasets[1]
   steps = fine_tune_steps(scale)
   result = {}
   for index, (paradigm, overrides) in enumerate(PARADIGMS.items()):
-    for b in B_VALUES[scale.name]:
+    for b in scale.transfer_b_values:
       init = dict(init_from=pretrain_dir) if overrides else {}
       result[(paradigm, b)] = runs.make_run(
           f'transfer_{"abcd"[index]}_b{b}', scale, dataset=target,
@@ -78,15 +67,17 @@ def fine_tune_runs(scale: runs.Scale, pretrain_dir: str) -> dict:
   return result
 
 
+def grid_of(context: runs.Context) -> dict:
+  return fine_tune_runs(context.scale, context.workdir(pretrain_run(context.scale)))
+
+
 def planned_runs(context: runs.Context) -> list[runs.Run]:
-  pretrain = pretrain_run(context.scale)
-  grid = fine_tune_runs(context.scale,
-                        os.path.join(context.workdir_root, pretrain.name))
-  return [pretrain] + list(grid.values())
+  return [pretrain_run(context.scale)] + list(grid_of(context).values())
 
 
-def report(context: runs.Context, grid: dict, results: dict) -> dict:
-  bs = B_VALUES[context.scale.name]
+def report(context: runs.Context, results: dict) -> dict:
+  grid = grid_of(context)
+  bs = context.scale.transfer_b_values
   rows, values = [], {}
   for paradigm in PARADIGMS:
     cells = []
@@ -96,46 +87,25 @@ def report(context: runs.Context, grid: dict, results: dict) -> dict:
       values[(paradigm, b)] = (ema, en)
       cells.append(f'{ema:.2f} / {en:.2f} ({en - ema:+.2f})')
     rows.append([paradigm] + cells)
-  source, target = DATASETS[context.scale.name]
+  source, target = context.scale.transfer_datasets
   pretrain = results[pretrain_run(context.scale).name]
   runs.write_markdown(
       context.output(f'{NAME}.md'),
       'Table 2 analog: initialization paradigms, EMA against EvalNorm',
       runs.scale_note(context),
       f'**An analog, not the paper\'s COCO detection experiment.** Source '
-      f'`{source}` pre-trained at B={PRETRAIN_B[context.scale.name]} (EMA top-1 '
+      f'`{source}` pre-trained at B={context.scale.transfer_pretrain_b} (EMA top-1 '
       f'{runs.top1(pretrain, "ema"):.2f}), fine-tuned on `{target}` for '
       f'{fine_tune_steps(context.scale)} steps; top-1 (%) as EMA / EvalNorm '
       '(gain), one seed.\n',
       runs.markdown_table(['initialization'] + [f'B={b}' for b in bs], rows),
       f'![initialization paradigms]({NAME}.png)\n')
-  figure, axes = plt.subplots(1, len(bs), figsize=(4.2 * len(bs), 3.8),
-                              squeeze=False, sharey=True)
-  positions = np.arange(len(PARADIGMS))
-  for ax, b in zip(axes[0], bs):
-    ax.bar(positions - 0.2, [values[(p, b)][0] for p in PARADIGMS], 0.4,
-           label='EMA')
-    ax.bar(positions + 0.2, [values[(p, b)][1] for p in PARADIGMS], 0.4,
-           label='EvalNorm')
-    ax.set_xticks(positions, [p[:3] for p in PARADIGMS])
-    ax.set_title(f'fine-tuned at B={b}')
-    ax.set_ylabel('top-1 (%)')
-  axes[0][0].legend()
-  runs.save_figure(figure, context.output(f'{NAME}.png'))
-  plt.close(figure)
+  runs.plot_ema_against_evalnorm(
+      context.output(f'{NAME}.png'),
+      {f'fine-tuned at B={b}': {p[:3]: values[(p, b)] for p in PARADIGMS}
+       for b in bs}, 'top-1 (%)', panel_width=4.2, height=3.8, sharey=True)
   return values
 
 
-def main(argv=None):
-  args = runs.argument_parser(__doc__).parse_args(argv)
-  context = runs.context_from_args(args)
-  pretrain = pretrain_run(context.scale)
-  results = context.execute([pretrain])
-  grid = fine_tune_runs(context.scale,
-                        os.path.join(context.workdir_root, pretrain.name))
-  results.update(context.execute(list(grid.values())))
-  return report(context, grid, results)
-
-
 if __name__ == '__main__':
-  main()
+  runs.main(sys.modules[__name__])

@@ -135,9 +135,8 @@ def test_fig5_grid_reuses_the_sweep_and_reports(context):
 
 
 def test_seeds_mean_and_spread(context):
-  groups = seeds.seed_runs(context.scale, [0, 1, 2])
   results = FakeResults()
-  rows = seeds.report(context, groups, results)
+  rows = seeds.report(context, results)
   row = next(r for r in rows if r[0] == 'B=2, evalnorm run, `ema`')
   values = [fake_top1(f'evalnorm_b2_seed{s}', 'ema') for s in range(3)]
   assert row[1] == f'{np.mean(values):.2f}'
@@ -149,7 +148,7 @@ def test_seeds_mean_and_spread(context):
 def test_estimate_every_report_and_its_reference_check(context):
   seed_runs = estimate_every.planned_runs(context, [0, 1, 2])
   assert dict(seed_runs[2].overrides)['seed'] == 2
-  ks = estimate_every.KS['small']
+  ks = context.scale.estimate_every_ks
   results = {r.name: {k: fake_result(f'{r.name}_k{k}') for k in ks}
              for r in seed_runs}
   summary = estimate_every.report(context, seed_runs, results, ks)
@@ -217,7 +216,7 @@ def test_table2_paradigms(context):
   assert c['freeze_batch_stats'] and c['init_norm'] == 'pretrained'
   assert d['init_norm'] == 'pretrained' and 'freeze_batch_stats' not in d
   assert {s['dataset'] for s in settings.values()} == {'noisy_digits'}
-  values = table2_transfer.report(context, grid, FakeResults())
+  values = table2_transfer.report(context, FakeResults())
   assert values[('(a) random init', 8)][1] == fake_top1('transfer_a_b8',
                                                          'evalnorm')
   assert 'not the paper' in read(context, 'table2_transfer.md')
@@ -419,3 +418,15 @@ def test_gpus_are_handed_out_one_run_at_a_time(context, monkeypatch):
   runs.execute([runs.make_run('eight', context.scale, devices=8)],
                context.workdir_root)
   assert seen['eight'] == '0,1'  # all there are: groups of B on fewer devices
+
+
+def test_a_run_waits_for_the_runs_it_reads(context):
+  pretrain = table2_transfer.pretrain_run(context.scale)
+  grid = table2_transfer.grid_of(context)
+  assert runs.prerequisites(grid[('(b) pre-trained, BN reset', 2)],
+                            context.workdir_root) == {pretrain.name}
+  assert runs.prerequisites(grid[('(a) random init', 2)],
+                            context.workdir_root) == set()
+  _, offline = table1_imagenet.table_runs(context.scale)
+  assert runs.prerequisites(offline[0], context.workdir_root) == {
+      'imagenet_evalnorm_b2'}
