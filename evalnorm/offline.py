@@ -22,7 +22,7 @@ from jax import lax
 
 from evalnorm import calibration, checkpoint, config_lib, data, evaluation, train
 from evalnorm.variables import (alpha_beta_by_layer, batchnorm_to_evalnorm,
-                                set_alpha_beta)
+                                mean_alpha_beta, set_alpha_beta)
 
 PMAP_AXIS = evaluation.PMAP_AXIS
 
@@ -138,8 +138,9 @@ def estimate_and_evaluate(config, checkpoint_dir: str, workdir: str) -> dict:
   variables, meta = load_trained_variables(config, checkpoint_dir, template)
   warn_if_rules_assume_other_b(config, meta)
   evalnorm, num_examples = estimate_offline(config, model, variables, dataset)
-  logging.info('Offline estimate from %d examples: %s', num_examples,
-               alpha_beta_by_layer(evalnorm))
+  logging.info('offline estimate from %d examples: mean alpha %.4f, mean '
+               'beta %.4f (every layer\'s in eval.json)', num_examples,
+               *mean_alpha_beta(evalnorm))
   modes = evaluation.fixed_modes(evalnorm, config.norm_batch_size,
                                  config.fixed_alpha_beta)
   modes['evalnorm'] = evalnorm
