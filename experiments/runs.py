@@ -8,8 +8,8 @@ in one does not take the others down. A run whose workdir already holds an
 the same sweep), and an interrupted regeneration resumes where it stopped
 (``evalnorm.main`` itself resumes from the last checkpoint).
 
-The scale presets (`SCALES`) say which config and how much training each
-script uses: ``smoke`` (seconds, for tests), ``small`` (this 2-core machine,
+The scale presets (`SCALES`) say which config, how much training and which
+grid (B values, models, seeds) each script uses: ``smoke`` (seconds, for tests), ``small`` (this 2-core machine,
 built-in digits data) and ``full`` (the paper's CIFAR/ImageNet configs, for
 accelerators with the prepared data).
 
@@ -41,6 +41,18 @@ WORKDIR_ROOT = os.path.join(ROOT, 'experiments', 'workdirs')
 
 
 @dataclasses.dataclass(frozen=True)
+class DetectionGrid:
+  """Table 2's detector runs at one scale."""
+  config: str                       # the detector's config (file[:args])
+  n_values: tuple[int, ...]         # images per SGD step = normalization batch
+  seeds: tuple[int, ...]            # at N=2; one seed at the other N
+  images: int                       # images seen in training, whatever N
+  learning_rate_per_image: float
+  pretrain_steps: int | None        # the digits classifier's (None: ImageNet's)
+  overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
 class Scale:
   """How the experiments run at one scale: configs, overrides, every grid."""
   name: str
@@ -61,6 +73,7 @@ class Scale:
   transfer_b_values: tuple[int, ...]
   transfer_datasets: tuple[str, str]
   estimate_every_ks: tuple[int, ...]   # the k values of estimate_every
+  detection: DetectionGrid
   more_fig2_datasets: tuple[str, ...] = ()  # Fig. 2's panels besides the test-bed
 
   @property
@@ -87,7 +100,12 @@ SCALES = {
         table1_b_values=(2,), table1_examples=2 * 8 * 2,
         transfer_pretrain_b=2,  # batch 16
         transfer_b_values=(2,), transfer_datasets=('digits', 'digits'),
-        estimate_every_ks=(1, 2)),
+        estimate_every_ks=(1, 2),
+        detection=DetectionGrid(
+            'configs/detection.py', (2,), (0,), 32, 0.01, pretrain_steps=3,
+            overrides=dict(num_eval_images=16, num_proposals=8,
+                           rois_per_image=8, pre_nms_top_k=50,
+                           warmup_steps=0, eval_batch_size=16))),
     # The built-in noisy digits at a size this 2-core machine runs in minutes.
     'small': Scale(
         'small', 'configs/digits.py',
@@ -103,7 +121,9 @@ SCALES = {
         table1_b_values=(2, 4, 8, 16, 32), table1_examples=38_400,
         transfer_pretrain_b=128, transfer_b_values=(2, 4, 8),
         transfer_datasets=('digits', 'noisy_digits'),
-        estimate_every_ks=(1, 2, 4, 8, 16)),
+        estimate_every_ks=(1, 2, 4, 8, 16),
+        detection=DetectionGrid('configs/detection.py', (2, 4, 8), (0, 1, 2),
+                                6000, 0.01, pretrain_steps=3000)),
     # The paper's setups; needs prepared tfds data and an accelerator.
     # CIFAR-100 is the paper's test-bed; Fig. 2 also has a CIFAR-10 panel.
     'full': Scale(
@@ -114,6 +134,9 @@ SCALES = {
         transfer_pretrain_b=128, transfer_b_values=(2, 4, 8),
         transfer_datasets=('cifar100', 'cifar10'),
         estimate_every_ks=(1, 2, 4, 8, 16),
+        detection=DetectionGrid('configs/detection.py:dataset=coco', (2, 4, 8),
+                                (0, 1, 2), 64 * 118_287, 0.015 / 8,
+                                pretrain_steps=None),
         more_fig2_datasets=('cifar10',)),
 }
 

@@ -35,26 +35,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 from experiments import runs, table2_transfer  # noqa: E402
 
 NAME = 'table2_detection'
-N_VALUES = {'smoke': (2,), 'small': (2, 4, 8), 'full': (2, 4, 8)}
-SEEDS = {'smoke': (0,), 'small': (0, 1, 2), 'full': (0, 1, 2)}
 MODES = ('ema', 'evalnorm', 'rule_of_thumb')
 PARADIGMS = table2_transfer.PARADIGMS  # the same four initializations
-# Images seen in training, learning rate per image of the batch.
-IMAGES = {'smoke': 32, 'small': 6000, 'full': 64 * 118_287}
-LEARNING_RATE_PER_IMAGE = {'smoke': 0.01, 'small': 0.01, 'full': 0.015 / 8}
-DETECTION_CONFIG = {'smoke': 'configs/detection.py',
-                    'small': 'configs/detection.py',
-                    'full': 'configs/detection.py:dataset=coco'}
-SMOKE = dict(num_eval_images=16, num_proposals=8, rois_per_image=8,
-             pre_nms_top_k=50, warmup_steps=0, eval_batch_size=16)
 
 
 def pretrain_run(scale: runs.Scale) -> runs.Run:
   """The classifier whose weights paradigms (b)-(d) start from."""
-  if scale.name == 'full':
+  steps = scale.detection.pretrain_steps
+  if steps is None:
     return runs.make_run('detection_pretrain_imagenet', scale,
                          config='configs/imagenet.py')
-  steps = {'smoke': 3, 'small': 3000}[scale.name]
   return runs.make_run(
       'detection_pretrain_noisy_digits', scale, config='configs/digits.py',
       dataset='noisy_digits', norm_batch_size=128, batch_size=128,
@@ -64,19 +54,19 @@ def pretrain_run(scale: runs.Scale) -> runs.Run:
 
 def detection_runs(scale: runs.Scale, pretrain_dir: str) -> dict:
   """(paradigm, N, seed) -> run."""
-  extra = SMOKE if scale.name == 'smoke' else {}
+  grid = scale.detection
   result = {}
   for index, (paradigm, overrides) in enumerate(PARADIGMS.items()):
     init = dict(init_from=pretrain_dir) if overrides else {}
-    for n in N_VALUES[scale.name]:
-      steps = max(1, IMAGES[scale.name] // n)
-      for seed in SEEDS[scale.name] if n == 2 else SEEDS[scale.name][:1]:
+    for n in grid.n_values:
+      steps = max(1, grid.images // n)
+      for seed in grid.seeds if n == 2 else grid.seeds[:1]:
         result[(paradigm, n, seed)] = runs.make_run(
             f'detection_{"abcd"[index]}_n{n}_seed{seed}', scale,
-            config=DETECTION_CONFIG[scale.name], batch_size=n,
+            config=grid.config, batch_size=n,
             norm_batch_size=n, seed=seed, num_train_steps=steps,
-            learning_rate=LEARNING_RATE_PER_IMAGE[scale.name] * n,
-            checkpoint_every_steps=steps, **extra, **init, **overrides)
+            learning_rate=grid.learning_rate_per_image * n,
+            checkpoint_every_steps=steps, **grid.overrides, **init, **overrides)
   return result
 
 
@@ -98,7 +88,7 @@ def _cell(results, grid, paradigm, n, seeds, mode, metric='AP') -> str:
 
 def report(context: runs.Context, results: dict) -> None:
   grid = grid_of(context)
-  ns, seeds = N_VALUES[context.scale.name], SEEDS[context.scale.name]
+  ns, seeds = context.scale.detection.n_values, context.scale.detection.seeds
   rows = []
   for paradigm in PARADIGMS:
     for n in ns:
@@ -113,7 +103,7 @@ def report(context: runs.Context, results: dict) -> None:
   runs.write_markdown(
       context.output(f'{NAME}.md'),
       'Table 2: Faster R-CNN, training paradigms, EMA against EvalNorm',
-      f'Scale `{context.scale.name}`: `{DETECTION_CONFIG[context.scale.name]}`, '
+      f'Scale `{context.scale.name}`: `{context.scale.detection.config}`, '
       'N images per batch = normalization batch B of the base network; the '
       'RCN normalizes the ROIs of those N images. COCO AP (%) by pycocotools; '
       'mean ± standard deviation over seeds where there are several.\n',
