@@ -45,7 +45,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.renorm_dmax = 1.0                # Batch Renorm's final d clip
   c.renorm_warmup_steps = 5000       # steps over which r/d clips ramp from (1, 0)
   c.estimate_alpha_beta = True       # online estimation of alpha/beta (EvalNorm only)
-  c.estimate_every_steps = 1         # k: estimating train step every k-th step, the plain step otherwise
+  c.estimate_every_steps = 4         # k: alpha/beta step on steps 1, 1+k, ...; see experiments/results/estimate_every.md
   c.per_channel = False              # alpha/beta per channel instead of per layer
   c.alpha_init = 0.0                 # initial alpha (0 = plain EMA evaluation)
   c.beta_init = 0.0                  # initial beta

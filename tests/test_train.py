@@ -367,8 +367,9 @@ def test_built_in_training_batches_do_not_depend_on_the_process_count(
 @pytest.mark.slow
 def test_amortized_estimation_trains_identically_and_resumes(trained_run,
                                                             tmp_path):
-  """Estimating every 3rd step: weights as with every step, exact resume.
+  """Estimating every 3rd step: weights as with the default k, exact resume.
 
+  (Every step against never, on the quick start's model: test_golden.py.)
   The checkpoint at step 11 falls between estimating steps (1, 4, 7, 10, 13),
   so the resumed run must pick the plain step up where the first one left.
   """
