@@ -4,7 +4,7 @@ r"""The built-in default: a small ResNet v2 on `noisy_digits`, any normalization
         --config.norm_batch_size=2
 
 Runtime: about 2.5 minutes on 2 CPU cores (3000 steps of batch 128).
-Expected result at B=2 (three seeds, see README): EMA evaluation ~77-87% top-1,
+Expected result at B=2 (three seeds, see README): EMA evaluation ~77-83% top-1,
 EvalNorm (estimated online) ~94%, rule of thumb 1/B^2 ~93-94%; at B=128 every mode
 ~95%. Variants: `configs/digits.py:dataset=digits` (plain 8x8 digits, where all
 modes reach ~98%), `configs/digits.py:norm_batch_size=4`.
