@@ -13,10 +13,9 @@ through the training program's own code (``evalnorm.train.build_model`` and
   (c) EvalNorm with B = 2.
 
 Train step: the programs ``evalnorm.train.Steps`` runs, each pmapped over one
-device with axis ``evalnorm.train.PMAP_AXIS``: the SGD step
-(``train.train_step``, state donated), which every step runs, and for (c) the
-alpha/beta step (``train.estimate_step``) that estimating steps run before
-it. Reported beside them: an estimating step (both programs) and the mean
+device: the SGD step (``Steps.sgd``, state donated), which every step runs,
+and for (c) the alpha/beta step (``Steps.alpha_beta``) that estimating steps
+run before it. Reported beside them: an estimating step (both programs) and the mean
 step at the default ``estimate_every_steps`` (amortized), against (a).
 Evaluation: ``model.apply(variables, images, train=False)`` jitted, for flax
 BatchNorm (EMA statistics) and EvalNorm with ``eval_stats='ema'`` and
@@ -78,9 +77,8 @@ if __package__ in (None, ''):  # Run as a script: python benchmarks/cost.py
 import flax
 import jax
 import numpy as np
-from flax import jax_utils
 
-from evalnorm import config_lib, report, train
+from evalnorm import config_lib, parallel, report, train
 from evalnorm.variables import rule_of_thumb, set_alpha_beta
 
 MIB = 2.0**20
@@ -122,8 +120,8 @@ class Variant:
   label: str
   norm: str
   group_size: int
-  # 'sgd': ``train.train_step`` (every step); 'alpha_beta':
-  # ``train.estimate_step``, which estimating steps run before it.
+  # 'sgd': ``Steps.sgd`` (every step); 'alpha_beta': ``Steps.alpha_beta``,
+  # which estimating steps run before it.
   program: str = 'sgd'
 
 
@@ -172,16 +170,6 @@ def make_config(setup: Setup, norm: str, group_size: int,
 
 # --------------------------------------------------------------------------
 # Measurement helpers.
-
-
-def replicate(tree, device):
-  """``tree`` laid out as the outputs of a pmap over ``[device]`` are.
-
-  As ``evalnorm.train.replicate`` does for all local devices; it also gives
-  every variant buffers of its own, so donating one state frees no other.
-  """
-  return jax.pmap(lambda x: x, axis_name=train.PMAP_AXIS, devices=[device])(
-      jax_utils.replicate(tree, devices=[device]))
 
 
 @contextlib.contextmanager
@@ -396,16 +384,12 @@ def run_setup(setup: Setup, repeats: int, warmup: int, half_precision: bool,
   # Train step, as train_loop runs it (pmap over one device, state donated).
   train_lowered, train_inputs = {}, {}
   for v in variants:
-    state = replicate(states[v.key], device)
-    batch = replicate({'image': images, 'label': labels_np}, device)
+    state = parallel.replicate(states[v.key], [device])
+    batch = parallel.replicate({'image': images, 'label': labels_np}, [device])
     # As train.Steps runs them: the SGD step donates the state; the
     # alpha/beta step reads it.
-    if v.program == 'sgd':
-      step = jax.pmap(train.train_step, axis_name=train.PMAP_AXIS,
-                      devices=[device], donate_argnums=(0,))
-    else:
-      step = jax.pmap(train.estimate_step, axis_name=train.PMAP_AXIS,
-                      devices=[device])
+    steps = train.Steps(train.classifier_forward, devices=[device])
+    step = steps.sgd if v.program == 'sgd' else steps.alpha_beta
     train_lowered[v.key] = step.lower(state, batch)
     train_inputs[v.key] = (state, batch)
 
@@ -461,7 +445,7 @@ def run_setup(setup: Setup, repeats: int, warmup: int, half_precision: bool,
   for key, stats in summarize(eval_times, 'batchnorm').items():
     eval_rows[key].update(stats, device_peak=eval_peaks[key])
 
-  print(f'\n### Train step (train_step, batch {setup.batch})\n')
+  print(f'\n### Train step (Steps.sgd, batch {setup.batch})\n')
   print(result_table(train_rows, labels, ref, 'train step'))
   print(f'\n### Evaluation forward pass (apply, train=False, batch {setup.batch})\n')
   print(result_table(eval_rows, eval_labels, 'batchnorm', 'evaluation'))

@@ -650,9 +650,3 @@ class ImageNetDataset(_TfdsDataset):
                                           self.image_shape[0]),
             'label': tf.cast(example['label'], tf.int32)}
 
-
-def shard(batch: Batch) -> Batch:
-  """(local_batch, ...) -> (local_devices, local_batch / local_devices, ...) for pmap."""
-  devices = jax.local_device_count()
-  return jax.tree_util.tree_map(
-      lambda x: x.reshape((devices, -1) + x.shape[1:]), batch)

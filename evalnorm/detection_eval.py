@@ -24,11 +24,8 @@ from typing import Any
 
 import jax
 import numpy as np
-from flax import jax_utils
 
-from evalnorm import detector, evaluation
-from evalnorm.data import shard
-from evalnorm.evaluation import PMAP_AXIS
+from evalnorm import detector, evaluation, parallel
 
 METRICS = ('AP', 'AP50', 'AP75')  # COCOeval.stats[0:3], in percent
 
@@ -142,11 +139,10 @@ class DetectionEvaluator(evaluation.Evaluator):
         score_threshold=config.score_threshold,
         nms_threshold=config.detection_nms_threshold,
         max_detections=config.max_detections)
-    self._step = jax.pmap(
+    self._step = parallel.pmap(
         functools.partial(eval_step, apply_fn=eval_model.apply,
                           postprocess=postprocess,
-                          train_stats=self.uses_batch_statistics),
-        axis_name=PMAP_AXIS)
+                          train_stats=self.uses_batch_statistics))
 
   def modes(self, state) -> dict[str, Any]:
     modes = super().modes(state)
@@ -167,10 +163,10 @@ class DetectionEvaluator(evaluation.Evaluator):
     names = list(mode_variables)
     stacked = jax.tree_util.tree_map(lambda *v: np.stack(v),
                                      *mode_variables.values())
-    stacked, params = jax_utils.replicate((stacked, params))
+    stacked, params = parallel.replicate((stacked, params))
     detections = {name: [] for name in names}
     for batch in dataset.eval_batches():
-      outputs = jax.device_get(self._step(params, stacked, shard(batch)))
+      outputs = jax.device_get(self._step(params, stacked, parallel.shard(batch)))
       real = batch['mask'] > 0
       image_ids = batch['image_id'][real]
       unshard = lambda x: x.reshape((-1,) + x.shape[2:])[real]

@@ -18,10 +18,9 @@ import functools
 
 import flax
 import jax
-import jax.numpy as jnp
 from absl import logging
 
-from evalnorm import checkpoint, models, train
+from evalnorm import checkpoint, models, parallel, train
 
 # Top-level classifier module -> the detector part that holds it.
 _PARTS = {'stem': 'backbone', 'final_norm': 'rcn'}
@@ -47,9 +46,8 @@ def _classifier_variables(config, manager, channels: int) -> dict:
   source_config.stem_strides = 2
   source = train.build_model(source_config, meta['num_classes'])
   # Parameter shapes do not depend on the image size: a small one will do.
-  dummy = jnp.zeros((config.norm_batch_size, 32, 32, channels), jnp.float32)
-  template = jax.jit(functools.partial(source.init, train=False))(
-      jax.random.PRNGKey(0), dummy)
+  template = parallel.init_variables(source, jax.random.PRNGKey(0),
+                                     config.norm_batch_size, (32, 32, channels))
   return checkpoint.restore_variables(manager, template)
 
 

@@ -20,15 +20,14 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 from clu import metric_writers
-from flax import jax_utils
 from jax import lax
 
 from evalnorm import (checkpoint, config_lib, detection_eval, detection_init,
-                      detection_targets, detector, report, scenes, train)
+                      detection_targets, detector, parallel, report, scenes,
+                      train)
 from evalnorm import console
 from evalnorm.variables import alpha_beta_by_layer
 
-PMAP_AXIS = train.PMAP_AXIS
 DATASETS = ('digit_scenes', 'coco')
 MODELS = ('resnet_v2_small', 'resnet50_v2')
 
@@ -135,7 +134,7 @@ def detector_forward(state: train.TrainState, batch, *, seed: int,
   """
   key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed),
                                               state.step),
-                           lax.axis_index(PMAP_AXIS))
+                           lax.axis_index(parallel.PMAP_AXIS))
   rpn_key, roi_key = jax.random.split(key)
 
   def forward(variables, mutable):
@@ -186,7 +185,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                  rpn_samples=config.rpn_samples)
   state = train.train_loop(config, state, dataset, manager, writer, evaluator,
                            total_steps, estimate, forward_fn=forward_fn)
-  state = jax.device_get(jax_utils.unreplicate(state))
+  state = parallel.to_host(state)
   results = evaluator(state.params, evaluator.modes(state), dataset,
                       directory=os.path.join(workdir, 'coco'))
   writer.write_scalars(total_steps, {f'eval/{mode}_{name}': value

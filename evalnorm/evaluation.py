@@ -24,14 +24,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import jax_utils
 from jax import lax
 
-from evalnorm.data import shard
+from evalnorm import parallel
 from evalnorm.variables import (batchnorm_to_evalnorm, one_over_b,
                                 rule_of_thumb, set_alpha_beta)
 
-PMAP_AXIS = 'batch'
 BATCH_STATISTICS_NORMS = ('evalnorm', 'batchnorm')
 
 
@@ -65,7 +63,7 @@ def _sums(logits, batch):
   sums = {'correct': jnp.sum(mask * (jnp.argmax(logits, -1) == labels)),
           'correct_top5': jnp.sum(mask * _in_top_k(logits, labels, 5)),
           'loss': jnp.sum(mask * loss), 'count': jnp.sum(mask)}
-  return lax.psum(sums, PMAP_AXIS)
+  return lax.psum(sums, parallel.PMAP_AXIS)
 
 
 def eval_step(params, stacked_modes, batch, apply_fn, train_stats: bool):
@@ -112,10 +110,9 @@ class Evaluator:
     self.config = config
     self.uses_batch_statistics = config.norm in BATCH_STATISTICS_NORMS
     eval_model = evalnorm_model if self.uses_batch_statistics else model
-    self._step = jax.pmap(
+    self._step = parallel.pmap(
         functools.partial(eval_step, apply_fn=eval_model.apply,
-                          train_stats=self.uses_batch_statistics),
-        axis_name=PMAP_AXIS)
+                          train_stats=self.uses_batch_statistics))
 
   def modes(self, state) -> dict[str, Any]:
     """{mode: {'batch_stats', 'evalnorm'}} for the modes a trained state has."""
@@ -140,13 +137,10 @@ class Evaluator:
     names = list(mode_variables)
     stacked = jax.tree_util.tree_map(lambda *v: np.stack(v),
                                      *mode_variables.values())
-    stacked, params = jax_utils.replicate((stacked, params))
-    totals = None
-    for batch in dataset.eval_batches():
-      sums = jax_utils.unreplicate(self._step(params, stacked, shard(batch)))
-      totals = sums if totals is None else jax.tree_util.tree_map(
-          jnp.add, totals, sums)
-    totals = jax.device_get(totals)
+    stacked, params = parallel.replicate((stacked, params))
+    totals = parallel.sum_over_batches(
+        lambda batch: self._step(params, stacked, batch),
+        dataset.eval_batches())
     for i, name in enumerate(names):
       totals[name] = {k: v[i] for k, v in totals['modes'].items()}
     del totals['modes']

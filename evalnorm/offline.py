@@ -10,22 +10,19 @@ PreciseBN statistics (``precise_ema_batches``) when the config asks.
 """
 
 import functools
+import itertools
 import json
 import os
 import sys
 
 import jax
-import jax.numpy as jnp
 from absl import logging
-from flax import jax_utils
 from jax import lax
 
-from evalnorm import calibration, checkpoint, config_lib, data, evaluation, train
+from evalnorm import (calibration, checkpoint, config_lib, data, evaluation,
+                      parallel, train)
 from evalnorm.variables import (alpha_beta_by_layer, batchnorm_to_evalnorm,
                                 mean_alpha_beta, set_alpha_beta)
-
-PMAP_AXIS = evaluation.PMAP_AXIS
-
 
 def estimate_offline(config, model, variables, dataset) -> tuple[dict, int]:
   """Estimated ``evalnorm`` collection and the number of examples it used.
@@ -37,23 +34,21 @@ def estimate_offline(config, model, variables, dataset) -> tuple[dict, int]:
                                         config.alpha_beta_learning_rate)
   evalnorm = set_alpha_beta(variables['evalnorm'], config.alpha_init,
                             config.beta_init)
-  step = jax.pmap(functools.partial(
+  step = parallel.pmap(functools.partial(
       calibration.calibration_step,
       apply_fn=functools.partial(model.apply, train=True), tx=tx,
-      group_size=config.norm_batch_size, axis_name=PMAP_AXIS),
-      axis_name=PMAP_AXIS)
-  frozen = jax_utils.replicate({'params': variables['params'],
-                                'batch_stats': variables['batch_stats']})
-  evalnorm, opt_state = jax_utils.replicate((evalnorm, tx.init(evalnorm)))
+      group_size=config.norm_batch_size, axis_name=parallel.PMAP_AXIS))
+  frozen = parallel.replicate({'params': variables['params'],
+                               'batch_stats': variables['batch_stats']})
+  evalnorm, opt_state = parallel.replicate((evalnorm, tx.init(evalnorm)))
   batches = dataset.train_batches(0)
   for i in range(1, config.offline_estimation_steps + 1):
     evalnorm, opt_state, loss = step(evalnorm, opt_state, frozen,
-                                     data.shard(next(batches))['image'])
+                                     parallel.shard(next(batches))['image'])
     if i % config.log_every_steps == 0:
-      calibration.log_progress(i, float(loss[0]),
-                               jax_utils.unreplicate(evalnorm))
+      calibration.log_progress(i, float(loss[0]), parallel.to_host(evalnorm))
   examples = config.offline_estimation_steps * config.batch_size
-  return jax.device_get(jax_utils.unreplicate(evalnorm)), examples
+  return parallel.to_host(evalnorm), examples
 
 
 def precise_batch_stats(config, num_classes, variables, dataset) -> dict:
@@ -71,16 +66,12 @@ def precise_batch_stats(config, num_classes, variables, dataset) -> dict:
   def batch_statistics(batch):
     _, new_vars = model.apply(variables, batch['image'], train=True,
                               mutable=['batch_stats'])
-    return lax.pmean(new_vars['batch_stats'], PMAP_AXIS)
-  step = jax.pmap(batch_statistics, axis_name=PMAP_AXIS)
-  batches = dataset.train_batches(0)
-  total = None
-  for _ in range(config.precise_ema_batches):
-    stats = jax_utils.unreplicate(step(data.shard(next(batches))))
-    total = stats if total is None else jax.tree_util.tree_map(
-        jnp.add, total, stats)
+    return lax.pmean(new_vars['batch_stats'], parallel.PMAP_AXIS)
+  total = parallel.sum_over_batches(
+      parallel.pmap(batch_statistics),
+      itertools.islice(dataset.train_batches(0), config.precise_ema_batches))
   return jax.tree_util.tree_map(lambda t: t / config.precise_ema_batches,
-                                jax.device_get(total))
+                                total)
 
 
 def check_checkpoint_matches(directory: str, meta: dict, config) -> None:
@@ -132,9 +123,8 @@ def estimate_and_evaluate(config, checkpoint_dir: str, workdir: str) -> dict:
   dataset = data.make_dataset(config)
   trained_model = train.build_model(config, dataset.num_classes)
   model = train.build_model(config, dataset.num_classes, 'evalnorm')
-  template = trained_model.init(
-      jax.random.PRNGKey(0),
-      jnp.zeros((config.norm_batch_size,) + dataset.image_shape), train=False)
+  template = parallel.init_variables(trained_model, jax.random.PRNGKey(0),
+                                     config.norm_batch_size, dataset.image_shape)
   variables, meta = load_trained_variables(config, checkpoint_dir, template)
   warn_if_rules_assume_other_b(config, meta)
   evalnorm, num_examples = estimate_offline(config, model, variables, dataset)

@@ -37,13 +37,10 @@ from flax.training import train_state
 from jax import lax
 
 from evalnorm import (baselines, calibration, checkpoint, config_lib, data,
-                      evaluation, models)
+                      evaluation, models, parallel)
 from evalnorm import console
 from evalnorm.layers import EvalNorm
 from evalnorm.variables import alpha_beta_by_layer, mean_alpha_beta, total_aux_loss
-
-# One pmap axis for training and evaluation (defined with the eval step).
-PMAP_AXIS = evaluation.PMAP_AXIS
 
 
 class TrainingDiverged(RuntimeError):
@@ -105,9 +102,8 @@ def learning_rate_schedule(config, total_steps: int) -> optax.Schedule:
 def create_train_state(config, model: nn.Module, image_shape, total_steps: int,
                        rng: jax.Array) -> TrainState:
   """Initializes variables in eval mode (the structure is the same in both)."""
-  dummy = jnp.zeros((config.norm_batch_size,) + tuple(image_shape), jnp.float32)
-  # Jitted: eager init dispatches every op of the network one by one.
-  variables = jax.jit(functools.partial(model.init, train=False))(rng, dummy)
+  variables = parallel.init_variables(model, rng, config.norm_batch_size,
+                                      image_shape)
   tx = optax.chain(
       optax.add_decayed_weights(config.weight_decay),
       optax.sgd(learning_rate_schedule(config, total_steps), config.momentum))
@@ -149,12 +145,12 @@ def sgd_step(state: TrainState, forward, update_batch_stats: bool = True):
   (task_loss, (batch_stats, metrics)), grads = jax.value_and_grad(
       loss_fn, has_aux=True)(state.params)
   # Data parallelism: every replica applies the mean gradient.
-  grads = lax.pmean(grads, PMAP_AXIS)
+  grads = lax.pmean(grads, parallel.PMAP_AXIS)
   # Statistics were computed per device (the point of the method); averaging
   # the EMAs keeps the replicas identical without mixing the normalization.
-  batch_stats = lax.pmean(batch_stats, PMAP_AXIS)
+  batch_stats = lax.pmean(batch_stats, parallel.PMAP_AXIS)
   new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-  metrics = lax.pmean({'loss': task_loss, **metrics}, PMAP_AXIS)
+  metrics = lax.pmean({'loss': task_loss, **metrics}, parallel.PMAP_AXIS)
   metrics['grad_norm'] = optax.tree.norm(grads)
   return new_state, metrics
 
@@ -183,7 +179,7 @@ def alpha_beta_step(state: TrainState, forward):
     return total_aux_loss(new_vars['aux_loss'])
 
   aux_loss, grads = jax.value_and_grad(aux_loss_fn)(state.evalnorm)
-  grads, aux_loss = lax.pmean((grads, aux_loss), PMAP_AXIS)
+  grads, aux_loss = lax.pmean((grads, aux_loss), parallel.PMAP_AXIS)
   evalnorm, opt_state = calibration.update_alpha_beta(
       state.evalnorm_tx, grads, state.evalnorm_opt_state, state.evalnorm)
   return evalnorm, opt_state, aux_loss
@@ -200,16 +196,6 @@ def classifier_forward(state: TrainState, batch):
   return forward
 
 
-def train_step(state: TrainState, batch, update_batch_stats: bool = True):
-  """``sgd_step`` of the classifier on one device's batch."""
-  return sgd_step(state, classifier_forward(state, batch), update_batch_stats)
-
-
-def estimate_step(state: TrainState, batch):
-  """``alpha_beta_step`` of the classifier on one device's batch."""
-  return alpha_beta_step(state, classifier_forward(state, batch))
-
-
 class Steps:
   """The train loop's two pmapped programs and how a step combines them.
 
@@ -221,12 +207,11 @@ class Steps:
 
   def __init__(self, forward_fn, update_batch_stats: bool = True,
                devices=None):
-    self.sgd = jax.pmap(
+    self.sgd = parallel.pmap(
         lambda s, b: sgd_step(s, forward_fn(s, b), update_batch_stats),
-        axis_name=PMAP_AXIS, devices=devices, donate_argnums=(0,))
-    self.alpha_beta = jax.pmap(
-        lambda s, b: alpha_beta_step(s, forward_fn(s, b)), axis_name=PMAP_AXIS,
-        devices=devices)
+        devices=devices, donate_argnums=(0,))
+    self.alpha_beta = parallel.pmap(
+        lambda s, b: alpha_beta_step(s, forward_fn(s, b)), devices=devices)
 
   def __call__(self, state: TrainState, batch, estimating: bool):
     aux_loss = None
@@ -257,9 +242,8 @@ def initialize_from(config, state: TrainState, image_shape) -> TrainState:
   manager = checkpoint.open_existing(config.init_from)
   # The pretrained head may have another number of classes.
   source = build_model(config, checkpoint.read_meta(manager)['num_classes'])
-  dummy = jnp.zeros((config.norm_batch_size,) + tuple(image_shape), jnp.float32)
-  template = jax.jit(functools.partial(source.init, train=False))(
-      jax.random.PRNGKey(0), dummy)
+  template = parallel.init_variables(source, jax.random.PRNGKey(0),
+                                     config.norm_batch_size, image_shape)
   pretrained = checkpoint.restore_variables(manager, template)
   reset_norm = config.init_norm == 'reset'
 
@@ -354,7 +338,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       sigterm.situation = (f'during the final evaluation: the checkpoint of '
                            f'step {total_steps} in {manager.directory} holds '
                            'the trained state')
-      state = jax.device_get(jax_utils.unreplicate(state))
+      state = parallel.to_host(state)
       results = evaluator(state.params, evaluator.modes(state), dataset)
     writer.write_scalars(total_steps, {f'eval/{mode}_top1': r['top1']
                                        for mode, r in results.items()})
@@ -369,16 +353,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         json.dump(report, f, indent=2)
     writer.flush()
   return report
-
-
-def replicate(tree):
-  """Copies ``tree`` to every local device, laid out as pmap outputs are.
-
-  jax_utils.replicate's arrays carry another mesh than the train step's
-  outputs, and jax caches compilations by input sharding: without this, the
-  second step would compile the whole train step again.
-  """
-  return jax.pmap(lambda x: x, axis_name=PMAP_AXIS)(jax_utils.replicate(tree))
 
 
 class Preempted(RuntimeError):
@@ -432,13 +406,13 @@ def is_estimating_step(step: int, every: int) -> bool:
 
 
 def log_step(writer, step, state, metrics, learning_rate, estimate):
-  scalars = jax.device_get(jax_utils.unreplicate(metrics))
+  scalars = parallel.to_host(metrics)
   check_finite(step, scalars)
   scalars = {k: float(v) for k, v in scalars.items()}
   scalars['learning_rate'] = float(learning_rate(step))
   if estimate:
     scalars['alpha'], scalars['beta'] = mean_alpha_beta(
-        jax.device_get(jax_utils.unreplicate(state.evalnorm)))
+        parallel.to_host(state.evalnorm))
   writer.write_scalars(step, scalars)
 
 
@@ -446,13 +420,13 @@ def save_checkpoint(manager, step, state, metrics, meta):
   # The saved arrays themselves are checked, not only the step's loss: the
   # loss is computed before the step's update, so an update that overflowed
   # would pass. Thus the latest checkpoint is always a good one to resume.
-  state = jax.device_get(jax_utils.unreplicate(state))
-  check_finite(step, jax.device_get(jax_utils.unreplicate(metrics)), state)
+  state = parallel.to_host(state)
+  check_finite(step, parallel.to_host(metrics), state)
   checkpoint.save(manager, state, meta)
 
 
 def evaluate_periodically(writer, evaluator, dataset, step, state):
-  current = jax.device_get(jax_utils.unreplicate(state))
+  current = parallel.to_host(state)
   results = evaluator(current.params, evaluator.modes(current), dataset)
   # Every metric of every mode: top-1 and loss, or a detector's COCO APs.
   writer.write_scalars(step, {f'eval/{mode}_{name}': value
@@ -469,10 +443,10 @@ def train_loop(config, state, dataset, manager, writer, evaluator,
   """
   start_step = int(state.step)
   meta = checkpoint_meta(config, dataset.num_classes)
-  state = replicate(state)
+  state = parallel.replicate(state)
   steps = Steps(forward_fn, update_batch_stats=not config.freeze_batch_stats)
   batches = jax_utils.prefetch_to_device(
-      map(data.shard, dataset.train_batches(start_step)), 2)
+      map(parallel.shard, dataset.train_batches(start_step)), 2)
   learning_rate = learning_rate_schedule(config, total_steps)
   progress = periodic_actions.ReportProgress(
       num_train_steps=total_steps, writer=writer)

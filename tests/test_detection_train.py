@@ -8,10 +8,9 @@ import flax.linen as nn
 import jax
 import numpy as np
 import pytest
-from flax import jax_utils
 
-from evalnorm import (checkpoint, config_lib, data, detection_eval,
-                      detection_init, detection_train, detector, scenes, train)
+from evalnorm import (checkpoint, config_lib, detection_eval, detection_init,
+                      detection_train, detector, parallel, scenes, train)
 from evalnorm.layers import EvalNorm
 
 from configs import detection as detection_config
@@ -87,15 +86,15 @@ def test_train_step_on_8_devices_learns_and_keeps_replicas_equal():
                                    jax.random.PRNGKey(0))
   steps = train.Steps(functools.partial(detection_train.detector_forward,
                                         seed=0, rpn_samples=config.rpn_samples))
-  new_state, metrics = steps(train.replicate(state),
-                             data.shard(dataset.train_batch(0)), True)
+  new_state, metrics = steps(parallel.replicate(state),
+                             parallel.shard(dataset.train_batch(0)), True)
   for name in ('loss', 'rpn_cls', 'rpn_box', 'rcn_cls', 'rcn_box', 'aux_loss'):
     assert np.all(np.isfinite(metrics[name])), name
   assert float(metrics['rcn_cls'][0]) > 0 and float(metrics['aux_loss'][0]) > 0
   # Replicas stay identical; both parts of the network trained.
   for leaf in jax.tree_util.tree_leaves((new_state.params, new_state.batch_stats)):
     np.testing.assert_array_equal(leaf[0], leaf[7])
-  new_state = jax.device_get(jax_utils.unreplicate(new_state))
+  new_state = parallel.to_host(new_state)
   for part in ('backbone', 'rpn', 'rcn'):
     moved = jax.tree_util.tree_map(lambda a, b: not np.array_equal(a, b),
                                    new_state.params[part], state.params[part])

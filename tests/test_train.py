@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from flax import jax_utils
 
-from evalnorm import calibration, checkpoint, config_lib, data, train
+from evalnorm import (calibration, checkpoint, config_lib, data, parallel,
+                      train)
 from evalnorm.variables import mean_alpha_beta, set_alpha_beta
 
 from training_helpers import ROOT, logged_steps, read_eval, small_digits_config
@@ -28,10 +29,10 @@ def one_step(config, estimate, num_steps=1):
   state = train.create_train_state(config, model, dataset.image_shape, 10,
                                    jax.random.PRNGKey(0))
   steps = train.Steps(train.classifier_forward)
-  state = train.replicate(state)
+  state = parallel.replicate(state)
   for i in range(num_steps):
-    state, metrics = steps(state, data.shard(dataset.train_batch(i)), estimate)
-  return jax.device_get(jax_utils.unreplicate(state)), metrics
+    state, metrics = steps(state, parallel.shard(dataset.train_batch(i)), estimate)
+  return parallel.to_host(state), metrics
 
 
 @pytest.mark.slow
@@ -42,9 +43,9 @@ def test_frozen_batch_stats_train_everything_else():
   state = train.create_train_state(config, model, dataset.image_shape, 10,
                                    jax.random.PRNGKey(0))
   steps = train.Steps(train.classifier_forward, update_batch_stats=False)
-  new_state, _ = steps(train.replicate(state),
-                       data.shard(next(dataset.train_batches(0))), True)
-  new_state = jax.device_get(jax_utils.unreplicate(new_state))
+  new_state, _ = steps(parallel.replicate(state),
+                       parallel.shard(next(dataset.train_batches(0))), True)
+  new_state = parallel.to_host(new_state)
   jax.tree_util.tree_map(np.testing.assert_array_equal, new_state.batch_stats,
                          state.batch_stats)
   moved = lambda a, b: not np.array_equal(a, b)
