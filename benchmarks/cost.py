@@ -5,8 +5,8 @@ r"""Cost of EvalNorm against flax's nn.BatchNorm: train step, evaluation, memory
         [--smoke]
 
 (``python benchmarks/cost.py ...`` works too.) One model is built three ways
-through the training program's own code (``evalnorm.train.build_model`` and
-``create_train_state`` from an ml_collections config):
+through the training program's own code (``evalnorm.components.build_model`` and
+``train.create_train_state`` from an ml_collections config):
 
   (a) flax ``nn.BatchNorm`` (``norm='batchnorm'``), the reference;
   (b) EvalNorm with B = the per-device batch (one group);
@@ -78,7 +78,7 @@ import flax
 import jax
 import numpy as np
 
-from evalnorm import config_lib, parallel, report, train
+from evalnorm import components, config_lib, parallel, report, train
 from evalnorm.variables import rule_of_thumb, set_alpha_beta
 
 MIB = 2.0**20
@@ -331,7 +331,7 @@ def build_states(setup: Setup, variants: list[Variant], half_precision: bool):
   models, configs = {}, {}
   for v in variants:
     configs[v.key] = make_config(setup, v.norm, v.group_size, half_precision)
-    models[v.key] = train.build_model(configs[v.key], setup.num_classes)
+    models[v.key] = components.build_model(configs[v.key], setup.num_classes)
     if setup.stage_sizes:
       models[v.key] = models[v.key].clone(stage_sizes=setup.stage_sizes)
   init_key = next(v.key for v in variants if v.norm == 'evalnorm')

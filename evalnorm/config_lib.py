@@ -13,10 +13,6 @@ import re
 import ml_collections
 from ml_collections import config_dict
 
-DATASETS = ('noisy_digits', 'digits', 'cifar10', 'cifar100', 'imagenet2012')
-NORMS = ('evalnorm', 'batchnorm', 'renorm', 'groupnorm')
-MODELS = ('resnet_v2_cifar', 'resnet50_v2')
-ALPHA_BETA_OPTIMIZERS = ('adam', 'sgd')
 INIT_NORMS = ('pretrained', 'reset')
 
 
@@ -27,16 +23,16 @@ class ConfigError(ValueError):
 def base_config() -> ml_collections.ConfigDict:
   """Defaults shared by every setup; each config overrides what it needs."""
   c = ml_collections.ConfigDict()
-  c.dataset = 'noisy_digits'         # one of DATASETS
+  c.dataset = 'noisy_digits'         # one of data.DATASETS
   # None-valued keys are typed placeholders, so --config.KEY=VALUE can set them.
   c.data_dir = config_dict.placeholder(str)  # tensorflow-datasets data_dir (None: tfds default)
   c.image_size = 224                 # ImageNet crop size (other datasets ignore it)
-  c.model = 'resnet_v2_cifar'        # one of MODELS
+  c.model = 'resnet_v2_cifar'        # one of components.MODELS
   c.depth = 20                       # CIFAR ResNet depth, 6n+2
   c.width = 1                        # CIFAR ResNet width multiplier
   c.stem_strides = 1                 # stride of the CIFAR stem convolution
   c.half_precision = False           # bfloat16 activations (statistics stay float32)
-  c.norm = 'evalnorm'                # one of NORMS
+  c.norm = 'evalnorm'                # one of components.NORMS
   c.norm_batch_size = 2              # B: the per-device batch is cut into groups of B
   c.bn_momentum = 0.99               # EMA momentum of the moving statistics
   c.bn_epsilon = 1e-5                # variance epsilon of every norm layer
@@ -49,7 +45,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.per_channel = False              # alpha/beta per channel instead of per layer
   c.alpha_init = 0.0                 # initial alpha (0 = plain EMA evaluation)
   c.beta_init = 0.0                  # initial beta
-  c.alpha_beta_optimizer = 'adam'    # 'adam' or 'sgd', separate from the model's
+  c.alpha_beta_optimizer = 'adam'    # one of calibration.ALPHA_BETA_OPTIMIZERS, separate from the model's
   c.alpha_beta_learning_rate = 3e-3  # its learning rate (constant)
   c.offline_estimation_steps = 300   # batches for offline estimation (evalnorm.estimate)
   c.fixed_alpha_beta = (0.05, 0.1, 0.5)  # also evaluated: modes fixed_<c> with alpha = beta = c
@@ -155,15 +151,14 @@ def validate(config: ml_collections.ConfigDict, num_devices: int,
   ``training=False`` (offline estimation and evaluation) lifts the rule that
   flax's BatchNorm trains on whole per-device batches.
   """
+  # Imported here: the tables need jax, which a mistyped flag should not wait for.
+  from evalnorm import calibration, components, data  # pylint: disable=import-outside-toplevel
   c = config
-  _require(c.dataset in DATASETS, 'dataset', c.dataset, f'allowed: {DATASETS}')
-  _require(c.norm in NORMS, 'norm', c.norm, f'allowed: {NORMS}')
-  _require(c.model in MODELS, 'model', c.model, f'allowed: {MODELS}')
-  _require(c.alpha_beta_optimizer in ALPHA_BETA_OPTIMIZERS,
-           'alpha_beta_optimizer', c.alpha_beta_optimizer,
-           f'allowed: {ALPHA_BETA_OPTIMIZERS}')
-  _require(c.init_norm in INIT_NORMS, 'init_norm', c.init_norm,
-           f'allowed: {INIT_NORMS}')
+  for key, table in (('dataset', data.DATASETS), ('norm', components.NORMS),
+                     ('model', components.MODELS),
+                     ('alpha_beta_optimizer', calibration.ALPHA_BETA_OPTIMIZERS),
+                     ('init_norm', INIT_NORMS)):
+    _require(c[key] in table, key, c[key], f'allowed: {tuple(table)}')
   if c.model == 'resnet_v2_cifar':
     _require(isinstance(c.depth, int) and c.depth >= 8 and (c.depth - 2) % 6 == 0,
              'depth', c.depth, 'must be 6n+2 with n >= 1 (e.g. 20, 56, 110, 254)')
@@ -192,7 +187,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int,
   _require(c.bn_epsilon > 0, 'bn_epsilon', c.bn_epsilon, 'must be positive')
   for key in ('alpha_init', 'beta_init'):
     _require(0 <= c[key] <= 1, key, c[key], 'must be in [0, 1]')
-  _validate_batches(c, num_devices, num_processes, training)
+  _validate_batches(c, num_devices, num_processes,
+                    training and components.NORMS[c.norm].whole_batch)
 
 
 def validate_distributed(c) -> None:
@@ -215,7 +211,8 @@ def validate_distributed(c) -> None:
 
 
 def _validate_batches(c, num_devices: int, num_processes: int,
-                      training: bool) -> None:
+                      whole_batch: bool) -> None:
+  """``whole_batch``: the norm trains on whole per-device batches."""
   for key in ('batch_size', 'eval_batch_size'):
     _require(c[key] % num_devices == 0, key, c[key],
              f'must divide evenly over the {num_devices} devices '
@@ -230,9 +227,9 @@ def _validate_batches(c, num_devices: int, num_processes: int,
            c.eval_batch_size,
            f'its per-device share {per_device_eval} must be a multiple of '
            f'norm_batch_size={c.norm_batch_size}')
-  if c.norm == 'batchnorm' and training:
+  if whole_batch:
     _require(c.norm_batch_size == per_device, 'norm_batch_size',
              c.norm_batch_size,
-             f"norm='batchnorm' (flax's nn.BatchNorm) normalizes the whole "
+             f"norm={c.norm!r} (flax's nn.BatchNorm) normalizes the whole "
              f'per-device batch of {per_device}: set norm_batch_size='
              f"{per_device}, or use norm='evalnorm' for groups of B")

@@ -1,6 +1,7 @@
 """Input pipelines: built-in NumPy digit datasets and tfds CIFAR / ImageNet.
 
-`make_dataset(config)` returns an object with the `Dataset` interface below. All
+`make_dataset(config)` returns an object with the `Dataset` interface below, built
+by the constructor that the table `DATASETS` (at the end) gives its name. All
 batches are NumPy arrays for *this process*:
 
 - `train_batches(start_step)`: an infinite stream of
@@ -32,9 +33,6 @@ from typing import Iterable, Iterator
 import jax
 import numpy as np
 
-DATASET_NAMES = ('noisy_digits', 'digits', 'cifar10', 'cifar100',
-                 'imagenet2012')
-
 Batch = dict[str, np.ndarray]
 
 
@@ -58,18 +56,11 @@ class Dataset(typing.Protocol):
 
 
 def make_dataset(config) -> Dataset:
-  """Builds the dataset named by `config.dataset` (one of `DATASET_NAMES`)."""
-  constructors = {
-      'noisy_digits': NoisyDigitsDataset,
-      'digits': DigitsDataset,
-      'cifar10': functools.partial(CifarDataset, tfds_name='cifar10'),
-      'cifar100': functools.partial(CifarDataset, tfds_name='cifar100'),
-      'imagenet2012': ImageNetDataset,
-  }
-  if config.dataset not in constructors:
+  """Builds the dataset named by `config.dataset` (one of `DATASETS`)."""
+  if config.dataset not in DATASETS:
     raise ValueError(
-        f'unknown dataset {config.dataset!r}; expected one of {DATASET_NAMES}')
-  return constructors[config.dataset](config)
+        f'unknown dataset {config.dataset!r}; expected one of {tuple(DATASETS)}')
+  return DATASETS[config.dataset](config)
 
 
 # ---------------------------------------------------------------------------
@@ -650,3 +641,12 @@ class ImageNetDataset(_TfdsDataset):
                                           self.image_shape[0]),
             'label': tf.cast(example['label'], tf.int32)}
 
+
+# The classification datasets: config.dataset -> constructor(config).
+DATASETS = {
+    'noisy_digits': NoisyDigitsDataset,
+    'digits': DigitsDataset,
+    'cifar10': functools.partial(CifarDataset, tfds_name='cifar10'),
+    'cifar100': functools.partial(CifarDataset, tfds_name='cifar100'),
+    'imagenet2012': ImageNetDataset,
+}

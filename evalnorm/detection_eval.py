@@ -25,7 +25,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from evalnorm import detector, evaluation, parallel
+from evalnorm import components, detector, evaluation, parallel
 
 METRICS = ('AP', 'AP50', 'AP75')  # COCOeval.stats[0:3], in percent
 
@@ -131,8 +131,7 @@ class DetectionEvaluator(evaluation.Evaluator):
 
   def __init__(self, config, model, evalnorm_model, image_size):
     self.config = config
-    self.uses_batch_statistics = (
-        config.norm in evaluation.BATCH_STATISTICS_NORMS)
+    self.uses_batch_statistics = components.NORMS[config.norm].batch_statistics
     eval_model = evalnorm_model if self.uses_batch_statistics else model
     postprocess = functools.partial(
         detector.postprocess, image_size=image_size,

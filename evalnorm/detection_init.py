@@ -20,7 +20,7 @@ import flax
 import jax
 from absl import logging
 
-from evalnorm import checkpoint, models, parallel, train
+from evalnorm import checkpoint, components, models, parallel, train
 
 # Top-level classifier module -> the detector part that holds it.
 _PARTS = {'stem': 'backbone', 'final_norm': 'rcn'}
@@ -44,7 +44,7 @@ def _classifier_variables(config, manager, channels: int) -> dict:
   source_config.model = _CLASSIFIER_MODELS[config.model]
   source_config.depth = 8  # one block a stage, as the small detector's
   source_config.stem_strides = 2
-  source = train.build_model(source_config, meta['num_classes'])
+  source = components.build_model(source_config, meta['num_classes'])
   # Parameter shapes do not depend on the image size: a small one will do.
   template = parallel.init_variables(source, jax.random.PRNGKey(0),
                                      config.norm_batch_size, (32, 32, channels))

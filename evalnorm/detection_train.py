@@ -12,7 +12,6 @@ runs for a detection config (``config.dataset`` in ``DATASETS``).
 """
 
 import functools
-import json
 import os
 
 import jax
@@ -22,14 +21,27 @@ import optax
 from clu import metric_writers
 from jax import lax
 
-from evalnorm import (checkpoint, config_lib, detection_eval, detection_init,
-                      detection_targets, detector, parallel, report, scenes,
-                      train)
+from evalnorm import (checkpoint, components, config_lib, data,
+                      detection_eval, detection_init, detection_targets,
+                      detector, parallel, report, scenes, train)
 from evalnorm import console
-from evalnorm.variables import alpha_beta_by_layer
 
-DATASETS = ('digit_scenes', 'coco')
-MODELS = ('resnet_v2_small', 'resnet50_v2')
+
+
+def _coco_dataset(config):
+  from evalnorm import coco  # tensorflow only when used
+  return coco.CocoDataset(config)
+
+
+# The detection datasets: config.dataset -> constructor(config).
+DATASETS = {'digit_scenes': scenes.DigitScenesDataset, 'coco': _coco_dataset}
+# A detector: (config, num_classes, norm, settings) -> the flax module.
+MODELS = {
+    'resnet_v2_small': lambda c, num_classes, norm, settings: (
+        detector.small_detector(num_classes, norm, width=c.width, **settings)),
+    'resnet50_v2': lambda c, num_classes, norm, settings: (
+        detector.resnet50_detector(num_classes, norm, **settings)),
+}
 
 
 def is_detection(config) -> bool:
@@ -40,9 +52,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int,
              num_processes: int = 1) -> None:
   """Raises ConfigError for the first detection config value that cannot work."""
   require = config_lib._require  # pylint: disable=protected-access
-  require(config.dataset in DATASETS, 'dataset', config.dataset,
-          f'allowed: {DATASETS}')
-  require(config.model in MODELS, 'model', config.model, f'allowed: {MODELS}')
+  for key, table in (('dataset', DATASETS), ('model', MODELS)):
+    require(config[key] in table, key, config[key], f'allowed: {tuple(table)}')
   require(num_processes == 1, 'distributed', config.distributed,
           'detection evaluation gathers detections in one process')
   for key in ('canvas_size', 'num_eval_images', 'num_proposals',
@@ -56,32 +67,25 @@ def validate(config: ml_collections.ConfigDict, num_devices: int,
   # Every key the classifiers share means the same here: check those with
   # the classifiers' rules, naming a classification dataset and model.
   shared = config.copy_and_resolve_references()
-  shared.dataset, shared.model = config_lib.DATASETS[0], 'resnet50_v2'
+  shared.dataset, shared.model = next(iter(data.DATASETS)), 'resnet50_v2'
   config_lib.validate(shared, num_devices, num_processes)
 
 
 def make_dataset(config):
-  if config.dataset == 'coco':
-    from evalnorm import coco  # tensorflow only when used
-    return coco.CocoDataset(config)
-  return scenes.DigitScenesDataset(config)
+  return components.lookup(DATASETS, 'dataset', config.dataset)(config)
 
 
 def build_detector(config, num_classes: int, norm_name: str | None = None):
   """The detector of ``config.model`` with the norm of ``norm_name``."""
-  norm = train.make_norm(config, norm_name)
-  dtype = jnp.bfloat16 if config.half_precision else jnp.float32
   settings = dict(
       anchor_sizes=tuple(config.anchor_sizes),
       aspect_ratios=tuple(config.aspect_ratios),
       pre_nms_top_k=config.pre_nms_top_k,
       rpn_nms_threshold=config.rpn_nms_threshold,
       num_proposals=config.num_proposals,
-      rois_per_image=config.rois_per_image, dtype=dtype)
-  if config.model == 'resnet50_v2':
-    return detector.resnet50_detector(num_classes, norm, **settings)
-  return detector.small_detector(num_classes, norm, width=config.width,
-                                 **settings)
+      rois_per_image=config.rois_per_image, dtype=components.dtype(config))
+  return components.lookup(MODELS, 'model', config.model)(
+      config, num_classes, components.make_norm(config, norm_name), settings)
 
 
 def smooth_l1(x, beta: float = 1.0 / 9):
@@ -177,7 +181,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                             jax.random.PRNGKey(config.seed))
   writer = console.MetricsConsole(
       metric_writers.create_default_writer(workdir), total_steps)
-  estimate = config.estimate_alpha_beta and config.norm == 'evalnorm'
+  estimate = (config.estimate_alpha_beta and
+              components.NORMS[config.norm].alpha_beta)
   evaluator = detection_eval.DetectionEvaluator(
       config, model, build_detector(config, dataset.num_classes, 'evalnorm'),
       dataset.image_shape[:2])
@@ -191,14 +196,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   writer.write_scalars(total_steps, {f'eval/{mode}_{name}': value
                                      for mode, r in results.items()
                                      for name, value in r.items()})
-  report_dict = {
-      'step': int(state.step), 'norm_batch_size': config.norm_batch_size,
-      'dataset': config.dataset, 'norm': config.norm,
-      'num_eval_examples': dataset.num_eval_examples, 'eval': results,
-      'alpha_beta': alpha_beta_by_layer(state.evalnorm) if estimate else {},
-  }
-  with open(os.path.join(workdir, 'eval.json'), 'w') as f:
-    json.dump(report_dict, f, indent=2)
+  record = report.write_eval_json(
+      workdir, config, int(state.step), dataset.num_eval_examples, results,
+      state.evalnorm if estimate else None)
   writer.flush()
   manager.wait_until_finished()
-  return report_dict
+  return record

@@ -26,11 +26,35 @@ import numpy as np
 import optax
 from jax import lax
 
-from evalnorm import parallel
+from evalnorm import components, parallel
 from evalnorm.variables import (batchnorm_to_evalnorm, one_over_b,
                                 rule_of_thumb, set_alpha_beta)
 
-BATCH_STATISTICS_NORMS = ('evalnorm', 'batchnorm')
+# The modes of a norm with batch statistics (evaluated through EvalNorm), in
+# report order, with their meaning; a norm without has its own one mode
+# (``components.Norm.eval_mode``).
+BATCH_STATISTICS_MODES = {
+    'ema': 'moving averages (plain BatchNorm evaluation)',
+    'evalnorm': 'EvalNorm, estimated alpha/beta',
+    'rule_of_thumb': 'EvalNorm, alpha = beta = 1/B^2',
+    'one_over_b': 'EvalNorm, alpha = beta = 1/B',
+    'precise_ema': 'recomputed averages (PreciseBN)',
+    'train_stats': 'batch statistics of groups of B (reference)',
+}
+
+
+def mode_descriptions() -> dict[str, str]:
+  """{mode: meaning} of every mode of every norm, in report order."""
+  own = {n.eval_mode: n.description for n in components.NORMS.values()
+         if n.eval_mode not in BATCH_STATISTICS_MODES and n.eval_mode}
+  return {**BATCH_STATISTICS_MODES, **own}
+
+
+def describe(mode: str) -> str:
+  """The meaning of ``mode`` in reports ('' when unknown)."""
+  if mode.startswith('fixed_'):
+    return f"EvalNorm, alpha = beta = {mode.removeprefix('fixed_')}"
+  return mode_descriptions().get(mode, '')
 
 
 def fixed_modes(evalnorm: Any, group_size: int,
@@ -93,7 +117,7 @@ def eval_step(params, stacked_modes, batch, apply_fn, train_stats: bool):
 
 def evalnorm_collection(config, state) -> Any:
   """The state's alpha/beta, or zeros for a model trained with nn.BatchNorm."""
-  if config.norm == 'batchnorm':
+  if not components.NORMS[config.norm].alpha_beta:
     return batchnorm_to_evalnorm({'batch_stats': state.batch_stats},
                                  per_channel=config.per_channel)['evalnorm']
   return state.evalnorm
@@ -108,7 +132,7 @@ class Evaluator:
 
   def __init__(self, config, model, evalnorm_model):
     self.config = config
-    self.uses_batch_statistics = config.norm in BATCH_STATISTICS_NORMS
+    self.uses_batch_statistics = components.NORMS[config.norm].batch_statistics
     eval_model = evalnorm_model if self.uses_batch_statistics else model
     self._step = parallel.pmap(
         functools.partial(eval_step, apply_fn=eval_model.apply,
@@ -117,12 +141,13 @@ class Evaluator:
   def modes(self, state) -> dict[str, Any]:
     """{mode: {'batch_stats', 'evalnorm'}} for the modes a trained state has."""
     if not self.uses_batch_statistics:
-      mode = 'groupnorm' if self.config.norm == 'groupnorm' else 'ema'
+      mode = components.NORMS[self.config.norm].eval_mode
       return {mode: {'batch_stats': state.batch_stats, 'evalnorm': {}}}
     evalnorm = evalnorm_collection(self.config, state)
     modes = fixed_modes(evalnorm, self.config.norm_batch_size,
                         self.config.fixed_alpha_beta)
-    if self.config.norm == 'evalnorm' and self.config.estimate_alpha_beta:
+    if (components.NORMS[self.config.norm].alpha_beta and
+        self.config.estimate_alpha_beta):
       modes['evalnorm'] = evalnorm
     return {mode: {'batch_stats': state.batch_stats, 'evalnorm': alpha_beta}
             for mode, alpha_beta in modes.items()}

@@ -11,17 +11,15 @@ PreciseBN statistics (``precise_ema_batches``) when the config asks.
 
 import functools
 import itertools
-import json
-import os
 import sys
 
 import jax
 from absl import logging
 from jax import lax
 
-from evalnorm import (calibration, checkpoint, config_lib, data, evaluation,
-                      parallel, train)
-from evalnorm.variables import (alpha_beta_by_layer, batchnorm_to_evalnorm,
+from evalnorm import (calibration, checkpoint, components, config_lib, data,
+                      evaluation, parallel, report)
+from evalnorm.variables import (batchnorm_to_evalnorm,
                                 mean_alpha_beta, set_alpha_beta)
 
 def estimate_offline(config, model, variables, dataset) -> tuple[dict, int]:
@@ -61,7 +59,7 @@ def precise_batch_stats(config, num_classes, variables, dataset) -> dict:
   """
   momentum_zero = config.copy_and_resolve_references()
   momentum_zero.bn_momentum = 0.0
-  model = train.build_model(momentum_zero, num_classes, 'evalnorm')
+  model = components.build_model(momentum_zero, num_classes, 'evalnorm')
 
   def batch_statistics(batch):
     _, new_vars = model.apply(variables, batch['image'], train=True,
@@ -95,14 +93,14 @@ def load_trained_variables(config, checkpoint_dir: str, template: dict):
   meta = checkpoint.read_meta(manager)
   check_checkpoint_matches(checkpoint_dir, meta, config)
   variables = checkpoint.restore_variables(manager, template)
-  if config.norm == 'batchnorm':
+  if not components.NORMS[config.norm].alpha_beta:
     variables = batchnorm_to_evalnorm(variables, per_channel=config.per_channel)
   return variables, meta
 
 
 def warn_if_rules_assume_other_b(config, meta: dict) -> None:
   trained_b = meta.get('norm_batch_size')
-  if config.norm == 'batchnorm':
+  if components.NORMS[config.norm].whole_batch:
     trained_b = meta.get('batch_size', 0) // max(meta.get('num_devices', 1), 1)
   if trained_b and trained_b != config.norm_batch_size:
     message = (f'warning: the model was trained with B={trained_b}, but the '
@@ -116,13 +114,14 @@ def estimate_and_evaluate(config, checkpoint_dir: str, workdir: str) -> dict:
   """The whole offline run; returns what it writes to workdir/eval.json."""
   config_lib.validate(config, jax.device_count(), jax.process_count(),
                       training=False)
-  if config.norm not in evaluation.BATCH_STATISTICS_NORMS:
+  allowed = components.names(components.NORMS, batch_statistics=True)
+  if config.norm not in allowed:
     raise config_lib.ConfigError(
         f'config.norm={config.norm!r} is invalid for offline estimation: '
-        f'allowed: {evaluation.BATCH_STATISTICS_NORMS}')
+        f'allowed: {allowed}')
   dataset = data.make_dataset(config)
-  trained_model = train.build_model(config, dataset.num_classes)
-  model = train.build_model(config, dataset.num_classes, 'evalnorm')
+  trained_model = components.build_model(config, dataset.num_classes)
+  model = components.build_model(config, dataset.num_classes, 'evalnorm')
   template = parallel.init_variables(trained_model, jax.random.PRNGKey(0),
                                      config.norm_batch_size, dataset.image_shape)
   variables, meta = load_trained_variables(config, checkpoint_dir, template)
@@ -143,13 +142,6 @@ def estimate_and_evaluate(config, checkpoint_dir: str, workdir: str) -> dict:
         'evalnorm': modes['ema']}
   evaluator = evaluation.Evaluator(config, trained_model, model)
   results = evaluator(variables['params'], mode_variables, dataset)
-  output = {'step': meta.get('step'), 'norm_batch_size': config.norm_batch_size,
-            'dataset': config.dataset, 'norm': config.norm,
-            'num_eval_examples': dataset.num_eval_examples,
-            'offline_examples': num_examples, 'checkpoint': checkpoint_dir,
-            'eval': results, 'alpha_beta': alpha_beta_by_layer(evalnorm)}
-  if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, 'eval.json'), 'w') as f:
-      json.dump(output, f, indent=2)
-  return output
+  return report.write_eval_json(
+      workdir, config, meta.get('step'), dataset.num_eval_examples, results,
+      evalnorm, offline_examples=num_examples, checkpoint=checkpoint_dir)

@@ -1,18 +1,14 @@
 """Markdown tables: the one printed at the end of a run (from eval.json) and
-the helper every report of the project writes its tables with."""
+the helper every report of the project writes its tables with; and eval.json.
 
+jax is imported only by the functions that need it: the experiments' reports
+use ``markdown_table`` without it.
+"""
+
+import json
+import os
 from collections.abc import Sequence
 from typing import Any
-
-MODE_DESCRIPTIONS = {
-    'ema': 'moving averages (plain BatchNorm evaluation)',
-    'evalnorm': 'EvalNorm, estimated alpha/beta',
-    'rule_of_thumb': 'EvalNorm, alpha = beta = 1/B^2',
-    'one_over_b': 'EvalNorm, alpha = beta = 1/B',
-    'precise_ema': 'recomputed averages (PreciseBN)',
-    'train_stats': 'batch statistics of groups of B (reference)',
-    'groupnorm': 'GroupNorm (no batch statistics)',
-}
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]],
@@ -30,10 +26,25 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]],
   return '\n'.join(lines)
 
 
-def describe(mode: str) -> str:
-  if mode.startswith('fixed_'):
-    return f"EvalNorm, alpha = beta = {mode.removeprefix('fixed_')}"
-  return MODE_DESCRIPTIONS.get(mode, '')
+def write_eval_json(workdir: str, config, step: int, num_eval_examples: int,
+                    results: dict, evalnorm=None, **extra) -> dict:
+  """Writes (from process 0) and returns the record of workdir/eval.json.
+
+  ``results``: {mode: metrics}; ``evalnorm``: the alpha/beta to record by
+  layer (None: none estimated); ``extra``: keys of the command's own.
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+  from evalnorm.variables import alpha_beta_by_layer  # pylint: disable=import-outside-toplevel
+  record = {'step': step, 'norm_batch_size': config.norm_batch_size,
+            'dataset': config.dataset, 'norm': config.norm,
+            'num_eval_examples': num_eval_examples, **extra, 'eval': results,
+            'alpha_beta': ({} if evalnorm is None
+                           else alpha_beta_by_layer(evalnorm))}
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, 'eval.json'), 'w') as f:
+      json.dump(record, f, indent=2)
+  return record
 
 
 # (eval.json key, column heading, format) of each metric a table shows.
@@ -46,11 +57,12 @@ DETECTION_COLUMNS = (('AP', 'AP', '.1f'), ('AP50', 'AP50', '.1f'),
 def results_table(results: dict, columns=CLASSIFICATION_COLUMNS,
                   examples: str = 'eval examples') -> str:
   """A markdown table of the metrics in ``columns`` per evaluation mode."""
+  from evalnorm import evaluation  # pylint: disable=import-outside-toplevel
   modes = results['eval']
-  ordered = [m for m in MODE_DESCRIPTIONS if m in modes]
+  ordered = [m for m in evaluation.mode_descriptions() if m in modes]
   ordered += sorted(set(modes) - set(ordered))
   rows = [[mode] + [format(modes[mode][key], spec) for key, _, spec in columns]
-          + [describe(mode)] for mode in ordered]
+          + [evaluation.describe(mode)] for mode in ordered]
   table = markdown_table(['mode'] + [c[1] for c in columns] + ['meaning'], rows,
                          align='l' + 'r' * len(columns) + 'l')
   return (f"{results['dataset']}, norm={results['norm']}, "

@@ -17,8 +17,6 @@ runs; tests and notebooks call it directly.
 """
 
 import functools
-import json
-import os
 import signal
 import threading
 from typing import Any
@@ -36,11 +34,10 @@ from flax import jax_utils, serialization
 from flax.training import train_state
 from jax import lax
 
-from evalnorm import (baselines, calibration, checkpoint, config_lib, data,
-                      evaluation, models, parallel)
+from evalnorm import (calibration, checkpoint, components, config_lib, data,
+                      evaluation, parallel, report)
 from evalnorm import console
-from evalnorm.layers import EvalNorm
-from evalnorm.variables import alpha_beta_by_layer, mean_alpha_beta, total_aux_loss
+from evalnorm.variables import mean_alpha_beta, total_aux_loss
 
 
 class TrainingDiverged(RuntimeError):
@@ -53,43 +50,6 @@ class TrainState(train_state.TrainState):
   evalnorm: Any
   evalnorm_opt_state: Any
   evalnorm_tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
-
-
-def make_norm(config: ml_collections.ConfigDict, norm_name: str | None = None):
-  """The norm layer (a ModuleDef) that ``norm_name`` (default config.norm) means."""
-  common = dict(momentum=config.bn_momentum, epsilon=config.bn_epsilon)
-  norm_name = norm_name or config.norm
-  if norm_name == 'evalnorm':
-    return functools.partial(
-        EvalNorm, group_size=config.norm_batch_size,
-        per_channel=config.per_channel, alpha_init=config.alpha_init,
-        beta_init=config.beta_init, **common)
-  if norm_name == 'batchnorm':
-    return functools.partial(nn.BatchNorm, **common)
-  if norm_name == 'renorm':
-    return functools.partial(
-        baselines.BatchRenorm, group_size=config.norm_batch_size,
-        rmax=config.renorm_rmax, dmax=config.renorm_dmax,
-        warmup_steps=config.renorm_warmup_steps, **common)
-  if norm_name == 'groupnorm':
-    return functools.partial(baselines.GroupNormSlot,
-                             num_groups=config.groupnorm_groups,
-                             epsilon=config.bn_epsilon)
-  raise config_lib.ConfigError(f'config.norm={norm_name!r} is invalid: '
-                               f'allowed: {config_lib.NORMS}')
-
-
-def build_model(config: ml_collections.ConfigDict, num_classes: int,
-                norm_name: str | None = None) -> nn.Module:
-  norm = make_norm(config, norm_name)
-  dtype = jnp.bfloat16 if config.half_precision else jnp.float32
-  if config.model == 'resnet_v2_cifar':
-    return models.cifar_resnet_v2(config.depth, config.width, num_classes, norm,
-                                  stem_strides=config.stem_strides, dtype=dtype)
-  if config.model == 'resnet50_v2':
-    return models.resnet50_v2(num_classes, norm, dtype=dtype)
-  raise config_lib.ConfigError(f'config.model={config.model!r} is invalid: '
-                               f'allowed: {config_lib.MODELS}')
 
 
 def learning_rate_schedule(config, total_steps: int) -> optax.Schedule:
@@ -232,49 +192,16 @@ def checkpoint_meta(config, num_classes: int) -> dict:
           'batch_size': config.batch_size, 'num_devices': jax.device_count()}
 
 
-def initialize_from(config, state: TrainState, image_shape) -> TrainState:
-  """Fine-tuning start: weights (and statistics) of the run in ``init_from``.
-
-  The classifier ``head`` stays freshly initialized, as a new task's would be.
-  ``init_norm='reset'`` also keeps the fresh scale, bias and moving averages
-  of every norm layer; alpha/beta always start from alpha_init/beta_init.
-  """
-  manager = checkpoint.open_existing(config.init_from)
-  # The pretrained head may have another number of classes.
-  source = build_model(config, checkpoint.read_meta(manager)['num_classes'])
-  template = parallel.init_variables(source, jax.random.PRNGKey(0),
-                                     config.norm_batch_size, image_shape)
-  pretrained = checkpoint.restore_variables(manager, template)
-  reset_norm = config.init_norm == 'reset'
-
-  def merge(fresh, loaded, collection):
-    fresh = flax.traverse_util.flatten_dict(flax.core.unfreeze(fresh))
-    loaded = flax.traverse_util.flatten_dict(flax.core.unfreeze(loaded))
-    for path in fresh:
-      keep_fresh = path[0] == 'head' or (reset_norm and (
-          collection == 'batch_stats' or models.is_norm_layer(path)))
-      if keep_fresh:
-        continue
-      if path not in loaded:
-        raise checkpoint.CheckpointError(
-            f'init_from={config.init_from!r} has no {collection} '
-            f'{"/".join(path)}: it was trained with another model or norm')
-      fresh[path] = loaded[path]
-    return flax.traverse_util.unflatten_dict(fresh)
-  logging.info('Initialized from %s (norm layers: %s).', config.init_from,
-               config.init_norm)
-  return state.replace(
-      params=merge(state.params, pretrained['params'], 'params'),
-      batch_stats=merge(state.batch_stats, pretrained['batch_stats'],
-                        'batch_stats'))
-
-
 def restore_or_create(config, manager, model, dataset, total_steps, rng):
   state = create_train_state(config, model, dataset.image_shape, total_steps, rng)
   if manager.latest_step() is None:
     # A resumed fine-tuning run restores its own checkpoint instead.
-    return (initialize_from(config, state, dataset.image_shape)
-            if config.init_from else state)
+    if not config.init_from:
+      return state
+    return components.initialize_from(
+        state, config.init_from, config.init_norm,
+        functools.partial(components.build_model, config), config.norm_batch_size,
+        dataset.image_shape)
   state, meta = checkpoint.restore_latest_usable(manager, state)
   logging.info('Resumed from step %d of %s (trained with B=%s).',
                int(state.step), manager.directory, meta.get('norm_batch_size'))
@@ -322,12 +249,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     config_lib.validate(config, jax.device_count(), jax.process_count())
     dataset = data.make_dataset(config)
     total_steps = config_lib.num_train_steps(config, dataset.num_train_examples)
-    model = build_model(config, dataset.num_classes)
+    model = components.build_model(config, dataset.num_classes)
     writer = console.MetricsConsole(metric_writers.create_default_writer(
         workdir, just_logging=jax.process_index() > 0), total_steps)
-    estimate = config.estimate_alpha_beta and config.norm == 'evalnorm'
+    estimate = (config.estimate_alpha_beta and
+                components.NORMS[config.norm].alpha_beta)
     evaluator = evaluation.Evaluator(
-        config, model, build_model(config, dataset.num_classes, 'evalnorm'))
+        config, model, components.build_model(config, dataset.num_classes, 'evalnorm'))
     manager = checkpoint.make_manager(workdir, config.checkpoints_to_keep,
                                       asynchronous=config.async_checkpointing)
     with checkpoint.closing(manager):
@@ -342,17 +270,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       results = evaluator(state.params, evaluator.modes(state), dataset)
     writer.write_scalars(total_steps, {f'eval/{mode}_top1': r['top1']
                                        for mode, r in results.items()})
-    report = {
-        'step': int(state.step), 'norm_batch_size': config.norm_batch_size,
-        'dataset': config.dataset, 'norm': config.norm,
-        'num_eval_examples': dataset.num_eval_examples, 'eval': results,
-        'alpha_beta': alpha_beta_by_layer(state.evalnorm) if estimate else {},
-    }
-    if jax.process_index() == 0:
-      with open(os.path.join(workdir, 'eval.json'), 'w') as f:
-        json.dump(report, f, indent=2)
+    record = report.write_eval_json(
+        workdir, config, int(state.step), dataset.num_eval_examples, results,
+        state.evalnorm if estimate else None)
     writer.flush()
-  return report
+  return record
 
 
 class Preempted(RuntimeError):

@@ -557,10 +557,10 @@ def listing(planned: Sequence[Run]) -> str:
 def load_trained(run: Run, workdir_root: str):
   """(config, dataset, EvalNorm model, variables) of a finished training run."""
   import jax  # pylint: disable=g-import-not-at-top
-  from evalnorm import checkpoint, data, parallel, train  # pylint: disable=g-import-not-at-top
+  from evalnorm import checkpoint, components, data, parallel  # pylint: disable=g-import-not-at-top
   config = load_config(run)
   dataset = data.make_dataset(config)
-  model = train.build_model(config, dataset.num_classes, 'evalnorm')
+  model = components.build_model(config, dataset.num_classes, 'evalnorm')
   template = parallel.init_variables(model, jax.random.PRNGKey(0),
                                      config.norm_batch_size, dataset.image_shape)
   manager = checkpoint.open_existing(os.path.join(workdir_root, run.name))

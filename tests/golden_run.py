@@ -27,10 +27,10 @@ def quick_start_run(num_steps: int, estimate: bool = True, steps=None):
   Returns ({'loss': [...], 'grad_norm': [...], 'aux_loss': [...] when
   estimating}, host state after the last step).
   """
-  from evalnorm import data, train  # after conftest set up the devices
+  from evalnorm import components, data, train  # after conftest set up the devices
   config = digits_config.get_config()
   dataset = data.make_dataset(config)
-  model = train.build_model(config, dataset.num_classes)
+  model = components.build_model(config, dataset.num_classes)
   state = train.create_train_state(config, model, dataset.image_shape,
                                    config.num_train_steps,
                                    jax.random.PRNGKey(config.seed))

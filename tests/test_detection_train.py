@@ -9,8 +9,9 @@ import jax
 import numpy as np
 import pytest
 
-from evalnorm import (checkpoint, config_lib, detection_eval, detection_init,
-                      detection_train, detector, parallel, scenes, train)
+from evalnorm import (checkpoint, components, config_lib, detection_eval,
+                      detection_init, detection_train, detector, parallel,
+                      scenes, train)
 from evalnorm.layers import EvalNorm
 
 from configs import detection as detection_config
@@ -127,7 +128,7 @@ def test_a_run_writes_coco_files_that_reproduce_eval_json(tmp_path):
 def test_detector_starts_from_a_classifier(tmp_path, init_norm):
   from training_helpers import small_digits_config
   classifier_config = small_digits_config(dataset='noisy_digits', stem_strides=2)
-  classifier = train.build_model(classifier_config, 10)
+  classifier = components.build_model(classifier_config, 10)
   source = train.create_train_state(classifier_config, classifier, (24, 24, 1),
                                     10, jax.random.PRNGKey(1))
   # Distinct values, so that a copied variable is recognizable.

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from evalnorm import checkpoint, data, offline, train
+from evalnorm import checkpoint, components, data, offline, train
 from evalnorm.layers import EvalNorm
 from evalnorm.variables import batchnorm_to_evalnorm
 
@@ -39,7 +39,7 @@ def batchnorm_run(tmp_path_factory):
 
 
 def restored_variables(config, workdir):
-  model = train.build_model(config, 10)
+  model = components.build_model(config, 10)
   template = model.init(jax.random.PRNGKey(0), jnp.zeros((2, 8, 8, 1)),
                         train=False)
   return checkpoint.restore_variables(checkpoint.open_existing(workdir), template)
@@ -95,7 +95,7 @@ def test_precise_ema_is_the_mean_of_per_batch_group_statistics(batchnorm_run):
   dataset = data.make_dataset(config)
   variables = batchnorm_to_evalnorm(restored_variables(config, workdir))
   got = offline.precise_batch_stats(config, 10, variables, dataset)
-  model = train.build_model(config, 10, 'evalnorm')
+  model = components.build_model(config, 10, 'evalnorm')
   sums = {}
   for step in range(2):
     for path, x in norm_inputs(model, variables,

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from flax import jax_utils
 
-from evalnorm import checkpoint, data, evaluation, train
+from evalnorm import checkpoint, components, data, evaluation, train
 
 from training_helpers import ROOT, logged_steps, read_eval, small_digits_config
 
@@ -59,7 +59,7 @@ def test_divergence_stops_with_one_line_and_saves_no_bad_state(tmp_path,
               if 'tmp' in name]
   manager = checkpoint.make_manager(str(tmp_path), create=False)
   assert manager.latest_step() is not None  # a save happened before the NaN
-  model = train.build_model(config, 10)
+  model = components.build_model(config, 10)
   template = model.init(jax.random.PRNGKey(0), jnp.zeros((2, 8, 8, 1)),
                         train=False)
   saved = checkpoint.restore_variables(manager, template)
@@ -70,7 +70,7 @@ def test_a_non_finite_state_is_never_saved(tmp_path):
   """The saved arrays are checked, not only the loss (computed before the
   step's update): finite metrics with a NaN statistic are refused."""
   config = small_digits_config()
-  model = train.build_model(config, 10)
+  model = components.build_model(config, 10)
   state = train.create_train_state(config, model, (8, 8, 1), 10,
                                    jax.random.PRNGKey(0))
   stats = state.batch_stats

@@ -1,5 +1,6 @@
 """Training system: step isolation, device equivalence, resume, configs end to end."""
 
+import functools
 import hashlib
 import logging
 import os
@@ -13,8 +14,8 @@ import numpy as np
 import pytest
 from flax import jax_utils
 
-from evalnorm import (calibration, checkpoint, config_lib, data, parallel,
-                      train)
+from evalnorm import (calibration, checkpoint, components, config_lib, data,
+                      parallel, train)
 from evalnorm.variables import mean_alpha_beta, set_alpha_beta
 
 from training_helpers import ROOT, logged_steps, read_eval, small_digits_config
@@ -25,7 +26,7 @@ from configs import imagenet as imagenet_config
 def one_step(config, estimate, num_steps=1):
   """State after ``num_steps`` train steps on 8 devices, and the last metrics."""
   dataset = data.make_dataset(config)
-  model = train.build_model(config, dataset.num_classes)
+  model = components.build_model(config, dataset.num_classes)
   state = train.create_train_state(config, model, dataset.image_shape, 10,
                                    jax.random.PRNGKey(0))
   steps = train.Steps(train.classifier_forward)
@@ -39,7 +40,7 @@ def one_step(config, estimate, num_steps=1):
 def test_frozen_batch_stats_train_everything_else():
   config = small_digits_config()
   dataset = data.make_dataset(config)
-  model = train.build_model(config, dataset.num_classes)
+  model = components.build_model(config, dataset.num_classes)
   state = train.create_train_state(config, model, dataset.image_shape, 10,
                                    jax.random.PRNGKey(0))
   steps = train.Steps(train.classifier_forward, update_batch_stats=False)
@@ -65,10 +66,13 @@ def test_initialize_from_a_trained_run(trained_run, init_norm):
   pretrained_config, workdir, _ = trained_run
   config = small_digits_config(init_from=workdir, init_norm=init_norm, seed=5)
   dataset = data.make_dataset(config)
-  model = train.build_model(config, dataset.num_classes)
+  model = components.build_model(config, dataset.num_classes)
   fresh = train.create_train_state(config, model, dataset.image_shape, 10,
                                    jax.random.PRNGKey(5))
-  state = train.initialize_from(config, fresh, dataset.image_shape)
+  state = components.initialize_from(
+      fresh, config.init_from, config.init_norm,
+      functools.partial(components.build_model, config), config.norm_batch_size,
+      dataset.image_shape)
   template = {'params': fresh.params, 'batch_stats': fresh.batch_stats,
               'evalnorm': fresh.evalnorm}
   saved = checkpoint.restore_variables(checkpoint.open_existing(workdir),
@@ -97,7 +101,7 @@ def test_initialize_from_a_missing_run_is_one_clear_error(tmp_path):
 def steps_on_devices(config, num_devices, num_steps):
   """State after ``num_steps`` train steps pmapped over the first devices."""
   dataset = data.make_dataset(config)
-  model = train.build_model(config, dataset.num_classes)
+  model = components.build_model(config, dataset.num_classes)
   state = train.create_train_state(config, model, dataset.image_shape, 30,
                                    jax.random.PRNGKey(0))
   devices = jax.devices()[:num_devices]
@@ -173,7 +177,7 @@ def test_eight_devices_match_one_device_end_to_end(tmp_path):
 def set_alpha_beta_in_checkpoint(config, workdir, step, value):
   """Rewrites checkpoint ``step`` of ``workdir`` with every alpha/beta = value."""
   dataset = data.make_dataset(config)
-  model = train.build_model(config, dataset.num_classes)
+  model = components.build_model(config, dataset.num_classes)
   template = train.create_train_state(config, model, dataset.image_shape, 1,
                                       jax.random.PRNGKey(0))
   manager = checkpoint.make_manager(workdir, asynchronous=False)
@@ -218,7 +222,7 @@ def test_fine_tuning_rerun_resumes_its_own_checkpoint(trained_run, tmp_path):
   # init_from's latest checkpoint (step 20) differs from the run's own (10).
   config = small_digits_config(num_train_steps=20, init_from=original)
   dataset = data.make_dataset(config)
-  model = train.build_model(config, dataset.num_classes)
+  model = components.build_model(config, dataset.num_classes)
   manager = checkpoint.make_manager(workdir)
   state = train.restore_or_create(config, manager, model, dataset, 20,
                                   jax.random.PRNGKey(0))
