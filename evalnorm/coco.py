@@ -70,7 +70,9 @@ class CocoDataset:
 
   def __init__(self, config):
     import tensorflow_datasets as tfds
-    self._config = config
+    self._seed = config.seed
+    self._batch_size = config.batch_size  # global
+    self._eval_batch_size = config.eval_batch_size
     data_dir = config.get('data_dir')
     self._builder = tfds.builder('coco/2017', data_dir=data_dir and
                                  os.path.expanduser(data_dir))
@@ -117,7 +119,7 @@ class CocoDataset:
     import tensorflow_datasets as tfds
     options = tf.data.Options()
     options.deterministic = True
-    read_config = tfds.ReadConfig(shuffle_seed=self._config.seed,
+    read_config = tfds.ReadConfig(shuffle_seed=self._seed,
                                   options=options)
     return self._builder.as_dataset(
         split=tfds.split_for_jax_process(split), shuffle_files=shuffle_files,
@@ -126,12 +128,12 @@ class CocoDataset:
   def train_batches(self, start_step: int) -> Iterator[data.Batch]:
     import tensorflow as tf
     import tensorflow_datasets as tfds
-    batch_size = self._config.batch_size // jax.process_count()
+    batch_size = self._batch_size // jax.process_count()
     dataset = self._read(self.train_split, shuffle_files=True).repeat()
     dataset = dataset.shuffle(min(1000, self.num_train_examples),
-                              seed=self._config.seed)
+                              seed=self._seed)
     dataset = dataset.enumerate().skip(start_step * batch_size)
-    process_seed = tf.constant([self._config.seed, jax.process_index()],
+    process_seed = tf.constant([self._seed, jax.process_index()],
                                tf.int64)
 
     def preprocess(position, example):
@@ -146,14 +148,14 @@ class CocoDataset:
   def _eval_examples(self):
     import tensorflow as tf
     import tensorflow_datasets as tfds
-    batch_size = self._config.eval_batch_size // jax.process_count()
+    batch_size = self._eval_batch_size // jax.process_count()
     dataset = self._read(self.eval_split, shuffle_files=False)
     dataset = dataset.map(self._example, num_parallel_calls=tf.data.AUTOTUNE)
     return tfds.as_numpy(dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE))
 
   def eval_batches(self) -> Iterator[data.Batch]:
     """Full batches; the last one padded with repeats (mask 0)."""
-    batch_size = self._config.eval_batch_size // jax.process_count()
+    batch_size = self._eval_batch_size // jax.process_count()
     first = None
     for batch in self._eval_examples():
       first = batch if first is None else first

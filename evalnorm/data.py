@@ -182,6 +182,11 @@ def _process_slice(batch: Batch) -> Batch:
 class _InMemoryDigits:
   """Iteration shared by the two digit datasets (they differ in train_batch)."""
 
+  def __init__(self, config):
+    self._seed = config.seed
+    self._batch_size = config.batch_size  # global, as every process draws it
+    self._eval_batch_size = config.eval_batch_size
+
   def train_batch(self, step: int) -> Batch:
     raise NotImplementedError
 
@@ -191,7 +196,7 @@ class _InMemoryDigits:
 
   def eval_batches(self) -> Iterator[Batch]:
     return _array_eval_batches(self._eval_images, self._eval_labels,
-                               self._config.eval_batch_size)
+                               self._eval_batch_size)
 
 
 class DigitsDataset(_InMemoryDigits):
@@ -201,7 +206,7 @@ class DigitsDataset(_InMemoryDigits):
   image_shape = (8, 8, 1)
 
   def __init__(self, config):
-    self._config = config
+    super().__init__(config)
     self._train_images, self._train_labels, eval_images, self._eval_labels = (
         _digits_split())
     # Fixed constants from the training split (eval never uses its own).
@@ -213,8 +218,8 @@ class DigitsDataset(_InMemoryDigits):
 
   def train_batch(self, step: int) -> Batch:
     """This process's training batch of global step `step`."""
-    rng = _step_rng(self._config.seed, step)
-    indices = rng.integers(0, self.num_train_examples, self._config.batch_size)
+    rng = _step_rng(self._seed, step)
+    indices = rng.integers(0, self.num_train_examples, self._batch_size)
     indices = _process_slice({'label': indices})['label']
     images = self._train_images[indices]
     return {'image': _standardize_digits(images, self._mean, self._std),
@@ -345,7 +350,7 @@ class NoisyDigitsDataset(_InMemoryDigits):
   num_eval_examples = _NUM_NOISY_EVAL_EXAMPLES
 
   def __init__(self, config):
-    self._config = config
+    super().__init__(config)
     self._train_digits, self._train_labels, held_out_digits, held_out_labels = (
         _digits_split())
     self.num_train_examples = len(self._train_labels)
@@ -359,8 +364,8 @@ class NoisyDigitsDataset(_InMemoryDigits):
 
   def train_batch(self, step: int) -> Batch:
     """This process's training batch of global step `step`."""
-    rng = _step_rng(self._config.seed, step)
-    indices = rng.integers(0, self.num_train_examples, self._config.batch_size)
+    rng = _step_rng(self._seed, step)
+    indices = rng.integers(0, self.num_train_examples, self._batch_size)
     # The whole global batch is rendered (its random draws are sequential),
     # then sliced: each process renders num_processes times its share.
     images = _render_noisy_digits(self._train_digits[indices], rng)
@@ -424,7 +429,10 @@ class _TfdsDataset:
 
   def __init__(self, config, tfds_name: str):
     import tensorflow_datasets as tfds
-    self._config = config
+    self._seed = config.seed
+    self._batch_size = config.batch_size  # global
+    self._eval_batch_size = config.eval_batch_size
+    self._shuffle_buffer = config.get('shuffle_buffer')  # tests set it
     self.name = tfds_name
     data_dir = config.get('data_dir')
     if data_dir:  # tfds does not expand '~' itself
@@ -447,7 +455,7 @@ class _TfdsDataset:
     import tensorflow_datasets as tfds
     options = tf.data.Options()
     options.deterministic = True
-    read_config = tfds.ReadConfig(shuffle_seed=self._config.seed,
+    read_config = tfds.ReadConfig(shuffle_seed=self._seed,
                                   options=options)
     dataset = self._builder.as_dataset(
         split=tfds.split_for_jax_process(split), shuffle_files=shuffle_files,
@@ -457,12 +465,12 @@ class _TfdsDataset:
   def train_batches(self, start_step: int) -> Iterator[Batch]:
     import tensorflow as tf
     import tensorflow_datasets as tfds
-    batch_size = _local_batch_size(self._config.batch_size)
-    seed = self._config.seed
+    batch_size = _local_batch_size(self._batch_size)
+    seed = self._seed
     dataset = self._read(self.train_split, shuffle_files=True).repeat()
     # A buffer beyond the split size buys nothing (and under mock_data, filling
     # 10k examples from its Python generator takes half a minute).
-    buffer_size = (self._config.get('shuffle_buffer') or
+    buffer_size = (self._shuffle_buffer or
                    min(_DEFAULT_SHUFFLE_BUFFER, self.num_train_examples))
     dataset = dataset.shuffle(buffer_size, seed=seed)
     # Batch k holds stream positions [k * batch_size, (k + 1) * batch_size), so
@@ -482,7 +490,7 @@ class _TfdsDataset:
   def eval_batches(self) -> Iterator[Batch]:
     import tensorflow as tf
     import tensorflow_datasets as tfds
-    batch_size = _local_batch_size(self._config.eval_batch_size)
+    batch_size = _local_batch_size(self._eval_batch_size)
     dataset = self._read(self.eval_split, shuffle_files=False)
     dataset = dataset.map(self._preprocess_eval,
                           num_parallel_calls=tf.data.AUTOTUNE)

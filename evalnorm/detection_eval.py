@@ -25,7 +25,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from evalnorm import components, detector, evaluation, parallel
+from evalnorm import evaluation, parallel
 
 METRICS = ('AP', 'AP50', 'AP75')  # COCOeval.stats[0:3], in percent
 
@@ -129,28 +129,23 @@ class DetectionEvaluator(evaluation.Evaluator):
   calling it returns each mode's COCO-format detections.
   """
 
-  def __init__(self, config, model, evalnorm_model, image_size):
-    self.config = config
-    self.uses_batch_statistics = components.NORMS[config.norm].batch_statistics
-    eval_model = evalnorm_model if self.uses_batch_statistics else model
-    postprocess = functools.partial(
-        detector.postprocess, image_size=image_size,
-        score_threshold=config.score_threshold,
-        nms_threshold=config.detection_nms_threshold,
-        max_detections=config.max_detections)
-    self._step = parallel.pmap(
-        functools.partial(eval_step, apply_fn=eval_model.apply,
-                          postprocess=postprocess,
-                          train_stats=self.uses_batch_statistics))
+  def __init__(self, model, evalnorm_model,
+               settings: evaluation.ModeSettings, postprocess,
+               rcn_group_size: int):
+    """``postprocess``: the detector's outputs -> detections (as
+    ``detector.postprocess`` with its settings bound); ``rcn_group_size``:
+    the RCN layers' B (B * rois_per_image)."""
+    super().__init__(model, evalnorm_model, settings,
+                     functools.partial(eval_step, postprocess=postprocess))
+    self.rcn_group_size = rcn_group_size
 
   def modes(self, state) -> dict[str, Any]:
     modes = super().modes(state)
     if not self.uses_batch_statistics:
       return modes
-    rcn_group = self.config.norm_batch_size * self.config.rois_per_image
-    evalnorm = evaluation.evalnorm_collection(self.config, state)
-    rcn_modes = evaluation.fixed_modes(evalnorm['rcn'], rcn_group,
-                                       self.config.fixed_alpha_beta)
+    rcn_modes = evaluation.fixed_modes(self.alpha_beta(state)['rcn'],
+                                       self.rcn_group_size,
+                                       self.settings.fixed_alpha_beta)
     for mode, rcn_alpha_beta in rcn_modes.items():
       modes[mode]['evalnorm'] = {**modes[mode]['evalnorm'],
                                  'rcn': rcn_alpha_beta}

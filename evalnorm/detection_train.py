@@ -23,7 +23,7 @@ from jax import lax
 
 from evalnorm import (checkpoint, components, config_lib, data,
                       detection_eval, detection_init, detection_targets,
-                      detector, parallel, report, scenes, train)
+                      detector, evaluation, parallel, report, scenes, train)
 from evalnorm import console
 
 
@@ -183,13 +183,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       metric_writers.create_default_writer(workdir), total_steps)
   estimate = (config.estimate_alpha_beta and
               components.NORMS[config.norm].alpha_beta)
+  postprocess = functools.partial(
+      detector.postprocess, image_size=dataset.image_shape[:2],
+      score_threshold=config.score_threshold,
+      nms_threshold=config.detection_nms_threshold,
+      max_detections=config.max_detections)
   evaluator = detection_eval.DetectionEvaluator(
-      config, model, build_detector(config, dataset.num_classes, 'evalnorm'),
-      dataset.image_shape[:2])
-  forward_fn = functools.partial(detector_forward, seed=config.seed,
-                                 rpn_samples=config.rpn_samples)
-  state = train.train_loop(config, state, dataset, manager, writer, evaluator,
-                           total_steps, estimate, forward_fn=forward_fn)
+      model, build_detector(config, dataset.num_classes, 'evalnorm'),
+      evaluation.ModeSettings.from_config(config, estimate), postprocess,
+      rcn_group_size=config.norm_batch_size * config.rois_per_image)
+  steps = train.Steps(
+      functools.partial(detector_forward, seed=config.seed,
+                        rpn_samples=config.rpn_samples),
+      update_batch_stats=not config.freeze_batch_stats)
+  state = train.train_loop(
+      state, dataset, steps,
+      train.Schedule.from_config(config, total_steps, estimate), manager,
+      train.checkpoint_meta(config, dataset.num_classes), writer, evaluator)
   state = parallel.to_host(state)
   results = evaluator(state.params, evaluator.modes(state), dataset,
                       directory=os.path.join(workdir, 'coco'))

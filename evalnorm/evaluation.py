@@ -16,8 +16,9 @@ but ``evalnorm`` without retraining. Batch Renorm and GroupNorm models have
 one mode: their own evaluation (``ema`` for renorm, ``groupnorm``).
 """
 
+import dataclasses
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -115,12 +116,34 @@ def eval_step(params, stacked_modes, batch, apply_fn, train_stats: bool):
   return results
 
 
-def evalnorm_collection(config, state) -> Any:
+def evalnorm_collection(state, norm: str, per_channel: bool) -> Any:
   """The state's alpha/beta, or zeros for a model trained with nn.BatchNorm."""
-  if not components.NORMS[config.norm].alpha_beta:
+  if not components.NORMS[norm].alpha_beta:
     return batchnorm_to_evalnorm({'batch_stats': state.batch_stats},
-                                 per_channel=config.per_channel)['evalnorm']
+                                 per_channel=per_channel)['evalnorm']
   return state.evalnorm
+
+
+@dataclasses.dataclass(frozen=True)
+class ModeSettings:
+  """What decides the evaluation modes of a trained state.
+
+  norm: the trained norm (``config.norm``); group_size: B of the rules 1/B^2
+  and 1/B (``config.norm_batch_size``); fixed_alpha_beta: the constants of
+  the ``fixed_<c>`` modes; estimated: alpha/beta were estimated (the
+  ``evalnorm`` mode); per_channel: alpha/beta per channel, for a converted
+  nn.BatchNorm model.
+  """
+  norm: str
+  group_size: int
+  fixed_alpha_beta: Sequence[float] = ()
+  estimated: bool = False
+  per_channel: bool = False
+
+  @classmethod
+  def from_config(cls, config, estimated: bool) -> 'ModeSettings':
+    return cls(config.norm, config.norm_batch_size,
+               tuple(config.fixed_alpha_beta), estimated, config.per_channel)
 
 
 class Evaluator:
@@ -128,26 +151,32 @@ class Evaluator:
 
   ``model`` is the trained model and ``evalnorm_model`` the same architecture
   with EvalNorm layers (groups of B), used for BatchNorm-family models.
+  ``step``: the per-device program (``eval_step`` or the detector's).
   """
 
-  def __init__(self, config, model, evalnorm_model):
-    self.config = config
-    self.uses_batch_statistics = components.NORMS[config.norm].batch_statistics
+  def __init__(self, model, evalnorm_model, settings: ModeSettings,
+               step: Callable = eval_step):
+    self.settings = settings
+    self.uses_batch_statistics = components.NORMS[settings.norm].batch_statistics
     eval_model = evalnorm_model if self.uses_batch_statistics else model
     self._step = parallel.pmap(
-        functools.partial(eval_step, apply_fn=eval_model.apply,
+        functools.partial(step, apply_fn=eval_model.apply,
                           train_stats=self.uses_batch_statistics))
+
+  def alpha_beta(self, state) -> Any:
+    """The state's ``evalnorm`` collection (zeros for a converted model)."""
+    return evalnorm_collection(state, self.settings.norm,
+                               self.settings.per_channel)
 
   def modes(self, state) -> dict[str, Any]:
     """{mode: {'batch_stats', 'evalnorm'}} for the modes a trained state has."""
+    s = self.settings
     if not self.uses_batch_statistics:
-      mode = components.NORMS[self.config.norm].eval_mode
+      mode = components.NORMS[s.norm].eval_mode
       return {mode: {'batch_stats': state.batch_stats, 'evalnorm': {}}}
-    evalnorm = evalnorm_collection(self.config, state)
-    modes = fixed_modes(evalnorm, self.config.norm_batch_size,
-                        self.config.fixed_alpha_beta)
-    if (components.NORMS[self.config.norm].alpha_beta and
-        self.config.estimate_alpha_beta):
+    evalnorm = self.alpha_beta(state)
+    modes = fixed_modes(evalnorm, s.group_size, s.fixed_alpha_beta)
+    if s.estimated:
       modes['evalnorm'] = evalnorm
     return {mode: {'batch_stats': state.batch_stats, 'evalnorm': alpha_beta}
             for mode, alpha_beta in modes.items()}

@@ -140,7 +140,9 @@ def estimate_and_evaluate(config, checkpoint_dir: str, workdir: str) -> dict:
         'batch_stats': precise_batch_stats(config, dataset.num_classes, variables,
                                            dataset),
         'evalnorm': modes['ema']}
-  evaluator = evaluation.Evaluator(config, trained_model, model)
+  evaluator = evaluation.Evaluator(
+      trained_model, model,
+      evaluation.ModeSettings(config.norm, config.norm_batch_size))
   results = evaluator(variables['params'], mode_variables, dataset)
   return report.write_eval_json(
       workdir, config, meta.get('step'), dataset.num_eval_examples, results,

@@ -158,8 +158,10 @@ class DigitScenesDataset:
   category_names = tuple(str(d) for d in range(10))
 
   def __init__(self, config):
-    self._config = config
-    size = config.canvas_size
+    self._seed = config.seed
+    self._batch_size = config.batch_size  # global
+    self._eval_batch_size = config.eval_batch_size
+    size = self._canvas_size = config.canvas_size
     self.image_shape = (size, size, 1)
     self.max_objects = _CELLS_PER_SIDE**2
     self._digits, self._labels, held_out, held_out_labels = _digits_split()
@@ -184,17 +186,17 @@ class DigitScenesDataset:
 
   def train_batch(self, step: int) -> Batch:
     """This process's training batch of global step ``step``."""
-    batch_size = self._config.batch_size // jax.process_count()
+    batch_size = self._batch_size // jax.process_count()
     return self._standardize(_draw(
-        self._digits, self._labels, batch_size, self._config.canvas_size,
-        _step_rng(self._config.seed, step)))
+        self._digits, self._labels, batch_size, self._canvas_size,
+        _step_rng(self._seed, step)))
 
   def train_batches(self, start_step: int) -> Iterator[Batch]:
     for step in itertools.count(start_step):
       yield self.train_batch(step)
 
   def eval_batches(self) -> Iterator[Batch]:
-    return padded_batches(self.eval_set, self._config.eval_batch_size)
+    return padded_batches(self.eval_set, self._eval_batch_size)
 
 
 def padded_batches(examples: Batch, global_batch_size: int) -> Iterator[Batch]:

@@ -16,6 +16,7 @@ training is bit-identical either way (see ``alpha_beta_step``).
 runs; tests and notebooks call it directly.
 """
 
+import dataclasses
 import functools
 import signal
 import threading
@@ -200,8 +201,8 @@ def restore_or_create(config, manager, model, dataset, total_steps, rng):
       return state
     return components.initialize_from(
         state, config.init_from, config.init_norm,
-        functools.partial(components.build_model, config), config.norm_batch_size,
-        dataset.image_shape)
+        functools.partial(components.build_model, config),
+        config.norm_batch_size, dataset.image_shape)
   state, meta = checkpoint.restore_latest_usable(manager, state)
   logging.info('Resumed from step %d of %s (trained with B=%s).',
                int(state.step), manager.directory, meta.get('norm_batch_size'))
@@ -255,14 +256,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     estimate = (config.estimate_alpha_beta and
                 components.NORMS[config.norm].alpha_beta)
     evaluator = evaluation.Evaluator(
-        config, model, components.build_model(config, dataset.num_classes, 'evalnorm'))
+        model, components.build_model(config, dataset.num_classes, 'evalnorm'),
+        evaluation.ModeSettings.from_config(config, estimate))
     manager = checkpoint.make_manager(workdir, config.checkpoints_to_keep,
                                       asynchronous=config.async_checkpointing)
     with checkpoint.closing(manager):
       state = restore_or_create(config, manager, model, dataset, total_steps,
                                 jax.random.PRNGKey(config.seed))
-      state = train_loop(config, state, dataset, manager, writer, evaluator,
-                         total_steps, estimate)
+      state = train_loop(
+          state, dataset,
+          Steps(classifier_forward,
+                update_batch_stats=not config.freeze_batch_stats),
+          Schedule.from_config(config, total_steps, estimate), manager,
+          checkpoint_meta(config, dataset.num_classes), writer, evaluator)
       sigterm.situation = (f'during the final evaluation: the checkpoint of '
                            f'step {total_steps} in {manager.directory} holds '
                            'the trained state')
@@ -356,39 +362,61 @@ def evaluate_periodically(writer, evaluator, dataset, step, state):
                               for name, value in r.items()})
 
 
-def train_loop(config, state, dataset, manager, writer, evaluator,
-               total_steps: int, estimate: bool,
-               forward_fn=classifier_forward) -> TrainState:
-  """Runs steps from ``state.step`` to ``total_steps``; returns replicated state.
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+  """When the train loop does what; the fields are the config keys' values.
 
-  ``forward_fn`` is ``classifier_forward`` or the detector's (see ``Steps``).
+  ``estimate_every_steps`` is None when alpha/beta are not estimated;
+  ``learning_rate`` is logged with the metrics.
   """
-  start_step = int(state.step)
-  meta = checkpoint_meta(config, dataset.num_classes)
+  total_steps: int
+  learning_rate: optax.Schedule
+  log_every_steps: int
+  checkpoint_every_steps: int
+  eval_every_steps: int
+  estimate_every_steps: int | None
+
+  @classmethod
+  def from_config(cls, config, total_steps: int, estimate: bool) -> 'Schedule':
+    return cls(total_steps, learning_rate_schedule(config, total_steps),
+               config.log_every_steps, config.checkpoint_every_steps,
+               config.eval_every_steps,
+               config.estimate_every_steps if estimate else None)
+
+
+def train_loop(state: TrainState, dataset, steps: Steps, schedule: Schedule,
+               manager, meta: dict, writer, evaluator) -> TrainState:
+  """Runs steps from ``state.step`` to ``schedule.total_steps``; returns the
+  replicated state.
+
+  Checkpoints go to ``manager`` with ``meta``; metrics and periodic
+  evaluations (by ``evaluator``) to ``writer``.
+  """
+  start_step, total_steps = int(state.step), schedule.total_steps
+  estimate = schedule.estimate_every_steps is not None
   state = parallel.replicate(state)
-  steps = Steps(forward_fn, update_batch_stats=not config.freeze_batch_stats)
   batches = jax_utils.prefetch_to_device(
       map(parallel.shard, dataset.train_batches(start_step)), 2)
-  learning_rate = learning_rate_schedule(config, total_steps)
   progress = periodic_actions.ReportProgress(
       num_train_steps=total_steps, writer=writer)
   with SigtermFlag() as sigterm:
     for step in range(start_step + 1, total_steps + 1):
       estimating = estimate and is_estimating_step(
-          step, config.estimate_every_steps)
+          step, schedule.estimate_every_steps)
       # Dispatched before anything reads the previous step's metrics back.
       state, metrics = steps(state, next(batches), estimating)
       progress(step)
       is_last = step == total_steps
-      if step % config.log_every_steps == 0 or is_last:
-        log_step(writer, step, state, metrics, learning_rate, estimate)
-      if step % config.checkpoint_every_steps == 0 or is_last or sigterm.received:
+      if step % schedule.log_every_steps == 0 or is_last:
+        log_step(writer, step, state, metrics, schedule.learning_rate, estimate)
+      if (step % schedule.checkpoint_every_steps == 0 or is_last or
+          sigterm.received):
         save_checkpoint(manager, step, state, metrics, meta)
       if sigterm.received:
         manager.wait_until_finished()
         raise Preempted(f'SIGTERM received: saved a checkpoint at step {step} '
                         f'in {manager.directory}; rerun the same command to '
                         'resume')
-      if step % config.eval_every_steps == 0 and not is_last:
+      if step % schedule.eval_every_steps == 0 and not is_last:
         evaluate_periodically(writer, evaluator, dataset, step, state)
   return state

@@ -71,8 +71,8 @@ def test_initialize_from_a_trained_run(trained_run, init_norm):
                                    jax.random.PRNGKey(5))
   state = components.initialize_from(
       fresh, config.init_from, config.init_norm,
-      functools.partial(components.build_model, config), config.norm_batch_size,
-      dataset.image_shape)
+      functools.partial(components.build_model, config),
+      config.norm_batch_size, dataset.image_shape)
   template = {'params': fresh.params, 'batch_stats': fresh.batch_stats,
               'evalnorm': fresh.evalnorm}
   saved = checkpoint.restore_variables(checkpoint.open_existing(workdir),
