@@ -12,6 +12,7 @@ PreciseBN statistics (``precise_ema_batches``) when the config asks.
 import functools
 import itertools
 import sys
+from collections.abc import Iterable
 
 import jax
 from absl import logging
@@ -19,65 +20,58 @@ from jax import lax
 
 from evalnorm import (calibration, checkpoint, components, config_lib, data,
                       evaluation, parallel, report)
-from evalnorm.variables import (batchnorm_to_evalnorm,
-                                mean_alpha_beta, set_alpha_beta)
+from evalnorm.variables import (batchnorm_to_evalnorm, mean_alpha_beta,
+                                set_alpha_beta)
 
-def estimate_offline(config, model, variables, dataset) -> tuple[dict, int]:
-  """Estimated ``evalnorm`` collection and the number of examples it used.
 
-  The library's calibration step under pmap: each device cuts its share of
-  the batch into groups of B, and the alpha/beta gradients are averaged.
+def estimate_offline(model, variables, batches: Iterable, tx,
+                     group_size: int, log_every_steps: int) -> dict:
+  """The ``evalnorm`` collection estimated from ``variables['evalnorm']``.
+
+  The library's calibration step under pmap, one step a batch of
+  ``batches``: each device cuts its share of the batch into groups of B
+  (``group_size``), and the alpha/beta gradients are averaged.
   """
-  tx = calibration.alpha_beta_optimizer(config.alpha_beta_optimizer,
-                                        config.alpha_beta_learning_rate)
-  evalnorm = set_alpha_beta(variables['evalnorm'], config.alpha_init,
-                            config.beta_init)
   step = parallel.pmap(functools.partial(
       calibration.calibration_step,
       apply_fn=functools.partial(model.apply, train=True), tx=tx,
-      group_size=config.norm_batch_size, axis_name=parallel.PMAP_AXIS))
+      group_size=group_size, axis_name=parallel.PMAP_AXIS))
   frozen = parallel.replicate({'params': variables['params'],
                                'batch_stats': variables['batch_stats']})
+  evalnorm = variables['evalnorm']
   evalnorm, opt_state = parallel.replicate((evalnorm, tx.init(evalnorm)))
-  batches = dataset.train_batches(0)
-  for i in range(1, config.offline_estimation_steps + 1):
+  for i, batch in enumerate(batches, start=1):
     evalnorm, opt_state, loss = step(evalnorm, opt_state, frozen,
-                                     parallel.shard(next(batches))['image'])
-    if i % config.log_every_steps == 0:
+                                     parallel.shard(batch)['image'])
+    if i % log_every_steps == 0:
       calibration.log_progress(i, float(loss[0]), parallel.to_host(evalnorm))
-  examples = config.offline_estimation_steps * config.batch_size
-  return parallel.to_host(evalnorm), examples
+  return parallel.to_host(evalnorm)
 
 
-def precise_batch_stats(config, num_classes, variables, dataset) -> dict:
+def precise_batch_stats(model, variables, batches: Iterable,
+                        num_batches: int) -> dict:
   """PreciseBN: batch_stats recomputed as the true mean of per-batch statistics.
 
-  Each of ``precise_ema_batches`` training batches runs in training mode with
-  momentum 0, so the returned ``batch_stats`` are that batch's average group
-  statistics; averaging them over batches (and devices) gives the population
-  estimate without EMA's bias towards recent, older weights.
+  Each of the ``num_batches`` training batches of ``batches`` runs ``model``
+  (with EvalNorm layers) in training mode with momentum 0, so the returned
+  ``batch_stats`` are that batch's average group statistics; averaging them
+  over batches (and devices) gives the population estimate without EMA's bias
+  towards recent, older weights.
   """
-  momentum_zero = config.copy_and_resolve_references()
-  momentum_zero.bn_momentum = 0.0
-  model = components.build_model(momentum_zero, num_classes, 'evalnorm')
+  model = model.clone(norm=functools.partial(model.norm, momentum=0.0))
 
   def batch_statistics(batch):
     _, new_vars = model.apply(variables, batch['image'], train=True,
                               mutable=['batch_stats'])
     return lax.pmean(new_vars['batch_stats'], parallel.PMAP_AXIS)
-  total = parallel.sum_over_batches(
-      parallel.pmap(batch_statistics),
-      itertools.islice(dataset.train_batches(0), config.precise_ema_batches))
-  return jax.tree_util.tree_map(lambda t: t / config.precise_ema_batches,
-                                total)
+  total = parallel.sum_over_batches(parallel.pmap(batch_statistics),
+                                    itertools.islice(batches, num_batches))
+  return jax.tree_util.tree_map(lambda t: t / num_batches, total)
 
 
-def check_checkpoint_matches(directory: str, meta: dict, config) -> None:
-  """One clear error when the checkpoint was trained for another setup."""
-  expected = {'model': config.model, 'norm': config.norm,
-              'dataset': config.dataset}
-  if config.model == 'resnet_v2_cifar':
-    expected.update(depth=config.depth, width=config.width)
+def check_checkpoint_matches(directory: str, meta: dict, expected: dict) -> None:
+  """One clear error when the checkpoint's ``meta`` differs from ``expected``
+  (config values: the checkpoint was trained for another setup)."""
   wrong = {k: (meta.get(k), v) for k, v in expected.items() if meta.get(k) != v}
   if wrong:
     details = ', '.join(f'{k}={found!r} (config: {want!r})'
@@ -87,25 +81,17 @@ def check_checkpoint_matches(directory: str, meta: dict, config) -> None:
         'config values to match it')
 
 
-def load_trained_variables(config, checkpoint_dir: str, template: dict):
-  """EvalNorm variables (params, batch_stats, evalnorm) and metadata of DIR."""
-  manager = checkpoint.open_existing(checkpoint_dir)
-  meta = checkpoint.read_meta(manager)
-  check_checkpoint_matches(checkpoint_dir, meta, config)
-  variables = checkpoint.restore_variables(manager, template)
-  if not components.NORMS[config.norm].alpha_beta:
-    variables = batchnorm_to_evalnorm(variables, per_channel=config.per_channel)
-  return variables, meta
-
-
-def warn_if_rules_assume_other_b(config, meta: dict) -> None:
+def warn_if_rules_assume_other_b(meta: dict, group_size: int,
+                                 whole_batch: bool) -> None:
+  """A warning when the checkpoint was trained with another B than
+  ``group_size`` (``whole_batch``: its norm normalized per-device batches)."""
   trained_b = meta.get('norm_batch_size')
-  if components.NORMS[config.norm].whole_batch:
+  if whole_batch:
     trained_b = meta.get('batch_size', 0) // max(meta.get('num_devices', 1), 1)
-  if trained_b and trained_b != config.norm_batch_size:
+  if trained_b and trained_b != group_size:
     message = (f'warning: the model was trained with B={trained_b}, but the '
                f'rules 1/B^2 and 1/B and the estimation use norm_batch_size='
-               f'{config.norm_batch_size}')
+               f'{group_size}')
     logging.warning(message)
     print(message, file=sys.stderr)
 
@@ -124,9 +110,27 @@ def estimate_and_evaluate(config, checkpoint_dir: str, workdir: str) -> dict:
   model = components.build_model(config, dataset.num_classes, 'evalnorm')
   template = parallel.init_variables(trained_model, jax.random.PRNGKey(0),
                                      config.norm_batch_size, dataset.image_shape)
-  variables, meta = load_trained_variables(config, checkpoint_dir, template)
-  warn_if_rules_assume_other_b(config, meta)
-  evalnorm, num_examples = estimate_offline(config, model, variables, dataset)
+  manager = checkpoint.open_existing(checkpoint_dir)
+  meta = checkpoint.read_meta(manager)
+  expected = {'model': config.model, 'norm': config.norm,
+              'dataset': config.dataset}
+  if config.model == 'resnet_v2_cifar':
+    expected.update(depth=config.depth, width=config.width)
+  check_checkpoint_matches(checkpoint_dir, meta, expected)
+  variables = checkpoint.restore_variables(manager, template)
+  norm = components.NORMS[config.norm]
+  if not norm.alpha_beta:
+    variables = batchnorm_to_evalnorm(variables, per_channel=config.per_channel)
+  warn_if_rules_assume_other_b(meta, config.norm_batch_size, norm.whole_batch)
+  start = {**variables, 'evalnorm': set_alpha_beta(
+      variables['evalnorm'], config.alpha_init, config.beta_init)}
+  tx = calibration.alpha_beta_optimizer(config.alpha_beta_optimizer,
+                                        config.alpha_beta_learning_rate)
+  evalnorm = estimate_offline(
+      model, start, itertools.islice(dataset.train_batches(0),
+                                     config.offline_estimation_steps),
+      tx, config.norm_batch_size, config.log_every_steps)
+  num_examples = config.offline_estimation_steps * config.batch_size
   logging.info('offline estimate from %d examples: mean alpha %.4f, mean '
                'beta %.4f (every layer\'s in eval.json)', num_examples,
                *mean_alpha_beta(evalnorm))
@@ -137,8 +141,9 @@ def estimate_and_evaluate(config, checkpoint_dir: str, workdir: str) -> dict:
                     for m, e in modes.items()}
   if config.precise_ema_batches:
     mode_variables['precise_ema'] = {
-        'batch_stats': precise_batch_stats(config, dataset.num_classes, variables,
-                                           dataset),
+        'batch_stats': precise_batch_stats(model, variables,
+                                           dataset.train_batches(0),
+                                           config.precise_ema_batches),
         'evalnorm': modes['ema']}
   evaluator = evaluation.Evaluator(
       trained_model, model,

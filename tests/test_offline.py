@@ -94,8 +94,9 @@ def test_precise_ema_is_the_mean_of_per_batch_group_statistics(batchnorm_run):
   config.precise_ema_batches = 2
   dataset = data.make_dataset(config)
   variables = batchnorm_to_evalnorm(restored_variables(config, workdir))
-  got = offline.precise_batch_stats(config, 10, variables, dataset)
   model = components.build_model(config, 10, 'evalnorm')
+  got = offline.precise_batch_stats(model, variables, dataset.train_batches(0),
+                                    config.precise_ema_batches)
   sums = {}
   for step in range(2):
     for path, x in norm_inputs(model, variables,
