@@ -117,24 +117,31 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int,
       config, num_classes, make_norm(config, norm_name), dtype(config))
 
 
+def restore_pretrained(directory: str, model: Callable[[int], nn.Module],
+                       group_size: int, image_shape) -> dict:
+  """The variables of the run in ``directory``, restored by the template of
+  ``model(num_classes)`` for the number of classes that run recorded
+  (initialized on a batch of ``group_size`` images of ``image_shape``)."""
+  manager = checkpoint.open_existing(directory)
+  source = model(checkpoint.read_meta(manager)['num_classes'])
+  template = parallel.init_variables(source, jax.random.PRNGKey(0), group_size,
+                                     image_shape)
+  return checkpoint.restore_variables(manager, template)
+
+
 def initialize_from(state, init_from: str, init_norm: str,
                     model: Callable[[int], nn.Module], group_size: int,
                     image_shape):
   """Fine-tuning start: ``state`` with the weights (and statistics) of the
-  run in ``init_from``.
+  run in ``init_from``, whose architecture ``model(num_classes)`` builds (see
+  ``restore_pretrained``).
 
-  ``model(num_classes)`` builds the source architecture (the pretrained head
-  may have another number of classes); its variables are initialized on a
-  batch of ``group_size`` images of ``image_shape``. The classifier ``head`` stays
-  freshly initialized, as a new task's would be. ``init_norm='reset'`` also
-  keeps the fresh scale, bias and moving averages of every norm layer;
-  alpha/beta always start from alpha_init/beta_init.
+  The classifier ``head`` stays freshly initialized, as a new task's would
+  be. ``init_norm='reset'`` also keeps the fresh scale, bias and moving
+  averages of every norm layer; alpha/beta always start from
+  alpha_init/beta_init.
   """
-  manager = checkpoint.open_existing(init_from)
-  source = model(checkpoint.read_meta(manager)['num_classes'])
-  template = parallel.init_variables(source, jax.random.PRNGKey(0), group_size,
-                                     image_shape)
-  pretrained = checkpoint.restore_variables(manager, template)
+  pretrained = restore_pretrained(init_from, model, group_size, image_shape)
   reset_norm = init_norm == 'reset'
 
   def merge(fresh, loaded, collection):

@@ -15,17 +15,16 @@ averages (paradigm (b)); alpha/beta always start from alpha_init/beta_init.
 """
 
 import functools
+from collections.abc import Callable
 
 import flax
-import jax
+import flax.linen as nn
 from absl import logging
 
-from evalnorm import checkpoint, components, models, parallel, train
+from evalnorm import checkpoint, components, models
 
 # Top-level classifier module -> the detector part that holds it.
 _PARTS = {'stem': 'backbone', 'final_norm': 'rcn'}
-_CLASSIFIER_MODELS = {'resnet_v2_small': 'resnet_v2_cifar',
-                      'resnet50_v2': 'resnet50_v2'}
 
 
 def _detector_part(classifier_module: str, num_base_stages: int) -> str | None:
@@ -35,20 +34,6 @@ def _detector_part(classifier_module: str, num_base_stages: int) -> str | None:
     stage = int(classifier_module[len('stage'):].split('_')[0])
     return 'backbone' if stage <= num_base_stages else 'rcn'
   return None  # the classifier's head
-
-
-def _classifier_variables(config, manager, channels: int) -> dict:
-  """The classifier's params and batch_stats, restored by its own template."""
-  meta = checkpoint.read_meta(manager)
-  source_config = config.copy_and_resolve_references()
-  source_config.model = _CLASSIFIER_MODELS[config.model]
-  source_config.depth = 8  # one block a stage, as the small detector's
-  source_config.stem_strides = 2
-  source = components.build_model(source_config, meta['num_classes'])
-  # Parameter shapes do not depend on the image size: a small one will do.
-  template = parallel.init_variables(source, jax.random.PRNGKey(0),
-                                     config.norm_batch_size, (32, 32, channels))
-  return checkpoint.restore_variables(manager, template)
 
 
 def merge(fresh, loaded, collection: str, num_base_stages: int,
@@ -75,17 +60,23 @@ def merge(fresh, loaded, collection: str, num_base_stages: int,
   return flax.traverse_util.unflatten_dict(fresh)
 
 
-def initialize_from_classifier(config, state: train.TrainState,
-                               channels: int) -> train.TrainState:
-  """``state`` with the classifier of ``config.init_from`` in its backbone/RCN."""
-  manager = checkpoint.open_existing(config.init_from)
-  pretrained = _classifier_variables(config, manager, channels)
-  num_base_stages = 3 if config.model == 'resnet50_v2' else 2
-  reset_norm = config.init_norm == 'reset'
+def initialize_from_classifier(state, init_from: str, init_norm: str,
+                               classifier: Callable[[int], nn.Module],
+                               group_size: int, channels: int,
+                               num_base_stages: int):
+  """``state`` with the classifier of ``init_from`` in its backbone/RCN.
+
+  ``classifier(num_classes)`` builds that classifier; its first
+  ``num_base_stages`` stages become the base network, the others the RCN.
+  """
+  # Parameter shapes do not depend on the image size: a small one will do.
+  pretrained = components.restore_pretrained(init_from, classifier,
+                                             group_size, (32, 32, channels))
   merge_one = functools.partial(merge, num_base_stages=num_base_stages,
-                                reset_norm=reset_norm, source=config.init_from)
+                                reset_norm=init_norm == 'reset',
+                                source=init_from)
   logging.info('Detector initialized from classifier %s (norm layers: %s).',
-               config.init_from, config.init_norm)
+               init_from, init_norm)
   return state.replace(
       params=merge_one(state.params, pretrained['params'], 'params'),
       batch_stats=merge_one(state.batch_stats, pretrained['batch_stats'],

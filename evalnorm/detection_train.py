@@ -11,8 +11,10 @@ evaluation, which scores detections with pycocotools.
 runs for a detection config (``config.dataset`` in ``DATASETS``).
 """
 
+import dataclasses
 import functools
 import os
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -35,12 +37,31 @@ def _coco_dataset(config):
 
 # The detection datasets: config.dataset -> constructor(config).
 DATASETS = {'digit_scenes': scenes.DigitScenesDataset, 'coco': _coco_dataset}
-# A detector: (config, num_classes, norm, settings) -> the flax module.
+
+
+@dataclasses.dataclass(frozen=True)
+class Detector:
+  """A detector that ``config.model`` names.
+
+  make: (config, num_classes, norm, settings) -> the flax module.
+  classifier: the ``components.MODELS`` entry it starts from (``init_from``).
+  base_stages: that classifier's stages that become the base network (the
+    others the RCN).
+  """
+  make: Callable
+  classifier: str
+  base_stages: int
+
+
 MODELS = {
-    'resnet_v2_small': lambda c, num_classes, norm, settings: (
-        detector.small_detector(num_classes, norm, width=c.width, **settings)),
-    'resnet50_v2': lambda c, num_classes, norm, settings: (
-        detector.resnet50_detector(num_classes, norm, **settings)),
+    'resnet_v2_small': Detector(
+        lambda c, num_classes, norm, settings: detector.small_detector(
+            num_classes, norm, width=c.width, **settings),
+        classifier='resnet_v2_cifar', base_stages=2),
+    'resnet50_v2': Detector(
+        lambda c, num_classes, norm, settings: detector.resnet50_detector(
+            num_classes, norm, **settings),
+        classifier='resnet50_v2', base_stages=3),
 }
 
 
@@ -84,7 +105,7 @@ def build_detector(config, num_classes: int, norm_name: str | None = None):
       rpn_nms_threshold=config.rpn_nms_threshold,
       num_proposals=config.num_proposals,
       rois_per_image=config.rois_per_image, dtype=components.dtype(config))
-  return components.lookup(MODELS, 'model', config.model)(
+  return components.lookup(MODELS, 'model', config.model).make(
       config, num_classes, components.make_norm(config, norm_name), settings)
 
 
@@ -156,14 +177,28 @@ def results_table(results: dict) -> str:
   return report.results_table(results, report.DETECTION_COLUMNS, 'eval images')
 
 
+def initialize_from_classifier(config, state: train.TrainState,
+                               channels: int) -> train.TrainState:
+  """``state`` with the classifier of ``config.init_from`` in its backbone
+  and RCN (see ``detection_init``)."""
+  model = MODELS[config.model]
+  classifier_config = config.copy_and_resolve_references()
+  classifier_config.model = model.classifier
+  classifier_config.depth = 8  # one block a stage, as the small detector's
+  classifier_config.stem_strides = 2
+  return detection_init.initialize_from_classifier(
+      state, config.init_from, config.init_norm,
+      functools.partial(components.build_model, classifier_config),
+      config.norm_batch_size, channels, model.base_stages)
+
+
 def restore_or_create(config, manager, model, dataset, total_steps, rng):
   """As ``train.restore_or_create``; a fresh fine-tuning run loads backbone
   weights from a classifier (``init_from``)."""
   if config.init_from and manager.latest_step() is None:
     state = train.create_train_state(config, model, dataset.image_shape,
                                      total_steps, rng)
-    return detection_init.initialize_from_classifier(
-        config, state, dataset.image_shape[-1])
+    return initialize_from_classifier(config, state, dataset.image_shape[-1])
   return train.restore_or_create(config, manager, model, dataset, total_steps,
                                  rng)
 

@@ -53,11 +53,13 @@ class TrainState(train_state.TrainState):
   evalnorm_tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
 
 
-def learning_rate_schedule(config, total_steps: int) -> optax.Schedule:
-  if config.warmup_steps:
-    return optax.warmup_cosine_decay_schedule(
-        0.0, config.learning_rate, config.warmup_steps, total_steps)
-  return optax.cosine_decay_schedule(config.learning_rate, total_steps)
+def learning_rate_schedule(peak: float, warmup_steps: int,
+                           total_steps: int) -> optax.Schedule:
+  """Linear warm-up to ``peak`` (when ``warmup_steps``), cosine decay to 0."""
+  if warmup_steps:
+    return optax.warmup_cosine_decay_schedule(0.0, peak, warmup_steps,
+                                              total_steps)
+  return optax.cosine_decay_schedule(peak, total_steps)
 
 
 def create_train_state(config, model: nn.Module, image_shape, total_steps: int,
@@ -65,9 +67,10 @@ def create_train_state(config, model: nn.Module, image_shape, total_steps: int,
   """Initializes variables in eval mode (the structure is the same in both)."""
   variables = parallel.init_variables(model, rng, config.norm_batch_size,
                                       image_shape)
-  tx = optax.chain(
-      optax.add_decayed_weights(config.weight_decay),
-      optax.sgd(learning_rate_schedule(config, total_steps), config.momentum))
+  learning_rate = learning_rate_schedule(config.learning_rate,
+                                         config.warmup_steps, total_steps)
+  tx = optax.chain(optax.add_decayed_weights(config.weight_decay),
+                   optax.sgd(learning_rate, config.momentum))
   evalnorm_tx = calibration.alpha_beta_optimizer(
       config.alpha_beta_optimizer, config.alpha_beta_learning_rate)
   evalnorm = variables.get('evalnorm', {})
@@ -378,7 +381,9 @@ class Schedule:
 
   @classmethod
   def from_config(cls, config, total_steps: int, estimate: bool) -> 'Schedule':
-    return cls(total_steps, learning_rate_schedule(config, total_steps),
+    learning_rate = learning_rate_schedule(config.learning_rate,
+                                           config.warmup_steps, total_steps)
+    return cls(total_steps, learning_rate,
                config.log_every_steps, config.checkpoint_every_steps,
                config.eval_every_steps,
                config.estimate_every_steps if estimate else None)

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from evalnorm import (checkpoint, components, config_lib, detection_eval,
-                      detection_init, detection_train, detector, parallel,
-                      scenes, train)
+                      detection_train, detector, parallel, scenes, train)
 from evalnorm.layers import EvalNorm
 
 from configs import detection as detection_config
@@ -142,7 +141,7 @@ def test_detector_starts_from_a_classifier(tmp_path, init_norm):
   model = detection_train.build_detector(config, 10)
   fresh = train.create_train_state(config, model, (64, 64, 1), 10,
                                    jax.random.PRNGKey(0))
-  state = detection_init.initialize_from_classifier(config, fresh, 1)
+  state = detection_train.initialize_from_classifier(config, fresh, 1)
   same = lambda a, b: jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
   same(state.params['backbone']['stem'], source.params['stem'])
   same(state.params['rcn']['stage3_block0']['conv2'],
