@@ -60,21 +60,21 @@ def train_every_k(run: runs.Run, ks) -> dict[int, dict]:
   other modes do not read alpha/beta).
   """
   import jax  # pylint: disable=g-import-not-at-top
-  from flax import jax_utils  # pylint: disable=g-import-not-at-top
-  from evalnorm import config_lib, data, evaluation, train  # pylint: disable=g-import-not-at-top
+  from evalnorm import (components, config_lib, data, evaluation, parallel,  # pylint: disable=g-import-not-at-top
+                        train)
   from evalnorm.variables import alpha_beta_by_layer  # pylint: disable=g-import-not-at-top
   config = runs.load_config(run)
   config_lib.validate(config, jax.device_count())
   dataset = data.make_dataset(config)
   total_steps = config_lib.num_train_steps(config, dataset.num_train_examples)
-  model = train.build_model(config, dataset.num_classes)
-  state = train.replicate(train.create_train_state(
+  model = components.build_model(config, dataset.num_classes)
+  state = parallel.replicate(train.create_train_state(
       config, model, dataset.image_shape, total_steps,
       jax.random.PRNGKey(config.seed)))
   steps = train.Steps(train.classifier_forward,
                       update_batch_stats=not config.freeze_batch_stats)
   estimates = {k: (state.evalnorm, state.evalnorm_opt_state) for k in ks}
-  batches = map(data.shard, dataset.train_batches(0))
+  batches = map(parallel.shard, dataset.train_batches(0))
   for step in range(1, total_steps + 1):
     batch = next(batches)
     for k in ks:
@@ -87,12 +87,15 @@ def train_every_k(run: runs.Run, ks) -> dict[int, dict]:
     if step % config.log_every_steps == 0:
       print(f'{run.name}: step {step}/{total_steps}', flush=True)
 
-  host = jax.device_get(jax_utils.unreplicate(state))
+  host = parallel.to_host(state)
+  estimated = (config.estimate_alpha_beta and
+               components.NORMS[config.norm].alpha_beta)
   evaluator = evaluation.Evaluator(
-      config, model, train.build_model(config, dataset.num_classes, 'evalnorm'))
+      model, components.build_model(config, dataset.num_classes, 'evalnorm'),
+      evaluation.ModeSettings.from_config(config, estimated))
   out = {}
   for k in ks:
-    evalnorm = jax.device_get(jax_utils.unreplicate(estimates[k][0]))
+    evalnorm = parallel.to_host(estimates[k][0])
     modes = evaluator.modes(host.replace(evalnorm=evalnorm))
     if k != 1:
       modes = {'evalnorm': modes['evalnorm']}
