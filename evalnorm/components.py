@@ -76,13 +76,29 @@ NORMS = {
         description='GroupNorm (no batch statistics)'),
 }
 
-# A classifier: (config, num_classes, norm, dtype) -> the flax module.
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+  """A classifier that ``config.model`` names.
+
+  make: (config, num_classes, norm, dtype) -> the flax module.
+  keys: the config keys besides ``model`` that shape its variables; a
+    checkpoint restored for another run must have been trained with the same.
+  """
+  make: Callable[..., nn.Module]
+  keys: tuple[str, ...] = ()
+
+
 MODELS = {
-    'resnet_v2_cifar': lambda c, num_classes, norm, dtype: models.cifar_resnet_v2(
-        c.depth, c.width, num_classes, norm, stem_strides=c.stem_strides,
-        dtype=dtype),
-    'resnet50_v2': lambda c, num_classes, norm, dtype: models.resnet50_v2(
-        num_classes, norm, dtype=dtype),
+    'resnet_v2_cifar': Model(
+        lambda c, num_classes, norm, dtype: models.cifar_resnet_v2(
+            c.depth, c.width, num_classes, norm, stem_strides=c.stem_strides,
+            dtype=dtype),
+        keys=('depth', 'width')),
+    'resnet50_v2': Model(
+        lambda c, num_classes, norm, dtype: models.resnet50_v2(
+            num_classes, norm, dtype=dtype)),
 }
 
 
@@ -113,7 +129,7 @@ def dtype(config):
 def build_model(config: ml_collections.ConfigDict, num_classes: int,
                 norm_name: str | None = None) -> nn.Module:
   """``config.model`` with the norm of ``norm_name`` (default config.norm)."""
-  return lookup(MODELS, 'model', config.model)(
+  return lookup(MODELS, 'model', config.model).make(
       config, num_classes, make_norm(config, norm_name), dtype(config))
 
 

@@ -112,10 +112,8 @@ def estimate_and_evaluate(config, checkpoint_dir: str, workdir: str) -> dict:
                                      config.norm_batch_size, dataset.image_shape)
   manager = checkpoint.open_existing(checkpoint_dir)
   meta = checkpoint.read_meta(manager)
-  expected = {'model': config.model, 'norm': config.norm,
-              'dataset': config.dataset}
-  if config.model == 'resnet_v2_cifar':
-    expected.update(depth=config.depth, width=config.width)
+  expected = {key: config[key] for key in (
+      'model', 'norm', 'dataset', *components.MODELS[config.model].keys)}
   check_checkpoint_matches(checkpoint_dir, meta, expected)
   variables = checkpoint.restore_variables(manager, template)
   norm = components.NORMS[config.norm]
