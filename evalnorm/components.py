@@ -1,4 +1,4 @@
-"""What a config names: its norm layer and model; and a fine-tuning start.
+"""The norm layers and models a config names, and the fine-tuning start.
 
 One table per concept that varies: ``NORMS`` (norm layers) and ``MODELS``
 (classifiers); datasets are ``data.DATASETS``. Config validation, the
