@@ -209,7 +209,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, kill_signal):
   rerun = start_run(workdir, log_name='rerun.log')
   assert rerun.wait(timeout=600) == 0, log_of(rerun)[-2000:]
   # The rerun trained from the saved step on (a fresh start logs step 50).
-  steps = [int(n) for n in re.findall(r'\] \[(\d+)\] \S+=', log_of(rerun))]
+  steps = [int(n) for n in re.findall(r'step (\d+)/\d+:', log_of(rerun))]
   assert saved >= 50 and min(steps) > saved, (saved, steps[:3])
   expected, got = read_eval(tmp_path / 'reference'), read_eval(workdir)
   for mode, metrics in expected['eval'].items():
