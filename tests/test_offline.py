@@ -1,5 +1,6 @@
 """Offline estimation on frozen checkpoints (evalnorm.estimate / evalnorm.offline)."""
 
+import functools
 import hashlib
 import os
 
@@ -85,15 +86,40 @@ def norm_inputs(model, variables, images):
   return {path[:-1]: np.asarray(x[0], np.float64) for path, x in flat.items()}
 
 
-def test_precise_ema_is_the_mean_of_per_batch_group_statistics(batchnorm_run):
+def random_batchnorm_variables(config, seed=0):
+  """Random variables of the config's nn.BatchNorm model: kernels at the
+  scale of an init, and scales, biases and moving statistics (which PreciseBN
+  must not use) away from 1 and 0.
+
+  PreciseBN recomputes the statistics of whatever weights it is given, so
+  no training run is needed to check it. Only the shapes come from the model
+  (jax.eval_shape): compiling its init costs more than the whole check.
+  """
+  model = components.build_model(config, 10)
+  shapes = jax.eval_shape(functools.partial(model.init, train=False),
+                          jax.random.PRNGKey(0), jnp.zeros((2, 8, 8, 1)))
+  rng = np.random.default_rng(seed)
+
+  def fill(path, leaf):
+    name = path[-1].key
+    if name == 'kernel':
+      fan_in = np.prod(leaf.shape[:-1])
+      values = rng.normal(0.0, 1.0 / np.sqrt(fan_in), leaf.shape)
+    elif name in ('scale', 'var'):
+      values = rng.uniform(0.5, 2.0, leaf.shape)
+    else:  # bias, mean
+      values = rng.normal(0.0, 0.5, leaf.shape)
+    return jnp.asarray(values, leaf.dtype)
+  return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+def test_precise_ema_is_the_mean_of_per_batch_group_statistics():
   """PreciseBN's statistics against float64 NumPy: for each of 2 training
   batches, each group of B=2's mean and biased variance over (examples, H,
   W) of every norm layer's input, averaged over groups, then over batches."""
-  config, workdir = batchnorm_run
-  config = config.copy_and_resolve_references()
-  config.precise_ema_batches = 2
+  config = small_digits_config(norm='batchnorm', precise_ema_batches=2)
   dataset = data.make_dataset(config)
-  variables = batchnorm_to_evalnorm(restored_variables(config, workdir))
+  variables = batchnorm_to_evalnorm(random_batchnorm_variables(config))
   model = components.build_model(config, 10, 'evalnorm')
   got = offline.precise_batch_stats(model, variables, dataset.train_batches(0),
                                     config.precise_ema_batches)
