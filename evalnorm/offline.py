@@ -15,6 +15,7 @@ import sys
 from collections.abc import Iterable
 
 import jax
+import jax.numpy as jnp
 from absl import logging
 from jax import lax
 
@@ -105,12 +106,16 @@ def estimate_and_evaluate(config, checkpoint_dir: str, workdir: str) -> dict:
     raise config_lib.ConfigError(
         f'config.norm={config.norm!r} is invalid for offline estimation: '
         f'allowed: {allowed}')
+  # A wrong directory fails at once, before the data and the models are built.
+  manager = checkpoint.open_existing(checkpoint_dir)
   dataset = data.make_dataset(config)
   trained_model = components.build_model(config, dataset.num_classes)
   model = components.build_model(config, dataset.num_classes, 'evalnorm')
-  template = parallel.init_variables(trained_model, jax.random.PRNGKey(0),
-                                     config.norm_batch_size, dataset.image_shape)
-  manager = checkpoint.open_existing(checkpoint_dir)
+  # Shapes and dtypes only: the checkpoint's values fill them.
+  template = jax.eval_shape(
+      functools.partial(trained_model.init, train=False), jax.random.PRNGKey(0),
+      jax.ShapeDtypeStruct((config.norm_batch_size, *dataset.image_shape),
+                           jnp.float32))
   meta = checkpoint.read_meta(manager)
   expected = {key: config[key] for key in (
       'model', 'norm', 'dataset', *components.MODELS[config.model].keys)}
