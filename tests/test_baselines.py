@@ -65,7 +65,8 @@ def test_renorm_starts_as_batchnorm_and_r_d_carry_no_gradient():
   # Ramp at 0: r clipped to 1 and d to 0, i.e. plain per-group BatchNorm.
   plain, _, _ = renorm_reference(x, mean_e, var_e, 2, 1.0, 0.0, layer.epsilon)
   np.testing.assert_allclose(
-      layer.apply(renorm_variables(2, mean_e, var_e, 0), x), plain, atol=1e-5)
+      jax.jit(layer.apply)(renorm_variables(2, mean_e, var_e, 0), x), plain,
+      atol=1e-5)
 
   # With r, d active, the gradient equals that of the same expression with
   # r and d frozen as constants (computed outside autodiff).
@@ -82,8 +83,9 @@ def test_renorm_starts_as_batchnorm_and_r_d_carry_no_gradient():
          + d[:, None, None, None])
     return jnp.sum(y.reshape(x.shape) * weights)
 
-  np.testing.assert_allclose(jax.grad(renorm_loss)(x, 1000.0),
-                             jax.grad(frozen_loss)(x), atol=1e-4)
+  # Compiled: eager dispatch of these gradients takes seconds.
+  np.testing.assert_allclose(jax.jit(jax.grad(renorm_loss))(x, 1000.0),
+                             jax.jit(jax.grad(frozen_loss))(x), atol=1e-4)
 
 
 def test_renorm_eval_uses_moving_averages():
