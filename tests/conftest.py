@@ -21,10 +21,12 @@ if 'xla_force_host_platform_device_count' not in _flags:
 os.environ['JAX_PLATFORMS'] = 'cpu'
 # Many tests build the same small networks: a compilation cache shared by the
 # session (and its subprocesses) compiles each once. It is fresh per session,
-# so no result depends on an earlier run.
+# so no result depends on an earlier run. Every compile is cached, however
+# short: the two workers dispatch many of the same small ops eagerly (measured
+# on the layer tests: ~7% less CPU time than caching compiles over 0.2 s only).
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
                       tempfile.mkdtemp(prefix='evalnorm-jax-cache-'))
-os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.2')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 
 if 'jax' in sys.modules:  # pragma: no cover - only when a plugin imported jax.
   warnings.warn(
