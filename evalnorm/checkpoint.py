@@ -9,7 +9,6 @@ step), so restoring the step restores the data order.
 """
 
 import contextlib
-import os
 import time
 from typing import Any
 
@@ -18,15 +17,23 @@ import orbax.checkpoint as ocp
 from absl import logging
 from flax import serialization
 
+from evalnorm import paths
+
 
 class CheckpointError(RuntimeError):
   """A checkpoint directory that cannot be used; the message is one line."""
 
 
-def make_manager(workdir: str, max_to_keep: int = 3, create: bool = True,
+def directory_of(workdir: paths.PathLike):
+  """``workdir/checkpoints`` as an absolute (or bucket) path, as orbax needs."""
+  return paths.path(workdir) / 'checkpoints'
+
+
+def make_manager(workdir: paths.PathLike, max_to_keep: int = 3,
+                 create: bool = True,
                  asynchronous: bool = True) -> ocp.CheckpointManager:
-  """The manager of ``workdir/checkpoints`` (absolute paths, as orbax needs)."""
-  directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+  """The manager of ``workdir/checkpoints``."""
+  directory = directory_of(workdir)
   # A process killed mid-save (SIGKILL, a lost machine) leaves a temporary
   # directory; the next run's manager removes it.
   options = ocp.CheckpointManagerOptions(
@@ -119,23 +126,23 @@ def set_aside_unreadable(manager: ocp.CheckpointManager, steps) -> None:
   """
   if not steps:
     return
-  directory = os.fspath(manager.directory)
-  aside = os.path.join(os.path.dirname(directory), 'unreadable_checkpoints')
-  os.makedirs(aside, exist_ok=True)
+  directory = paths.path(manager.directory)
+  aside = directory.parent / 'unreadable_checkpoints'
+  aside.mkdir(parents=True, exist_ok=True)
   for step in steps:
-    target = os.path.join(aside, f'{step}-{time.strftime("%Y%m%d-%H%M%S")}')
-    os.rename(os.path.join(directory, str(step)), target)
+    target = aside / f'{step}-{time.strftime("%Y%m%d-%H%M%S")}'
+    (directory / str(step)).rename(target)
     logging.warning('moved unreadable checkpoint step %d to %s', step, target)
   manager.reload()
 
 
-def open_existing(workdir: str) -> ocp.CheckpointManager:
+def open_existing(workdir: paths.PathLike) -> ocp.CheckpointManager:
   """The manager of a finished run's workdir, which must hold a checkpoint."""
-  directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
-  if not os.path.isdir(workdir):
+  directory = directory_of(workdir)
+  if not paths.path(workdir).is_dir():
     raise CheckpointError(f'checkpoint directory {workdir} does not exist: '
                           'expected the --workdir of a training run')
-  if not os.path.isdir(directory):
+  if not directory.is_dir():
     raise CheckpointError(f'{workdir} holds no checkpoints/ directory: '
                           'expected the --workdir of a training run')
   manager = make_manager(workdir, create=False)

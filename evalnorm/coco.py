@@ -21,7 +21,7 @@ from typing import Iterator
 import jax
 import numpy as np
 
-from evalnorm import data, detection_eval
+from evalnorm import data, detection_eval, paths
 
 # ImageNet statistics (0-255 scale), as the pre-trained backbone expects.
 _MEAN_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255)
@@ -75,7 +75,7 @@ class CocoDataset:
     self._eval_batch_size = config.eval_batch_size
     data_dir = config.get('data_dir')
     self._builder = tfds.builder('coco/2017', data_dir=data_dir and
-                                 os.path.expanduser(data_dir))
+                                 os.fspath(paths.path(data_dir)))
     # data's split sizes say "not prepared" as the classification sets do.
     split_size = data._split_size  # pylint: disable=protected-access
     self.num_train_examples = split_size(self._builder, self.train_split)

@@ -33,6 +33,8 @@ from typing import Iterable, Iterator
 import jax
 import numpy as np
 
+from evalnorm import paths
+
 Batch = dict[str, np.ndarray]
 
 
@@ -435,8 +437,8 @@ class _TfdsDataset:
     self._shuffle_buffer = config.get('shuffle_buffer')  # tests set it
     self.name = tfds_name
     data_dir = config.get('data_dir')
-    if data_dir:  # tfds does not expand '~' itself
-      data_dir = os.path.expanduser(data_dir)
+    if data_dir:  # tfds does not expand '~' itself; gs:// stays as it is
+      data_dir = os.fspath(paths.path(data_dir))
     self._builder = tfds.builder(tfds_name, data_dir=data_dir)
     self.num_train_examples = _split_size(self._builder, self.train_split)
     self.num_eval_examples = _split_size(self._builder, self.eval_split)

@@ -18,14 +18,12 @@ import contextlib
 import functools
 import io
 import json
-import os
-import tempfile
 from typing import Any
 
 import jax
 import numpy as np
 
-from evalnorm import evaluation, parallel
+from evalnorm import evaluation, parallel, paths
 
 METRICS = ('AP', 'AP50', 'AP75')  # COCOeval.stats[0:3], in percent
 
@@ -66,18 +64,25 @@ def detections_json(image_ids, detections) -> list[dict]:
   return results
 
 
-def coco_metrics(ground_truth_path: str, detections_path: str
-                 ) -> dict[str, float]:
-  """AP, AP50 and AP75 (percent) of a COCO results file against ground truth."""
+def coco_metrics(ground_truth: dict, detections: list) -> dict[str, float]:
+  """AP, AP50 and AP75 (percent) of COCO-format detections against ground truth.
+
+  Both are the JSON values of the files (``read_json`` of them gives them
+  back): pycocotools reads files from the local disk only, a work directory
+  may be a bucket.
+  """
   from pycocotools.coco import COCO  # only detection runs need it
   from pycocotools.cocoeval import COCOeval
-  with open(detections_path) as f:
-    if not json.load(f):  # COCO.loadRes cannot read an empty list.
-      return {name: 0.0 for name in METRICS}
+  if not detections:  # COCO.loadRes cannot read an empty list.
+    return {name: 0.0 for name in METRICS}
+  # A JSON round trip, as through the files: the same values COCO(path) and
+  # loadRes(path) would read, in new objects (loadRes edits its input).
+  ground_truth, detections = json.loads(json.dumps([ground_truth, detections]))
   with contextlib.redirect_stdout(io.StringIO()):  # COCO's progress prints
-    ground_truth = COCO(ground_truth_path)
-    evaluator = COCOeval(ground_truth, ground_truth.loadRes(detections_path),
-                         'bbox')
+    coco = COCO()
+    coco.dataset = ground_truth
+    coco.createIndex()
+    evaluator = COCOeval(coco, coco.loadRes(detections), 'bbox')
     evaluator.evaluate()
     evaluator.accumulate()
     evaluator.summarize()
@@ -86,20 +91,26 @@ def coco_metrics(ground_truth_path: str, detections_path: str
           for name, value in zip(METRICS, evaluator.stats[:3])}
 
 
-def write_and_score(directory: str, ground_truth: dict,
+def score_files(ground_truth_path: paths.PathLike,
+                detections_path: paths.PathLike) -> dict[str, float]:
+  """``coco_metrics`` of a ground-truth file and a results file (local or
+  in a bucket), e.g. those ``write_and_score`` wrote."""
+  return coco_metrics(paths.read_json(ground_truth_path),
+                      paths.read_json(detections_path))
+
+
+def write_and_score(directory: paths.PathLike | None, ground_truth: dict,
                     detections: dict[str, list]) -> dict[str, dict]:
-  """Writes ground_truth.json and detections_<mode>.json; scores each mode."""
-  os.makedirs(directory, exist_ok=True)
-  ground_truth_path = os.path.join(directory, 'ground_truth.json')
-  with open(ground_truth_path, 'w') as f:
-    json.dump(ground_truth, f)
-  results = {}
-  for mode, mode_detections in sorted(detections.items()):
-    path = os.path.join(directory, f'detections_{mode}.json')
-    with open(path, 'w') as f:
-      json.dump(mode_detections, f)
-    results[mode] = coco_metrics(ground_truth_path, path)
-  return results
+  """Scores each mode; writes ground_truth.json and detections_<mode>.json
+  to ``directory`` (local or a bucket) unless it is None."""
+  if directory is not None:
+    directory = paths.path(directory)
+    paths.write_json(directory / 'ground_truth.json', ground_truth, indent=None)
+    for mode, mode_detections in sorted(detections.items()):
+      paths.write_json(directory / f'detections_{mode}.json', mode_detections,
+                       indent=None)
+  return {mode: coco_metrics(ground_truth, mode_detections)
+          for mode, mode_detections in sorted(detections.items())}
 
 
 def eval_step(params, stacked_modes, batch, apply_fn, postprocess,
@@ -177,11 +188,7 @@ class DetectionEvaluator(evaluation.Evaluator):
                ) -> dict[str, dict[str, float]]:
     """{mode: {'AP', 'AP50', 'AP75'}}; COCO files go to ``directory``.
 
-    Without a directory (periodic evaluation) they go to a temporary one.
+    Without a directory (periodic evaluation) no file is written.
     """
     detections = self.detect(params, mode_variables, dataset)
-    ground_truth = dataset.ground_truth()
-    if directory is not None:
-      return write_and_score(directory, ground_truth, detections)
-    with tempfile.TemporaryDirectory() as scratch:
-      return write_and_score(scratch, ground_truth, detections)
+    return write_and_score(directory, dataset.ground_truth(), detections)

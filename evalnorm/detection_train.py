@@ -13,7 +13,6 @@ runs for a detection config (``config.dataset`` in ``DATASETS``).
 
 import dataclasses
 import functools
-import os
 from collections.abc import Callable
 
 import jax
@@ -25,7 +24,8 @@ from jax import lax
 
 from evalnorm import (checkpoint, components, config_lib, data,
                       detection_eval, detection_init, detection_targets,
-                      detector, evaluation, parallel, report, scenes, train)
+                      detector, evaluation, parallel, paths, report, scenes,
+                      train)
 from evalnorm import console
 
 
@@ -237,7 +237,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       train.checkpoint_meta(config, dataset.num_classes), writer, evaluator)
   state = parallel.to_host(state)
   results = evaluator(state.params, evaluator.modes(state), dataset,
-                      directory=os.path.join(workdir, 'coco'))
+                      directory=paths.path(workdir) / 'coco')
   writer.write_scalars(total_steps, {f'eval/{mode}_{name}': value
                                      for mode, r in results.items()
                                      for name, value in r.items()})

@@ -5,10 +5,10 @@ jax is imported only by the functions that need it: the experiments' reports
 use ``markdown_table`` without it.
 """
 
-import json
-import os
 from collections.abc import Sequence
 from typing import Any
+
+from evalnorm import paths
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]],
@@ -41,9 +41,7 @@ def write_eval_json(workdir: str, config, step: int, num_eval_examples: int,
             'alpha_beta': ({} if evalnorm is None
                            else alpha_beta_by_layer(evalnorm))}
   if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, 'eval.json'), 'w') as f:
-      json.dump(record, f, indent=2)
+    paths.write_json(paths.path(workdir) / 'eval.json', record)
   return record
 
 

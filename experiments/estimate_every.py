@@ -22,13 +22,12 @@ The train-step cost of each k is ``benchmarks/cost.py``'s (amortized ratio).
 """
 
 import concurrent.futures
-import json
-import os
 import subprocess
 import sys
 
 import numpy as np
 
+from evalnorm import paths
 from experiments import runs
 
 NAME = 'estimate_every'
@@ -104,8 +103,8 @@ def train_every_k(run: runs.Run, ks) -> dict[int, dict]:
   return out
 
 
-def result_path(workdir_root: str, run: runs.Run) -> str:
-  return os.path.join(workdir_root, run.name, 'every_k.json')
+def result_path(workdir_root: str, run: runs.Run):
+  return paths.path(workdir_root) / run.name / 'every_k.json'
 
 
 def execute(context: runs.Context, seed_runs: list[runs.Run], ks
@@ -115,9 +114,9 @@ def execute(context: runs.Context, seed_runs: list[runs.Run], ks
   seeds are reused."""
   def one(run):
     path = result_path(context.workdir_root, run)
-    if not os.path.exists(path):
-      os.makedirs(os.path.dirname(path), exist_ok=True)
-      with open(os.path.join(os.path.dirname(path), 'log.txt'), 'a') as log:
+    if not path.exists():
+      path.parent.mkdir(parents=True, exist_ok=True)
+      with runs.appending(path.parent / 'log.txt') as log:
         status = subprocess.call(
             [sys.executable, '-m', 'experiments.estimate_every',
              f'--train={run.name}', f"--seeds={dict(run.overrides)['seed']}",
@@ -127,9 +126,8 @@ def execute(context: runs.Context, seed_runs: list[runs.Run], ks
             env=runs._environment(run.devices, ()))  # pylint: disable=protected-access
       if status:
         raise runs.RunFailed(f'{run.name} exited with status {status}; see '
-                             f'{os.path.dirname(path)}/log.txt')
-    with open(path) as f:
-      return {int(k): v for k, v in json.load(f).items()}
+                             f'{path.parent / "log.txt"}')
+    return {int(k): v for k, v in paths.read_json(path).items()}
   with concurrent.futures.ThreadPoolExecutor(max(1, context.jobs)) as pool:
     return dict(zip([r.name for r in seed_runs], pool.map(one, seed_runs)))
 
@@ -173,7 +171,7 @@ def reference_check(context: runs.Context, seed_runs, results) -> str:
   """A sentence comparing k = 1 with the quick start runs found, if any."""
   compared, differing = [], []
   for run, seed in zip(seed_runs, (dict(r.overrides)['seed'] for r in seed_runs)):
-    reference = runs.read_eval(os.path.join(
+    reference = runs.read_eval(paths.join(
         context.workdir_root, reference_run(context.scale, seed).name))
     if reference is None:
       continue
@@ -265,8 +263,7 @@ def main(argv=None):
   if args.train:
     run = next(r for r in seed_runs if r.name == args.train)
     results = train_every_k(run, ks)
-    with open(result_path(context.workdir_root, run), 'w') as f:
-      json.dump(results, f, indent=2)
+    paths.write_json(result_path(context.workdir_root, run), results)
     return results
   results = execute(context, seed_runs, ks)
   return report(context, seed_runs, results, ks)

@@ -24,20 +24,23 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import functools
-import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
 from typing import Any
 
-from evalnorm import report
+from evalnorm import paths, report
 
+# Where the code is (the runs' working directory; configs are read from
+# there). Every file the runs write or read goes through evalnorm.paths:
+# --workdir_root and --results_dir may be bucket paths (gs://...).
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RESULTS_DIR = os.path.join(ROOT, 'experiments', 'results')
-WORKDIR_ROOT = os.path.join(ROOT, 'experiments', 'workdirs')
+RESULTS_DIR = paths.join(ROOT, 'experiments', 'results')
+WORKDIR_ROOT = paths.join(ROOT, 'experiments', 'workdirs')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,12 +176,12 @@ def _format_value(value) -> str:
 
 def command(run: Run, workdir_root: str) -> list[str]:
   """The command line of ``run``, as a user would type it."""
-  workdir = os.path.join(workdir_root, run.name)
+  workdir = paths.join(workdir_root, run.name)
   module = 'evalnorm.main' if run.checkpoint is None else 'evalnorm.estimate'
   args = [sys.executable, '-m', module, f'--config={run.config}',
           f'--workdir={workdir}']
   if run.checkpoint is not None:
-    args.append(f'--checkpoint={os.path.join(workdir_root, run.checkpoint)}')
+    args.append(f'--checkpoint={paths.join(workdir_root, run.checkpoint)}')
   args += [f'--config.{k}={_format_value(v)}' for k, v in run.overrides]
   return args
 
@@ -245,12 +248,31 @@ class DevicePool:
         self._changed.notify_all()
 
 
-def read_eval(workdir: str) -> dict | None:
-  path = os.path.join(workdir, 'eval.json')
-  if not os.path.exists(path):
+def read_eval(workdir: paths.PathLike) -> dict | None:
+  path = paths.path(workdir) / 'eval.json'
+  if not path.exists():
     return None
-  with open(path) as f:
-    return json.load(f)
+  return paths.read_json(path)
+
+
+@contextlib.contextmanager
+def appending(path):
+  """A local file object whose writes end up appended to ``path``.
+
+  A child process writes to a file descriptor, which only a local file
+  has: a bucket's log is written locally and appended to it at the end.
+  """
+  if not paths.is_remote(path):
+    with path.open('a') as log:
+      yield log
+    return
+  with tempfile.TemporaryFile('w+') as log:
+    try:
+      yield log
+    finally:
+      log.seek(0)
+      before = path.read_text() if path.exists() else ''
+      path.write_text(before + log.read())
 
 
 def prerequisites(run: Run, workdir_root: str) -> set[str]:
@@ -264,30 +286,28 @@ def prerequisites(run: Run, workdir_root: str) -> set[str]:
 
 def _execute_one(run: Run, workdir_root: str, pool: DevicePool,
                  before: Sequence[concurrent.futures.Future] = ()) -> dict:
-  workdir = os.path.join(workdir_root, run.name)
+  workdir = paths.path(workdir_root) / run.name
   done = read_eval(workdir)
   if done is not None:
     return done
   for future in before:  # the runs it reads; their failure is its failure
     future.result()
-  os.makedirs(workdir, exist_ok=True)
-  log_path = os.path.join(workdir, 'log.txt')
+  workdir.mkdir(parents=True, exist_ok=True)
+  log_path = workdir / 'log.txt'
   started = time.time()
-  with open(log_path, 'a') as log, pool.take(run.devices) as gpus:
+  with appending(log_path) as log, pool.take(run.devices) as gpus:
     log.write(' '.join(command(run, workdir_root)) + '\n')
     log.flush()
     status = subprocess.call(command(run, workdir_root), cwd=ROOT,
                              stdout=log, stderr=subprocess.STDOUT,
                              env=_environment(run.devices, gpus))
   if status != 0:
-    with open(log_path) as log:
-      tail = ''.join(log.readlines()[-15:])
+    tail = ''.join(log_path.read_text().splitlines(keepends=True)[-15:])
     raise RunFailed(f'run {run.name} exited with status {status}; '
                     f'log {log_path} ends with:\n{tail}')
   result = read_eval(workdir)
   result['wall_seconds'] = round(time.time() - started, 1)
-  with open(os.path.join(workdir, 'eval.json'), 'w') as f:
-    json.dump(result, f, indent=2)
+  paths.write_json(workdir / 'eval.json', result)
   print(f'  {run.name}: done in {result["wall_seconds"]:.0f} s', flush=True)
   return result
 
@@ -299,7 +319,7 @@ def execute(runs: Sequence[Run], workdir_root: str, jobs: int = 1
   A run that reads another (``prerequisites``) starts once that one is done;
   listed after it, it cannot wait for a run that waits for a free job.
   """
-  todo = [r for r in runs if read_eval(os.path.join(workdir_root, r.name)) is None]
+  todo = [r for r in runs if read_eval(paths.join(workdir_root, r.name)) is None]
   if todo:
     print(f'{len(todo)} of {len(runs)} runs to do in {workdir_root}', flush=True)
   devices = DevicePool(machine_gpus())
@@ -345,19 +365,21 @@ class Context:
     return execute(runs, self.workdir_root, self.jobs)
 
   def workdir(self, run: Run) -> str:
-    return os.path.join(self.workdir_root, run.name)
+    return paths.join(self.workdir_root, run.name)
 
   def output(self, filename: str) -> str:
-    os.makedirs(self.results_dir, exist_ok=True)
-    return os.path.join(self.results_dir, filename)
+    """The path of a results file (its directory is created)."""
+    directory = paths.path(self.results_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    return os.fspath(directory / filename)
 
 
 def context_from_args(args: argparse.Namespace) -> Context:
   scale = SCALES[args.scale]
-  workdir_root = args.workdir_root or os.path.join(WORKDIR_ROOT, scale.name)
+  workdir_root = args.workdir_root or paths.join(WORKDIR_ROOT, scale.name)
   results_dir = args.results_dir or (
       RESULTS_DIR if scale.name == 'small'
-      else os.path.join(RESULTS_DIR, scale.name))
+      else paths.join(RESULTS_DIR, scale.name))
   common = ('scale', 'workdir_root', 'results_dir', 'jobs')
   options = {k: v for k, v in vars(args).items() if k not in common}
   return Context(scale, workdir_root, results_dir, args.jobs, options)
@@ -415,16 +437,24 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
   return report.markdown_table(headers, rows) + '\n'
 
 
+def _shown(path: str) -> str:
+  """``path`` as printed: relative to the repository when it is in it."""
+  if paths.is_remote(path):
+    return path
+  relative = os.path.relpath(path, ROOT)
+  return path if relative.startswith('..') else relative
+
+
 def write_markdown(path: str, title: str, *sections: str) -> None:
-  with open(path, 'w') as f:
-    f.write(f'# {title}\n\n' + '\n'.join(sections))
-  print(f'wrote {os.path.relpath(path, ROOT)}')
+  paths.path(path).write_text(f'# {title}\n\n' + '\n'.join(sections))
+  print(f'wrote {_shown(path)}')
 
 
 def save_figure(figure, path: str) -> None:
   figure.tight_layout()
-  figure.savefig(path, dpi=110)
-  print(f'wrote {os.path.relpath(path, ROOT)}')
+  with paths.path(path).open('wb') as f:
+    figure.savefig(f, dpi=110, format=os.path.splitext(path)[1][1:] or 'png')
+  print(f'wrote {_shown(path)}')
 
 
 def plot_against_b(path: str, bs: Sequence[int], curves: dict[str, list[float]],
@@ -563,5 +593,5 @@ def load_trained(run: Run, workdir_root: str):
   model = components.build_model(config, dataset.num_classes, 'evalnorm')
   template = parallel.init_variables(model, jax.random.PRNGKey(0),
                                      config.norm_batch_size, dataset.image_shape)
-  manager = checkpoint.open_existing(os.path.join(workdir_root, run.name))
+  manager = checkpoint.open_existing(paths.join(workdir_root, run.name))
   return config, dataset, model, checkpoint.restore_variables(manager, template)

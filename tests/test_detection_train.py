@@ -116,8 +116,8 @@ def test_a_run_writes_coco_files_that_reproduce_eval_json(tmp_path):
   assert set(written['eval']) == modes
   coco = tmp_path / 'coco'
   for mode in modes:
-    recomputed = detection_eval.coco_metrics(
-        str(coco / 'ground_truth.json'), str(coco / f'detections_{mode}.json'))
+    recomputed = detection_eval.score_files(
+        str(coco / 'ground_truth.json'), coco / f'detections_{mode}.json')
     assert recomputed == written['eval'][mode]
   assert written['alpha_beta'] and os.path.isdir(tmp_path / 'checkpoints')
 
