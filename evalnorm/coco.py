@@ -86,6 +86,7 @@ class CocoDataset:
     size = config.image_size
     self.image_shape = (size, size, 3)
     self.max_objects = MAX_OBJECTS
+    self._num_local_train_examples = None  # this process's share, when needed
 
   def _example(self, example, seed=None):
     """Resize, flip (training, when ``seed`` is given), standardize, pad."""
@@ -114,25 +115,24 @@ class CocoDataset:
     return {'image': image, 'boxes': boxes, 'classes': classes,
             'image_id': tf.cast(example['image/id'], tf.int32)}
 
-  def _read(self, split: str, shuffle_files: bool):
+  def _read(self, split: str, shuffle_files: bool, shuffle_seed: int = 0):
     import tensorflow as tf
     import tensorflow_datasets as tfds
     options = tf.data.Options()
     options.deterministic = True
-    read_config = tfds.ReadConfig(shuffle_seed=self._seed,
-                                  options=options)
+    read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed, options=options)
     return self._builder.as_dataset(
         split=tfds.split_for_jax_process(split), shuffle_files=shuffle_files,
         read_config=read_config)
 
   def train_batches(self, start_step: int) -> Iterator[data.Batch]:
+    """As the classification sets' (data.epoch_stream_batches): a resume
+    skips at most one epoch."""
     import tensorflow as tf
     import tensorflow_datasets as tfds
-    batch_size = self._batch_size // jax.process_count()
-    dataset = self._read(self.train_split, shuffle_files=True).repeat()
-    dataset = dataset.shuffle(min(1000, self.num_train_examples),
-                              seed=self._seed)
-    dataset = dataset.enumerate().skip(start_step * batch_size)
+    if self._num_local_train_examples is None:
+      self._num_local_train_examples = data._split_size(  # pylint: disable=protected-access
+          self._builder, tfds.split_for_jax_process(self.train_split))
     process_seed = tf.constant([self._seed, jax.process_index()],
                                tf.int64)
 
@@ -141,9 +141,11 @@ class CocoDataset:
       example = self._example(example, seed)
       del example['image_id']
       return example
-    dataset = dataset.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
-    dataset = dataset.batch(batch_size, drop_remainder=True)
-    return iter(tfds.as_numpy(dataset.prefetch(tf.data.AUTOTUNE)))
+    return data.epoch_stream_batches(
+        lambda shuffle_seed: self._read(self.train_split, True, shuffle_seed),
+        self._num_local_train_examples,
+        self._batch_size // jax.process_count(), start_step,
+        self._seed, min(1000, self.num_train_examples), preprocess)
 
   def _eval_examples(self):
     import tensorflow as tf

@@ -205,6 +205,27 @@ def test_cifar_stream_is_deterministic_and_resumable(mock_tfds):
   assert_batches_equal(next(resumed), first_three[2])
 
 
+def test_cifar_resume_is_exact_late_and_across_epoch_boundaries(mock_tfds):
+  """37 examples, batch 8: every epoch ends inside a batch. Resuming at
+  steps a dozen epochs in (each batch straddles an epoch boundary) gives
+  the batches of the uninterrupted stream; epochs are shuffled apart."""
+  del mock_tfds
+  config = make_config('cifar10', batch_size=8, shuffle_buffer=16)
+  stream = data.make_dataset(config).train_batches(0)
+  uninterrupted = [next(stream) for _ in range(62)]
+  labels = np.concatenate([b['label'] for b in uninterrupted])
+  # Every epoch holds the 37 examples once, in its own order.
+  epochs = labels[:37 * 13].reshape(13, 37)
+  assert all(sorted(e) == sorted(epochs[0]) for e in epochs)
+  assert len({tuple(e) for e in epochs}) > 1
+  # Steps 55 and 60 (positions 440-447, 480-487) hold the ends of epochs
+  # 11 (at 444) and 12 (at 481).
+  for step in (55, 60):
+    resumed = data.make_dataset(config).train_batches(step)
+    assert_batches_equal(next(resumed), uninterrupted[step])
+    assert_batches_equal(next(resumed), uninterrupted[step + 1])
+
+
 @pytest.mark.parametrize('name', ['cifar10', 'imagenet2012'])
 def test_unprepared_tfds_dataset_says_how_to_prepare_it(tmp_path, name):
   with pytest.raises(data.DatasetUnavailableError) as error:
