@@ -16,6 +16,7 @@ import contextlib
 import importlib.util
 import os
 import re
+import signal
 import sys
 
 from absl import app, flags, logging
@@ -107,6 +108,11 @@ def initialize_distributed(config) -> None:
   """
   import jax  # pylint: disable=import-outside-toplevel
   config_lib.validate_distributed(config)
+  # jax's preemption service installs its own SIGTERM handler (in C++) here,
+  # which would swallow SIGTERM until the run's handler (train.SigtermFlag)
+  # is installed again; the processes agree on when to stop through
+  # train.StopAgreement instead.
+  jax.config.update('jax_enable_preemption_service', False)
   jax.distributed.initialize(
       coordinator_address=config.coordinator_address,
       num_processes=config.num_processes, process_id=config.process_id,
@@ -136,6 +142,10 @@ def exit_statuses():
           checkpoint.CheckpointError) as e:
     fail(e, RUN_ERROR)
   except train.Preempted as e:
+    # Saved and on the way out: a later SIGTERM (another host's notice, a
+    # scheduler's repeat) must not kill the process mid-exit, e.g. in
+    # jax.distributed's shutdown barrier, turning exit 143 into a signal.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     print(str(e), file=sys.stderr)
     sys.exit(PREEMPTED)
 

@@ -171,21 +171,35 @@ class Steps:
 
   def __init__(self, forward_fn, update_batch_stats: bool = True,
                devices=None):
-    self.sgd = parallel.pmap(
-        lambda s, b: sgd_step(s, forward_fn(s, b), update_batch_stats),
-        devices=devices, donate_argnums=(0,))
+    self._agreement = StopAgreement()
+    # With several processes the SGD step also sums their SIGTERM flags.
+    self.sgd = parallel.pmap(self._agreement.wrap(
+        lambda s, b: sgd_step(s, forward_fn(s, b), update_batch_stats)),
+                             devices=devices, donate_argnums=(0,))
     self.alpha_beta = parallel.pmap(
         lambda s, b: alpha_beta_step(s, forward_fn(s, b)), devices=devices)
 
   def __call__(self, state: TrainState, batch, estimating: bool):
+    """One step: (state, metrics)."""
+    state, metrics, _ = self.step_or_stop(state, batch, estimating, False)
+    return state, metrics
+
+  def step_or_stop(self, state: TrainState, batch, estimating: bool,
+                   sigterm_received: bool):
+    """One step: (state, metrics, whether every process stops after it).
+
+    ``sigterm_received``: this process's flag; the answer is the same on
+    every process (``StopAgreement``).
+    """
     aux_loss = None
     if estimating:
       evalnorm, opt_state, aux_loss = self.alpha_beta(state, batch)
       state = state.replace(evalnorm=evalnorm, evalnorm_opt_state=opt_state)
-    state, metrics = self.sgd(state, batch)
+    state, metrics, stop = self._agreement.step(self.sgd, state, batch,
+                                                sigterm_received)
     if aux_loss is not None:
       metrics = {**metrics, 'aux_loss': aux_loss}
-    return state, metrics
+    return state, metrics, stop
 
 
 def checkpoint_meta(config, num_classes: int) -> dict:
@@ -299,8 +313,13 @@ class SigtermFlag:
   ``defer=False`` (start-up, final evaluation): the latest checkpoint already
   holds everything worth saving, so the handler raises Preempted at once,
   saying ``situation`` (what was happening, what is saved). A second SIGTERM
-  while the first is handled is ignored.
+  while the first is handled is ignored, also by the flags this one is
+  nested in once Preempted leaves it: with several processes the second
+  notice often comes while the run is on its way out (the other process's
+  SIGTERM made both stop), and it must not raise again in the cleanup.
   """
+
+  _entered: list['SigtermFlag'] = []  # the flags entered, innermost last
 
   def __init__(self, defer: bool = True, situation: str = ''):
     self.received = False
@@ -311,9 +330,14 @@ class SigtermFlag:
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():
       self._previous = signal.signal(signal.SIGTERM, self._set)
+    SigtermFlag._entered.append(self)
     return self
 
-  def __exit__(self, *exc):
+  def __exit__(self, exc_type, exc, traceback):
+    SigtermFlag._entered.remove(self)
+    if (exc_type is not None and issubclass(exc_type, Preempted)
+        and SigtermFlag._entered):
+      SigtermFlag._entered[-1].received = True
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
 
@@ -324,6 +348,69 @@ class SigtermFlag:
     if first and not self.defer:
       raise Preempted(f'SIGTERM received {self.situation}; rerun the same '
                       'command to resume')
+
+
+class StopAgreement:
+  """Whether to stop after a step: the same answer on every process.
+
+  SIGTERM reaches each host of a slice at its own moment, so the processes'
+  own flags can flip at different steps, while a save is a collective in
+  orbax (every process writes its part, then they agree the step is done):
+  all must stop after the same step.
+
+  One process: its own flag, no collective, the step as it is. Several:
+  ``wrap`` adds the sum of the local flags over every device of the job to
+  the train step's own program (a psum of one float32 per device;
+  PMAP_AXIS spans all processes), and ``step`` answers with the sum of the
+  previous step. Every process reads the same sum of the same step, so all
+  stop after the same step, at most two steps after the first SIGTERM.
+
+  Why this way: a float32 psum in the step is merged by XLA into the
+  step's one all-reduce of the gradients and metrics (a test checks the
+  compiled step; an int32 psum would stay an all-reduce of its own), so no
+  collective, program or barrier is added; and reading the previous step's
+  sum waits only for a step that the host has already queued the next one
+  behind, so the device never idles for it. ``multihost_utils.
+  process_allgather`` of the flag, or a pmapped psum of its own, adds a
+  cross-process collective to every step (6-10 ms a call timed alone on
+  the 2-core test machine), and the allgather also stops the host at every
+  step until the step just dispatched is done (benchmarks/preemption.py
+  times the three in training; on the loaded test machine the differences
+  were within its noise, +-40 ms of a ~200 ms gloo-bound step). jax's own
+  preemption service (``reached_preemption_sync_point``) is switched off:
+  it catches SIGTERM in C++, where SigtermFlag would never see it
+  (evalnorm.cli).
+  """
+
+  def __init__(self):
+    self._several = jax.process_count() > 1
+    self._pending = None  # the flags' sum of the step dispatched last
+
+  def wrap(self, step_fn):
+    """The per-device step to pmap: with several processes ``step_fn(state,
+    batch)`` plus the flags' sum, taking the local flag as a third input."""
+    if not self._several:
+      return step_fn
+
+    def step_and_flags(state, batch, flag):
+      state, metrics = step_fn(state, batch)
+      return state, metrics, lax.psum(flag, parallel.PMAP_AXIS)
+    return step_and_flags
+
+  def step(self, pmapped_step, state, batch, received: bool):
+    """Dispatches the step; (state, metrics, whether to stop after it)."""
+    if not self._several:
+      state, metrics = pmapped_step(state, batch)
+      return state, metrics, received
+    flags = np.full(jax.local_device_count(), received, np.float32)
+    previous = self._pending
+    state, metrics, self._pending = pmapped_step(state, batch, flags)
+    if previous is None:
+      return state, metrics, False
+    # This process's own copy of the sum: indexing the global array
+    # (previous[0]) would run a program on every process's devices.
+    local_sum = np.asarray(previous.addressable_data(0))
+    return state, metrics, float(local_sum[0]) > 0
 
 
 def is_estimating_step(step: int, every: int) -> bool:
@@ -409,15 +496,15 @@ def train_loop(state: TrainState, dataset, steps: Steps, schedule: Schedule,
       estimating = estimate and is_estimating_step(
           step, schedule.estimate_every_steps)
       # Dispatched before anything reads the previous step's metrics back.
-      state, metrics = steps(state, next(batches), estimating)
+      state, metrics, stop = steps.step_or_stop(state, next(batches), estimating,
+                                                sigterm.received)
       progress(step)
       is_last = step == total_steps
       if step % schedule.log_every_steps == 0 or is_last:
         log_step(writer, step, state, metrics, schedule.learning_rate, estimate)
-      if (step % schedule.checkpoint_every_steps == 0 or is_last or
-          sigterm.received):
+      if step % schedule.checkpoint_every_steps == 0 or is_last or stop:
         save_checkpoint(manager, step, state, metrics, meta)
-      if sigterm.received:
+      if stop:
         manager.wait_until_finished()
         raise Preempted(f'SIGTERM received: saved a checkpoint at step {step} '
                         f'in {manager.directory}; rerun the same command to '

@@ -2,16 +2,21 @@
 
 Each process has 4 fake CPU devices (gloo collectives between them); they find
 each other through the config keys coordinator_address, num_processes and
-process_id. Slow: several training processes.
+process_id. Slow: several training processes. Also here, in one process:
+how the processes agree on the step to stop after (train.StopAgreement).
 """
 
+import functools
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
 
+import jax
+import numpy as np
 import pytest
 
 from evalnorm import train
@@ -35,7 +40,7 @@ def processes(tmp_path):
   """Starts the processes of a job; kills leftovers and prints logs after."""
   started = []
 
-  def start_job(workdir, *extra, name='job'):
+  def start_job(workdir, *extra, name='job', timeout_s=TIMEOUT_S):
     port = free_port()
     job = []
     for process_id in range(2):
@@ -44,9 +49,13 @@ def processes(tmp_path):
               *COMMON, '--config.distributed=true',
               f'--config.coordinator_address=localhost:{port}',
               '--config.num_processes=2', f'--config.process_id={process_id}',
-              f'--config.distributed_timeout_s={TIMEOUT_S}', *extra]
+              f'--config.distributed_timeout_s={timeout_s}', *extra]
       env = dict(os.environ, JAX_PLATFORMS='cpu',
                  XLA_FLAGS='--xla_force_host_platform_device_count=4')
+      # Not the session's compilation cache: only process 0 writes it, so a
+      # later job's process 0 would start at once and wait for process 1,
+      # compiling, at the first collective, longer than the timeout.
+      env.pop('JAX_COMPILATION_CACHE_DIR', None)
       process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log,
                                  stderr=subprocess.STDOUT)
       process.log_path = log.name
@@ -109,3 +118,91 @@ def test_a_dead_process_stops_the_other_and_the_job_resumes(tmp_path,
   assert [p.wait(timeout=900) for p in rerun] == [0, 0]
   assert f'Resumed from step {saved} ' in log_of(rerun[0])
   assert read_eval(workdir)['step'] == 300
+
+
+def test_processes_stop_after_the_same_step_one_step_late(monkeypatch):
+  """The sum of the flags read back is the previous step's, the same on
+  every process: a notice during step 2 stops them all after step 3."""
+  monkeypatch.setattr(jax, 'process_count', lambda: 2)
+  agreement = train.StopAgreement()
+  sums = []
+
+  def pmapped_step(state, batch, flags):  # both processes' flags: twice ours
+    sums.append(jax.numpy.full(len(flags), 2 * flags.sum(), np.float32))
+    return state + 1, {'batch': batch}, sums[-1]
+  stops = [agreement.step(pmapped_step, step - 1, None, received)[2]
+           for step, received in ((1, False), (2, True), (3, True))]
+  assert stops == [False, False, True]
+
+
+@pytest.mark.slow  # ~1 minute on 2 busy cores: compiles the train step twice.
+def test_the_stop_flags_ride_on_the_steps_own_all_reduce(monkeypatch):
+  """Folded into the step, the flags' psum adds no collective: XLA merges it
+  into the step's one all-reduce of gradients and metrics."""
+  from digits_runs import small_digits_config  # pylint: disable=g-import-not-at-top
+  from evalnorm import data  # pylint: disable=g-import-not-at-top
+  config = small_digits_config()
+  dataset = data.make_dataset(config)
+  model = train.build_model(config, dataset.num_classes)
+  state = train.replicate(train.create_train_state(
+      config, model, dataset.image_shape, 10, jax.random.PRNGKey(0)))
+  batch = data.shard(dataset.train_batch(0))
+  plain = functools.partial(train.train_step, estimate=True)
+  monkeypatch.setattr(jax, 'process_count', lambda: 2)  # wrap as for 2
+
+  def all_reduces(step_fn, *args):
+    compiled = jax.pmap(step_fn, axis_name=train.PMAP_AXIS).lower(
+        state, batch, *args).compile()
+    return len(re.findall(r' all-reduce(?:-start)?\(', compiled.as_text()))
+  flags = np.zeros(jax.local_device_count(), np.float32)
+  assert all_reduces(train.StopAgreement().wrap(plain), flags) == (
+      all_reduces(plain))
+
+
+def preempted_step(process) -> int:
+  """The step the process saved before exiting 143 (from its message)."""
+  match = re.search(r'SIGTERM received: saved a checkpoint at step (\d+)',
+                    log_of(process))
+  assert match, 'no preemption message'
+  return int(match.group(1))
+
+
+@pytest.mark.slow  # three 2-process jobs: ~6 min on 2 busy cores.
+@pytest.mark.xdist_group('multiprocess')
+def test_sigterm_to_both_processes_saves_one_step_and_resumes_exactly(
+    tmp_path, processes):
+  """The notices arrive at different moments (process 1's first, then the
+  coordinator's); both processes stop after the same step, save it once and
+  exit 143; rerunning both ends where the uninterrupted job ends."""
+  args = ('--config.num_train_steps=40', '--config.checkpoint_every_steps=5',
+          '--config.log_every_steps=5')
+  start = functools.partial(processes, timeout_s=120)  # no process dies here
+  reference = start(tmp_path / 'reference', *args, name='reference')
+  assert [p.wait(timeout=600) for p in reference] == [0, 0]
+  workdir = tmp_path / 'run'
+  job = start(workdir, *args)
+  checkpoints = workdir / 'checkpoints'
+  deadline = time.time() + 400
+  while not (checkpoints.is_dir() and '5' in os.listdir(checkpoints)):
+    assert time.time() < deadline and job[0].poll() is None, 'no checkpoint'
+    time.sleep(0.2)
+  job[1].send_signal(signal.SIGTERM)
+  time.sleep(0.5)  # a few steps at most; the agreement may already be made
+  job[0].send_signal(signal.SIGTERM)
+  assert [p.wait(timeout=300) for p in job] == [143, 143]
+  saved = preempted_step(job[0])
+  assert preempted_step(job[1]) == saved and 5 <= saved < 40
+  names = os.listdir(checkpoints)
+  assert all(name.isdigit() for name in names), names  # no tmp directory
+  assert max(int(name) for name in names) == saved, names
+  assert not (workdir / 'eval.json').exists()
+  rerun = start(workdir, *args, name='rerun')
+  assert [p.wait(timeout=600) for p in rerun] == [0, 0]
+  assert f'Resumed from step {saved} ' in log_of(rerun[0])
+  expected, got = read_eval(tmp_path / 'reference'), read_eval(workdir)
+  assert got['step'] == 40
+  for mode, metrics in expected['eval'].items():
+    assert got['eval'][mode]['loss'] == pytest.approx(metrics['loss'],
+                                                      abs=1e-6), mode
+  for layer, values in expected['alpha_beta'].items():
+    assert got['alpha_beta'][layer] == pytest.approx(values, abs=1e-6)
