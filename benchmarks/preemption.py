@@ -24,14 +24,14 @@ minimums, and the median over rounds of the difference within a round
 (steadier on a loaded machine). ``--alone``: the agreements' calls without
 train steps (the folded one has none to ride on and is left out).
 
-Measured on the shared 2-core machine under a load of 15-19 from other jobs
-(1 device per process, 40 steps, 6 rounds; a step ~200 ms, bound by gloo):
-extra ms per step, of the mins / paired median: folded +44 / +3, separate
-+17 / -12, allgather +20 / +14, i.e. within the noise; another run gave
-folded +15, separate +30, allgather +28 (mins). Alone (4 devices per
-process): separate 10.3 ms and allgather 5.8 ms a call, the latency of the
-collective each adds to a step; folded adds none (its psum is merged into
-the step's one all-reduce: tests/test_multiprocess.py checks it).
+Measured on the shared 2-core machine (load ~8 from other jobs; 1 device per
+process, 40 steps, 6 rounds; a step ~165-195 ms, bound by gloo), extra ms per
+step against none, of the mins / paired median: folded +26 / +14, separate
++51 / +33, allgather +23 / +24; the spread between rounds is of the same
+order. Alone (50 calls, 4 rounds): separate 3.7 ms and allgather 7.8 ms a
+call, the latency of the collective each adds to a step; folded adds no
+collective (its psum is merged into the step's one all-reduce:
+tests/test_multiprocess.py checks the compiled step).
 """
 
 import argparse
