@@ -129,17 +129,21 @@ def test_experiment_runs_and_results_in_a_bucket(bucket, monkeypatch):
   assert png[:8] == b'\x89PNG\r\n\x1a\n'
 
 
-@pytest.mark.slow  # ~1 minute on 2 busy cores: a 2-step run and evaluation.
-def test_a_run_writes_its_files_through_an_epath_workdir(tmp_path):
+@pytest.mark.slow  # ~80 s on 2 busy cores: a 2-step run, evaluated twice.
+def test_a_run_writes_its_files_through_an_epath_workdir(tmp_path,
+                                                          monkeypatch):
+  """A relative epath.Path workdir (orbax needs it made absolute), then the
+  same run resumed through a string."""
   from evalnorm import train  # pylint: disable=g-import-not-at-top
-  workdir = epath.Path(tmp_path) / 'run'
+  monkeypatch.chdir(tmp_path)
   config = small_digits_config(num_train_steps=2, checkpoint_every_steps=2,
                                log_every_steps=1)
-  report = train.train_and_evaluate(config, workdir)
+  report = train.train_and_evaluate(config, epath.Path('run'))
+  workdir = epath.Path(tmp_path) / 'run'
   written = paths.read_json(workdir / 'eval.json')
   assert written['step'] == 2 and written['eval'] == report['eval']
   assert [p.name for p in (workdir / 'checkpoints').iterdir()] == ['2']
   assert list(workdir.glob('events.out.tfevents.*'))
-  # The same run resumed through a string path: nothing left to train.
-  again = train.train_and_evaluate(config, os.fspath(workdir))
+  # Nothing left to train: the saved state is evaluated again.
+  again = train.train_and_evaluate(config, 'run')
   np.testing.assert_equal(again['eval'], report['eval'])
