@@ -5,12 +5,12 @@ r"""Per-step cost of agreeing across processes on when to stop (SIGTERM).
 
 Starts two processes of ``--devices`` fake CPU devices each (4), joined by
 jax.distributed as tests/test_multiprocess.py does, and times the digits
-training step of tests/digits_runs.py (batch 16, B=2, online estimation)
-as ``train_loop`` runs it, with each way of agreeing on a stop:
+SGD step of tests/training_helpers.py (batch 16, B=2) as ``train_loop``
+runs it, with each way of agreeing on a stop:
 
   none       no agreement (what one process runs);
-  folded     ``train.StopAgreement`` (what train_loop runs): the psum of the
-             local flags inside the train step's program, the previous
+  folded     ``train.StopAgreement`` (what ``train.Steps`` runs): the psum
+             of the local flags inside the SGD step's program, the previous
              step's sum read back;
   separate   a pmapped psum of the flags of its own after each step, the
              previous step's sum read back;
@@ -35,7 +35,6 @@ tests/test_multiprocess.py checks the compiled step).
 """
 
 import argparse
-import functools
 import os
 import socket
 import statistics
@@ -72,26 +71,23 @@ def worker(args) -> None:
   jax.distributed.initialize(f'localhost:{args.port}', num_processes=2,
                              process_id=args.process_id)
   sys.path.insert(0, os.path.join(ROOT, 'tests'))
-  from digits_runs import small_digits_config
-  from evalnorm import data, train
+  from training_helpers import small_digits_config
+  from evalnorm import components, data, parallel, train
 
   config = small_digits_config()
   dataset = data.make_dataset(config)
-  model = train.build_model(config, dataset.num_classes)
+  model = components.build_model(config, dataset.num_classes)
   state = train.create_train_state(config, model, dataset.image_shape, 1000,
                                    jax.random.PRNGKey(0))
-  state = train.replicate(state)
-  step_fn = jax.pmap(functools.partial(train.train_step, estimate=True),
-                     axis_name=train.PMAP_AXIS, donate_argnums=(0,))
-  agreement = train.StopAgreement()
-  folded_step_fn = jax.pmap(
-      agreement.wrap(functools.partial(train.train_step, estimate=True)),
-      axis_name=train.PMAP_AXIS, donate_argnums=(0,))
-  flags_sum = jax.pmap(lambda flag: jax.lax.psum(flag, train.PMAP_AXIS),
-                       axis_name=train.PMAP_AXIS)
+  state = parallel.replicate(state)
+  step_fn = parallel.pmap(
+      lambda s, b: train.sgd_step(s, train.classifier_forward(s, b)),
+      donate_argnums=(0,))
+  folded_steps = train.Steps(train.classifier_forward)  # with several processes
+  flags_sum = parallel.pmap(lambda flag: jax.lax.psum(flag, parallel.PMAP_AXIS))
   # On the devices beforehand: the variants time the step, not the input.
   batches = list(jax_utils.prefetch_to_device(
-      (data.shard(dataset.train_batch(s)) for s in range(8)), 1))
+      (parallel.shard(dataset.train_batch(s)) for s in range(8)), 1))
   received = False  # no SIGTERM is sent
 
   def run(variant, state):
@@ -102,8 +98,8 @@ def worker(args) -> None:
       if variant == 'folded':
         if args.alone:
           continue
-        state, metrics, stop = agreement.step(folded_step_fn, state, batch,
-                                              received)
+        state, metrics, stop = folded_steps.step_or_stop(state, batch, False,
+                                                         received)
       else:
         if not args.alone:
           state, metrics = step_fn(state, batch)
