@@ -139,20 +139,21 @@ def test_processes_stop_after_the_same_step_one_step_late(monkeypatch):
 def test_the_stop_flags_ride_on_the_steps_own_all_reduce(monkeypatch):
   """Folded into the step, the flags' psum adds no collective: XLA merges it
   into the step's one all-reduce of gradients and metrics."""
-  from digits_runs import small_digits_config  # pylint: disable=g-import-not-at-top
-  from evalnorm import data  # pylint: disable=g-import-not-at-top
+  from training_helpers import small_digits_config  # pylint: disable=g-import-not-at-top
+  from evalnorm import components, data, parallel  # pylint: disable=g-import-not-at-top
   config = small_digits_config()
   dataset = data.make_dataset(config)
-  model = train.build_model(config, dataset.num_classes)
-  state = train.replicate(train.create_train_state(
+  model = components.build_model(config, dataset.num_classes)
+  state = parallel.replicate(train.create_train_state(
       config, model, dataset.image_shape, 10, jax.random.PRNGKey(0)))
-  batch = data.shard(dataset.train_batch(0))
-  plain = functools.partial(train.train_step, estimate=True)
+  batch = parallel.shard(next(dataset.train_batches(0)))
+
+  def plain(state, batch):  # the SGD step that train.Steps wraps
+    return train.sgd_step(state, train.classifier_forward(state, batch))
   monkeypatch.setattr(jax, 'process_count', lambda: 2)  # wrap as for 2
 
   def all_reduces(step_fn, *args):
-    compiled = jax.pmap(step_fn, axis_name=train.PMAP_AXIS).lower(
-        state, batch, *args).compile()
+    compiled = parallel.pmap(step_fn).lower(state, batch, *args).compile()
     return len(re.findall(r' all-reduce(?:-start)?\(', compiled.as_text()))
   flags = np.zeros(jax.local_device_count(), np.float32)
   assert all_reduces(train.StopAgreement().wrap(plain), flags) == (
