@@ -1,4 +1,4 @@
-r"""Command line of offline estimation (see evalnorm.offline).
+r"""Command line of offline estimation (see evalnorm.offline_estimation).
 
     python -m evalnorm.estimate --config=configs/digits.py --checkpoint=DIR --workdir=OUT \
         [--config.norm=batchnorm] [--config.offline_estimation_steps=300]
@@ -24,11 +24,11 @@ COMMAND = cli.Command({
 def main(argv):
   del argv  # COMMAND.parse refused extra arguments.
   # Imported after parsing, as in evalnorm.main: a mistyped flag fails fast.
-  from evalnorm import offline, report  # pylint: disable=import-outside-toplevel
+  from evalnorm import offline_estimation, report  # pylint: disable=import-outside-toplevel
   with cli.exit_statuses():
     cli.log_devices()
-    results = offline.estimate_and_evaluate(FLAGS.config, FLAGS.checkpoint,
-                                            FLAGS.workdir)
+    results = offline_estimation.estimate_and_evaluate(
+        FLAGS.config, FLAGS.checkpoint, FLAGS.workdir)
   if jax.process_index() == 0:
     print(report.results_table(results))
 

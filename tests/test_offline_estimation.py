@@ -1,4 +1,4 @@
-"""Offline estimation on frozen checkpoints (evalnorm.estimate / evalnorm.offline)."""
+"""Offline estimation on frozen checkpoints (evalnorm.estimate / evalnorm.offline_estimation)."""
 
 import functools
 import hashlib
@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from evalnorm import checkpoint, components, data, offline, train
+from evalnorm import checkpoint, components, data, offline_estimation, train
 from evalnorm.layers import EvalNorm
 from evalnorm.variables import batchnorm_to_evalnorm
 
@@ -54,7 +54,7 @@ def test_offline_estimation_leaves_checkpoint_bit_identical(batchnorm_run,
   before = restored_variables(config, workdir)
   config = config.copy_and_resolve_references()
   config.update(dict(offline_estimation_steps=5, precise_ema_batches=2))
-  results = offline.estimate_and_evaluate(config, workdir, str(tmp_path))
+  results = offline_estimation.estimate_and_evaluate(config, workdir, str(tmp_path))
   assert tree_digest(workdir) == before_files
   after = restored_variables(config, workdir)
   jax.tree_util.tree_map(np.testing.assert_array_equal, before, after)
@@ -121,7 +121,7 @@ def test_precise_ema_is_the_mean_of_per_batch_group_statistics():
   dataset = data.make_dataset(config)
   variables = batchnorm_to_evalnorm(random_batchnorm_variables(config))
   model = components.build_model(config, 10, 'evalnorm')
-  got = offline.precise_batch_stats(model, variables, dataset.train_batches(0),
+  got = offline_estimation.precise_batch_stats(model, variables, dataset.train_batches(0),
                                     config.precise_ema_batches)
   sums = {}
   for step in range(2):
@@ -147,7 +147,7 @@ def test_precise_ema_is_the_mean_of_per_batch_group_statistics():
 def test_missing_checkpoint_is_one_clear_error(tmp_path, make_dir, fragment):
   directory = make_dir(tmp_path)
   with pytest.raises(checkpoint.CheckpointError) as error:
-    offline.estimate_and_evaluate(small_digits_config(norm='batchnorm'),
+    offline_estimation.estimate_and_evaluate(small_digits_config(norm='batchnorm'),
                                   directory, str(tmp_path / 'out'))
   assert fragment in str(error.value) and directory in str(error.value)
 
@@ -157,10 +157,10 @@ def test_checkpoint_of_other_model_is_refused(batchnorm_run, tmp_path):
   _, workdir = batchnorm_run
   before = tree_digest(workdir)
   with pytest.raises(checkpoint.CheckpointError, match='depth=8.*config: 20'):
-    offline.estimate_and_evaluate(small_digits_config(norm='batchnorm', depth=20),
+    offline_estimation.estimate_and_evaluate(small_digits_config(norm='batchnorm', depth=20),
                                   workdir, str(tmp_path))
   with pytest.raises(checkpoint.CheckpointError, match="norm='batchnorm'"):
-    offline.estimate_and_evaluate(small_digits_config(), workdir, str(tmp_path))
+    offline_estimation.estimate_and_evaluate(small_digits_config(), workdir, str(tmp_path))
   assert tree_digest(workdir) == before
 
 
@@ -170,6 +170,6 @@ def test_warns_when_rules_assume_another_b(batchnorm_run, tmp_path, capsys):
   config = config.copy_and_resolve_references()
   config.update(dict(batch_size=32, norm_batch_size=4,
                      offline_estimation_steps=2, fixed_alpha_beta=()))
-  offline.estimate_and_evaluate(config, workdir, str(tmp_path))
+  offline_estimation.estimate_and_evaluate(config, workdir, str(tmp_path))
   warning = capsys.readouterr().err
   assert 'trained with B=2' in warning and 'norm_batch_size=4' in warning
