@@ -338,8 +338,9 @@ def build_states(setup: Setup, variants: list[Variant], half_precision: bool):
   # The init is not timed: compiled with optimizations off (much faster).
   with fast_compile(True):
     state = train.create_train_state(
-        configs[init_key], models[init_key], setup.image_shape,
-        total_steps=1000, rng=jax.random.PRNGKey(0))
+        models[init_key], jax.random.PRNGKey(0),
+        configs[init_key].norm_batch_size, setup.image_shape,
+        train.Optimizers.from_config(configs[init_key], total_steps=1000))
   state = jax.device_get(state)
   states = {}
   for v in variants:

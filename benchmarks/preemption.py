@@ -77,8 +77,9 @@ def worker(args) -> None:
   config = small_digits_config()
   dataset = data.make_dataset(config)
   model = components.build_model(config, dataset.num_classes)
-  state = train.create_train_state(config, model, dataset.image_shape, 1000,
-                                   jax.random.PRNGKey(0))
+  state = train.create_train_state(
+      model, jax.random.PRNGKey(0), config.norm_batch_size,
+      dataset.image_shape, train.Optimizers.from_config(config, 1000))
   state = parallel.replicate(state)
   step_fn = parallel.pmap(
       lambda s, b: train.sgd_step(s, train.classifier_forward(s, b)),
@@ -87,7 +88,7 @@ def worker(args) -> None:
   flags_sum = parallel.pmap(lambda flag: jax.lax.psum(flag, parallel.PMAP_AXIS))
   # On the devices beforehand: the variants time the step, not the input.
   batches = list(jax_utils.prefetch_to_device(
-      (parallel.shard(dataset.train_batch(s)) for s in range(8)), 1))
+      (parallel.shard(next(dataset.train_batches(s))) for s in range(8)), 1))
   received = False  # no SIGTERM is sent
 
   def run(variant, state):

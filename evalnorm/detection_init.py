@@ -21,7 +21,7 @@ import flax
 import flax.linen as nn
 from absl import logging
 
-from evalnorm import checkpoint, components, models
+from evalnorm import checkpoint, components
 
 # Top-level classifier module -> the detector part that holds it.
 _PARTS = {'stem': 'backbone', 'final_norm': 'rcn'}
@@ -37,15 +37,16 @@ def _detector_part(classifier_module: str, num_base_stages: int) -> str | None:
 
 
 def merge(fresh, loaded, collection: str, num_base_stages: int,
-          reset_norm: bool, source: str):
-  """``fresh`` detector variables with the classifier's where they map."""
+          reset_norm: bool, norm_paths: frozenset, source: str):
+  """``fresh`` detector variables with the classifier's where they map;
+  ``reset_norm``: not those of the classifier's norm layers (``norm_paths``)."""
   fresh = flax.traverse_util.flatten_dict(flax.core.unfreeze(fresh))
   loaded = flax.traverse_util.flatten_dict(flax.core.unfreeze(loaded))
   placed = set()
   for path, value in loaded.items():
     part = _detector_part(path[0], num_base_stages)
     if part is None or (reset_norm and (collection == 'batch_stats'
-                                        or models.is_norm_layer(path))):
+                                        or path[:-1] in norm_paths)):
       continue
     target = (part,) + path
     if target not in fresh or fresh[target].shape != value.shape:
@@ -70,10 +71,11 @@ def initialize_from_classifier(state, init_from: str, init_norm: str,
   ``num_base_stages`` stages become the base network, the others the RCN.
   """
   # Parameter shapes do not depend on the image size: a small one will do.
-  pretrained = components.restore_pretrained(init_from, classifier,
-                                             group_size, (32, 32, channels))
+  pretrained, norm_paths = components.restore_pretrained(
+      init_from, classifier, group_size, (32, 32, channels))
   merge_one = functools.partial(merge, num_base_stages=num_base_stages,
                                 reset_norm=init_norm == 'reset',
+                                norm_paths=norm_paths,
                                 source=init_from)
   logging.info('Detector initialized from classifier %s (norm layers: %s).',
                init_from, init_norm)

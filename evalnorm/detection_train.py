@@ -177,30 +177,23 @@ def results_table(results: dict) -> str:
   return report.results_table(results, report.DETECTION_COLUMNS, 'eval images')
 
 
-def initialize_from_classifier(config, state: train.TrainState,
-                               channels: int) -> train.TrainState:
-  """``state`` with the classifier of ``config.init_from`` in its backbone
-  and RCN (see ``detection_init``)."""
+def fine_tuning_start(config, channels: int):
+  """What a new detection run does to its fresh state: put the classifier
+  of ``config.init_from`` in its backbone and RCN (``detection_init``), or
+  nothing (None)."""
+  if not config.init_from:
+    return None
   model = MODELS[config.model]
   classifier_config = config.copy_and_resolve_references()
   classifier_config.model = model.classifier
   classifier_config.depth = 8  # one block a stage, as the small detector's
   classifier_config.stem_strides = 2
-  return detection_init.initialize_from_classifier(
-      state, config.init_from, config.init_norm,
-      functools.partial(components.build_model, classifier_config),
-      config.norm_batch_size, channels, model.base_stages)
-
-
-def restore_or_create(config, manager, model, dataset, total_steps, rng):
-  """As ``train.restore_or_create``; a fresh fine-tuning run loads backbone
-  weights from a classifier (``init_from``)."""
-  if config.init_from and manager.latest_step() is None:
-    state = train.create_train_state(config, model, dataset.image_shape,
-                                     total_steps, rng)
-    return initialize_from_classifier(config, state, dataset.image_shape[-1])
-  return train.restore_or_create(config, manager, model, dataset, total_steps,
-                                 rng)
+  return functools.partial(
+      detection_init.initialize_from_classifier, init_from=config.init_from,
+      init_norm=config.init_norm,
+      classifier=functools.partial(components.build_model, classifier_config),
+      group_size=config.norm_batch_size, channels=channels,
+      num_base_stages=model.base_stages)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -212,8 +205,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   model = build_detector(config, dataset.num_classes)
   manager = checkpoint.make_manager(workdir, config.checkpoints_to_keep,
                                     asynchronous=config.async_checkpointing)
-  state = restore_or_create(config, manager, model, dataset, total_steps,
-                            jax.random.PRNGKey(config.seed))
+  fresh = train.create_train_state(
+      model, jax.random.PRNGKey(config.seed), config.norm_batch_size,
+      dataset.image_shape, train.Optimizers.from_config(config, total_steps))
+  state = train.restore_or_create(
+      manager, fresh, fine_tuning_start(config, dataset.image_shape[-1]))
   writer = console.MetricsConsole(
       metric_writers.create_default_writer(workdir), total_steps)
   estimate = (config.estimate_alpha_beta and

@@ -14,13 +14,6 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 
-def is_norm_layer(path: Sequence[str]) -> bool:
-  """Whether a variable path (module names, then the variable) is a norm layer's.
-
-  The models name every norm layer ``norm<k>`` or ``final_norm``.
-  """
-  return any(name.startswith('norm') or name == 'final_norm' for name in path)
-
 ModuleDef = Any
 
 # He-normal (fan_out) as in the original ResNets.

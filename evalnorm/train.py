@@ -20,6 +20,7 @@ import dataclasses
 import functools
 import signal
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import flax
@@ -62,22 +63,34 @@ def learning_rate_schedule(peak: float, warmup_steps: int,
   return optax.cosine_decay_schedule(peak, total_steps)
 
 
-def create_train_state(config, model: nn.Module, image_shape, total_steps: int,
-                       rng: jax.Array) -> TrainState:
-  """Initializes variables in eval mode (the structure is the same in both)."""
-  variables = parallel.init_variables(model, rng, config.norm_batch_size,
-                                      image_shape)
-  learning_rate = learning_rate_schedule(config.learning_rate,
-                                         config.warmup_steps, total_steps)
-  tx = optax.chain(optax.add_decayed_weights(config.weight_decay),
-                   optax.sgd(learning_rate, config.momentum))
-  evalnorm_tx = calibration.alpha_beta_optimizer(
-      config.alpha_beta_optimizer, config.alpha_beta_learning_rate)
+@dataclasses.dataclass(frozen=True)
+class Optimizers:
+  """The weights' optimizer and alpha/beta's own (no weight decay)."""
+  weights: optax.GradientTransformation
+  alpha_beta: optax.GradientTransformation
+
+  @classmethod
+  def from_config(cls, config, total_steps: int) -> 'Optimizers':
+    learning_rate = learning_rate_schedule(config.learning_rate,
+                                           config.warmup_steps, total_steps)
+    return cls(
+        optax.chain(optax.add_decayed_weights(config.weight_decay),
+                    optax.sgd(learning_rate, config.momentum)),
+        calibration.alpha_beta_optimizer(config.alpha_beta_optimizer,
+                                         config.alpha_beta_learning_rate))
+
+
+def create_train_state(model: nn.Module, rng: jax.Array, group_size: int,
+                       image_shape, optimizers: Optimizers) -> TrainState:
+  """Initializes variables in eval mode on ``group_size`` images of
+  ``image_shape`` (the structure is the same in both modes)."""
+  variables = parallel.init_variables(model, rng, group_size, image_shape)
   evalnorm = variables.get('evalnorm', {})
   state = TrainState.create(
-      apply_fn=model.apply, params=variables['params'], tx=tx,
+      apply_fn=model.apply, params=variables['params'], tx=optimizers.weights,
       batch_stats=variables.get('batch_stats', {}), evalnorm=evalnorm,
-      evalnorm_opt_state=evalnorm_tx.init(evalnorm), evalnorm_tx=evalnorm_tx)
+      evalnorm_opt_state=optimizers.alpha_beta.init(evalnorm),
+      evalnorm_tx=optimizers.alpha_beta)
   # A strongly typed step: the weakly typed Python 0 would make the second
   # train step, whose input step is int32, compile the whole step again.
   return state.replace(step=jnp.zeros((), jnp.int32))
@@ -210,17 +223,15 @@ def checkpoint_meta(config, num_classes: int) -> dict:
           'batch_size': config.batch_size, 'num_devices': jax.device_count()}
 
 
-def restore_or_create(config, manager, model, dataset, total_steps, rng):
-  state = create_train_state(config, model, dataset.image_shape, total_steps, rng)
+def restore_or_create(manager, fresh: TrainState,
+                      fine_tuning_start: Callable[[TrainState], TrainState]
+                      | None = None) -> TrainState:
+  """The latest usable checkpoint of ``manager`` in the structure of
+  ``fresh``; without one, ``fresh``, or ``fine_tuning_start(fresh)`` for a
+  fine-tuning run (a resumed one restores its own checkpoint instead)."""
   if manager.latest_step() is None:
-    # A resumed fine-tuning run restores its own checkpoint instead.
-    if not config.init_from:
-      return state
-    return components.initialize_from(
-        state, config.init_from, config.init_norm,
-        functools.partial(components.build_model, config),
-        config.norm_batch_size, dataset.image_shape)
-  state, meta = checkpoint.restore_latest_usable(manager, state)
+    return fine_tuning_start(fresh) if fine_tuning_start else fresh
+  state, meta = checkpoint.restore_latest_usable(manager, fresh)
   logging.info('Resumed from step %d of %s (trained with B=%s).',
                int(state.step), manager.directory, meta.get('norm_batch_size'))
   return state
@@ -254,6 +265,18 @@ def _non_finite_arrays(state: TrainState) -> list[str]:
   return problems
 
 
+def fine_tuning_start(config, image_shape):
+  """What a new run of ``config`` does to its fresh state: load the weights
+  of ``init_from`` (``components.initialize_from``), or nothing (None)."""
+  if not config.init_from:
+    return None
+  return functools.partial(
+      components.initialize_from, init_from=config.init_from,
+      init_norm=config.init_norm,
+      model=functools.partial(components.build_model, config),
+      group_size=config.norm_batch_size, image_shape=image_shape)
+
+
 STARTING = 'during start-up, before this run trained a step: nothing new to save'
 
 
@@ -278,8 +301,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     manager = checkpoint.make_manager(workdir, config.checkpoints_to_keep,
                                       asynchronous=config.async_checkpointing)
     with checkpoint.closing(manager):
-      state = restore_or_create(config, manager, model, dataset, total_steps,
-                                jax.random.PRNGKey(config.seed))
+      fresh = create_train_state(
+          model, jax.random.PRNGKey(config.seed), config.norm_batch_size,
+          dataset.image_shape, Optimizers.from_config(config, total_steps))
+      state = restore_or_create(manager, fresh,
+                                fine_tuning_start(config, dataset.image_shape))
       state = train_loop(
           state, dataset,
           Steps(classifier_forward,

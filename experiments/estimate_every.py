@@ -68,8 +68,8 @@ def train_every_k(run: runs.Run, ks) -> dict[int, dict]:
   total_steps = config_lib.num_train_steps(config, dataset.num_train_examples)
   model = components.build_model(config, dataset.num_classes)
   state = parallel.replicate(train.create_train_state(
-      config, model, dataset.image_shape, total_steps,
-      jax.random.PRNGKey(config.seed)))
+      model, jax.random.PRNGKey(config.seed), config.norm_batch_size,
+      dataset.image_shape, train.Optimizers.from_config(config, total_steps)))
   steps = train.Steps(train.classifier_forward,
                       update_batch_stats=not config.freeze_batch_stats)
   estimates = {k: (state.evalnorm, state.evalnorm_opt_state) for k in ks}

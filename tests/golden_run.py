@@ -31,9 +31,10 @@ def quick_start_run(num_steps: int, estimate: bool = True, steps=None):
   config = digits_config.get_config()
   dataset = data.make_dataset(config)
   model = components.build_model(config, dataset.num_classes)
-  state = train.create_train_state(config, model, dataset.image_shape,
-                                   config.num_train_steps,
-                                   jax.random.PRNGKey(config.seed))
+  state = train.create_train_state(
+      model, jax.random.PRNGKey(config.seed),
+      config.norm_batch_size, dataset.image_shape,
+      train.Optimizers.from_config(config, config.num_train_steps))
   steps = steps or quick_start_steps()
   state = jax.tree.map(lambda v: v[None], state)
   batches = dataset.train_batches(0)

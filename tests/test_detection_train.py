@@ -30,10 +30,10 @@ def small_detection_config(**overrides):
 
 def test_scenes_are_a_function_of_seed_and_step():
   dataset = scenes.DigitScenesDataset(small_detection_config())
-  a, b = dataset.train_batch(7), dataset.train_batch(7)
+  a, b = next(dataset.train_batches(7)), next(dataset.train_batches(7))
   jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
   other = scenes.DigitScenesDataset(small_detection_config(seed=1))
-  assert not np.array_equal(a['image'], other.train_batch(7)['image'])
+  assert not np.array_equal(a['image'], next(other.train_batches(7))['image'])
   # The evaluation set does not depend on the seed.
   np.testing.assert_array_equal(dataset.eval_set['image'], other.eval_set['image'])
   assert a['image'].shape == (16, 64, 64, 1)
@@ -82,12 +82,13 @@ def test_train_step_on_8_devices_learns_and_keeps_replicas_equal():
   config = small_detection_config()
   dataset = detection_train.make_dataset(config)
   model = detection_train.build_detector(config, dataset.num_classes)
-  state = train.create_train_state(config, model, dataset.image_shape, 10,
-                                   jax.random.PRNGKey(0))
+  state = train.create_train_state(
+      model, jax.random.PRNGKey(0), config.norm_batch_size,
+      dataset.image_shape, train.Optimizers.from_config(config, 10))
   steps = train.Steps(functools.partial(detection_train.detector_forward,
                                         seed=0, rpn_samples=config.rpn_samples))
-  new_state, metrics = steps(parallel.replicate(state),
-                             parallel.shard(dataset.train_batch(0)), True)
+  batch = parallel.shard(next(dataset.train_batches(0)))
+  new_state, metrics = steps(parallel.replicate(state), batch, True)
   for name in ('loss', 'rpn_cls', 'rpn_box', 'rcn_cls', 'rcn_box', 'aux_loss'):
     assert np.all(np.isfinite(metrics[name])), name
   assert float(metrics['rcn_cls'][0]) > 0 and float(metrics['aux_loss'][0]) > 0
@@ -128,8 +129,9 @@ def test_detector_starts_from_a_classifier(tmp_path, init_norm):
   from training_helpers import small_digits_config
   classifier_config = small_digits_config(dataset='noisy_digits', stem_strides=2)
   classifier = components.build_model(classifier_config, 10)
-  source = train.create_train_state(classifier_config, classifier, (24, 24, 1),
-                                    10, jax.random.PRNGKey(1))
+  source = train.create_train_state(
+      classifier, jax.random.PRNGKey(1), classifier_config.norm_batch_size,
+      (24, 24, 1), train.Optimizers.from_config(classifier_config, 10))
   # Distinct values, so that a copied variable is recognizable.
   source = source.replace(batch_stats=jax.tree_util.tree_map(
       lambda v: v + 0.5, source.batch_stats))
@@ -139,9 +141,10 @@ def test_detector_starts_from_a_classifier(tmp_path, init_norm):
 
   config = small_detection_config(init_from=str(tmp_path), init_norm=init_norm)
   model = detection_train.build_detector(config, 10)
-  fresh = train.create_train_state(config, model, (64, 64, 1), 10,
-                                   jax.random.PRNGKey(0))
-  state = detection_train.initialize_from_classifier(config, fresh, 1)
+  fresh = train.create_train_state(
+      model, jax.random.PRNGKey(0), config.norm_batch_size,
+      (64, 64, 1), train.Optimizers.from_config(config, 10))
+  state = detection_train.fine_tuning_start(config, 1)(fresh)
   same = lambda a, b: jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
   same(state.params['backbone']['stem'], source.params['stem'])
   same(state.params['rcn']['stage3_block0']['conv2'],

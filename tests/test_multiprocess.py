@@ -145,7 +145,8 @@ def test_the_stop_flags_ride_on_the_steps_own_all_reduce(monkeypatch):
   dataset = data.make_dataset(config)
   model = components.build_model(config, dataset.num_classes)
   state = parallel.replicate(train.create_train_state(
-      config, model, dataset.image_shape, 10, jax.random.PRNGKey(0)))
+      model, jax.random.PRNGKey(0), config.norm_batch_size,
+      dataset.image_shape, train.Optimizers.from_config(config, 10)))
   batch = parallel.shard(next(dataset.train_batches(0)))
 
   def plain(state, batch):  # the SGD step that train.Steps wraps

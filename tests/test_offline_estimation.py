@@ -121,12 +121,13 @@ def test_precise_ema_is_the_mean_of_per_batch_group_statistics():
   dataset = data.make_dataset(config)
   variables = batchnorm_to_evalnorm(random_batchnorm_variables(config))
   model = components.build_model(config, 10, 'evalnorm')
-  got = offline_estimation.precise_batch_stats(model, variables, dataset.train_batches(0),
-                                    config.precise_ema_batches)
+  got = offline_estimation.precise_batch_stats(
+      model, variables, dataset.train_batches(0), config.precise_ema_batches)
   sums = {}
-  for step in range(2):
+  batches = dataset.train_batches(0)
+  for _ in range(2):
     for path, x in norm_inputs(model, variables,
-                               dataset.train_batch(step)['image']).items():
+                               next(batches)['image']).items():
       groups = x.reshape((-1, config.norm_batch_size) + x.shape[1:])
       axes = (1, 2, 3)  # examples of a group, H, W
       moments = (groups.mean(axes).mean(0), groups.var(axes).mean(0))

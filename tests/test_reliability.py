@@ -73,8 +73,9 @@ def test_a_non_finite_state_is_never_saved(tmp_path):
   step's update): finite metrics with a NaN statistic are refused."""
   config = small_digits_config()
   model = components.build_model(config, 10)
-  state = train.create_train_state(config, model, (8, 8, 1), 10,
-                                   jax.random.PRNGKey(0))
+  state = train.create_train_state(
+      model, jax.random.PRNGKey(0), config.norm_batch_size,
+      (8, 8, 1), train.Optimizers.from_config(config, 10))
   stats = state.batch_stats
   stats = {**stats, 'final_norm': {**stats['final_norm'],
                                    'var': stats['final_norm']['var'].at[3].set(

@@ -27,12 +27,14 @@ def one_step(config, estimate, num_steps=1):
   """State after ``num_steps`` train steps on 8 devices, and the last metrics."""
   dataset = data.make_dataset(config)
   model = components.build_model(config, dataset.num_classes)
-  state = train.create_train_state(config, model, dataset.image_shape, 10,
-                                   jax.random.PRNGKey(0))
+  state = train.create_train_state(
+      model, jax.random.PRNGKey(0), config.norm_batch_size,
+      dataset.image_shape, train.Optimizers.from_config(config, 10))
   steps = train.Steps(train.classifier_forward)
   state = parallel.replicate(state)
-  for i in range(num_steps):
-    state, metrics = steps(state, parallel.shard(dataset.train_batch(i)), estimate)
+  batches = dataset.train_batches(0)
+  for _ in range(num_steps):
+    state, metrics = steps(state, parallel.shard(next(batches)), estimate)
   return parallel.to_host(state), metrics
 
 
@@ -41,8 +43,9 @@ def test_frozen_batch_stats_train_everything_else():
   config = small_digits_config()
   dataset = data.make_dataset(config)
   model = components.build_model(config, dataset.num_classes)
-  state = train.create_train_state(config, model, dataset.image_shape, 10,
-                                   jax.random.PRNGKey(0))
+  state = train.create_train_state(
+      model, jax.random.PRNGKey(0), config.norm_batch_size,
+      dataset.image_shape, train.Optimizers.from_config(config, 10))
   steps = train.Steps(train.classifier_forward, update_batch_stats=False)
   new_state, _ = steps(parallel.replicate(state),
                        parallel.shard(next(dataset.train_batches(0))), True)
@@ -67,8 +70,9 @@ def test_initialize_from_a_trained_run(trained_run, init_norm):
   config = small_digits_config(init_from=workdir, init_norm=init_norm, seed=5)
   dataset = data.make_dataset(config)
   model = components.build_model(config, dataset.num_classes)
-  fresh = train.create_train_state(config, model, dataset.image_shape, 10,
-                                   jax.random.PRNGKey(5))
+  fresh = train.create_train_state(
+      model, jax.random.PRNGKey(5), config.norm_batch_size,
+      dataset.image_shape, train.Optimizers.from_config(config, 10))
   state = components.initialize_from(
       fresh, config.init_from, config.init_norm,
       functools.partial(components.build_model, config),
@@ -102,15 +106,16 @@ def steps_on_devices(config, num_devices, num_steps):
   """State after ``num_steps`` train steps pmapped over the first devices."""
   dataset = data.make_dataset(config)
   model = components.build_model(config, dataset.num_classes)
-  state = train.create_train_state(config, model, dataset.image_shape, 30,
-                                   jax.random.PRNGKey(0))
+  state = train.create_train_state(
+      model, jax.random.PRNGKey(0), config.norm_batch_size,
+      dataset.image_shape, train.Optimizers.from_config(config, 30))
   devices = jax.devices()[:num_devices]
   steps = train.Steps(train.classifier_forward, devices=devices)
   state = jax_utils.replicate(state, devices=devices)
-  for i in range(num_steps):
+  batches = dataset.train_batches(0)
+  for _ in range(num_steps):
     batch = jax.tree_util.tree_map(
-        lambda x: x.reshape((num_devices, -1) + x.shape[1:]),
-        dataset.train_batch(i))
+        lambda x: x.reshape((num_devices, -1) + x.shape[1:]), next(batches))
     state, _ = steps(state, batch, True)
   # Not jax_utils.unreplicate: on a subset of devices it may return the
   # replicated array whole.
@@ -178,8 +183,9 @@ def set_alpha_beta_in_checkpoint(config, workdir, step, value):
   """Rewrites checkpoint ``step`` of ``workdir`` with every alpha/beta = value."""
   dataset = data.make_dataset(config)
   model = components.build_model(config, dataset.num_classes)
-  template = train.create_train_state(config, model, dataset.image_shape, 1,
-                                      jax.random.PRNGKey(0))
+  template = train.create_train_state(
+      model, jax.random.PRNGKey(0), config.norm_batch_size,
+      dataset.image_shape, train.Optimizers.from_config(config, 1))
   manager = checkpoint.make_manager(workdir, asynchronous=False)
   state, meta = checkpoint.restore(manager, template, step)
   manager.delete(step)  # orbax writes a step only once
@@ -224,8 +230,11 @@ def test_fine_tuning_rerun_resumes_its_own_checkpoint(trained_run, tmp_path):
   dataset = data.make_dataset(config)
   model = components.build_model(config, dataset.num_classes)
   manager = checkpoint.make_manager(workdir)
-  state = train.restore_or_create(config, manager, model, dataset, 20,
-                                  jax.random.PRNGKey(0))
+  fresh = train.create_train_state(
+      model, jax.random.PRNGKey(0), config.norm_batch_size,
+      dataset.image_shape, train.Optimizers.from_config(config, 20))
+  state = train.restore_or_create(
+      manager, fresh, train.fine_tuning_start(config, dataset.image_shape))
   own, _ = checkpoint.restore(manager, state, 10)
   assert int(state.step) == 10
   jax.tree_util.tree_map(np.testing.assert_array_equal, state.params,
@@ -354,7 +363,7 @@ def test_built_in_training_batches_do_not_depend_on_the_process_count(
   """1, 2 and 4 processes see the same global batches; 1 is pinned bitwise."""
   config = small_digits_config(dataset=dataset, batch_size=16, seed=3)
   source = data.make_dataset(config)
-  one = source.train_batch(7)
+  one = next(source.train_batches(7))
   golden = {'digits': '20fcb02d494f26d1', 'noisy_digits': '080d5a9a3d571321'}
   digest = hashlib.sha256(one['image'].tobytes() + one['label'].tobytes())
   assert digest.hexdigest()[:16] == golden[dataset]
@@ -363,7 +372,7 @@ def test_built_in_training_batches_do_not_depend_on_the_process_count(
     shares = []
     for index in range(count):
       monkeypatch.setattr(jax, 'process_index', lambda index=index: index)
-      shares.append(source.train_batch(7))
+      shares.append(next(source.train_batches(7)))
     for key in ('image', 'label'):
       np.testing.assert_array_equal(
           np.concatenate([share[key] for share in shares]), one[key])
