@@ -19,14 +19,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
-from clu import metric_writers
 from jax import lax
 
-from evalnorm import (checkpoint, components, config_lib, data,
-                      detection_eval, detection_init, detection_targets,
-                      detector, evaluation, parallel, paths, report, scenes,
-                      train)
-from evalnorm import console
+from evalnorm import (components, config_lib, data, detection_eval,
+                      detection_init, detection_targets, detector, evaluation,
+                      parallel, paths, report, scenes, train)
 
 
 
@@ -196,22 +193,13 @@ def fine_tuning_start(config, channels: int):
       num_base_stages=model.base_stages)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains (resuming from ``workdir``), evaluates every mode with COCOeval,
-  writes eval.json and the COCO files in ``workdir/coco``."""
+def detection_task(config: ml_collections.ConfigDict, workdir: str
+                   ) -> train.Task:
+  """The detector of ``config`` on its dataset; the final evaluation also
+  writes the COCO files to ``workdir/coco``."""
   validate(config, jax.device_count(), jax.process_count())
   dataset = make_dataset(config)
-  total_steps = config_lib.num_train_steps(config, dataset.num_train_examples)
   model = build_detector(config, dataset.num_classes)
-  manager = checkpoint.make_manager(workdir, config.checkpoints_to_keep,
-                                    asynchronous=config.async_checkpointing)
-  fresh = train.create_train_state(
-      model, jax.random.PRNGKey(config.seed), config.norm_batch_size,
-      dataset.image_shape, train.Optimizers.from_config(config, total_steps))
-  state = train.restore_or_create(
-      manager, fresh, fine_tuning_start(config, dataset.image_shape[-1]))
-  writer = console.MetricsConsole(
-      metric_writers.create_default_writer(workdir), total_steps)
   estimate = (config.estimate_alpha_beta and
               components.NORMS[config.norm].alpha_beta)
   postprocess = functools.partial(
@@ -223,23 +211,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       model, build_detector(config, dataset.num_classes, 'evalnorm'),
       evaluation.ModeSettings.from_config(config, estimate), postprocess,
       rcn_group_size=config.norm_batch_size * config.rois_per_image)
-  steps = train.Steps(
+  return train.Task(
+      dataset, model, evaluator, estimate,
       functools.partial(detector_forward, seed=config.seed,
                         rpn_samples=config.rpn_samples),
-      update_batch_stats=not config.freeze_batch_stats)
-  state = train.train_loop(
-      state, dataset, steps,
-      train.Schedule.from_config(config, total_steps, estimate), manager,
-      train.checkpoint_meta(config, dataset.num_classes), writer, evaluator)
-  state = parallel.to_host(state)
-  results = evaluator(state.params, evaluator.modes(state), dataset,
-                      directory=paths.path(workdir) / 'coco')
-  writer.write_scalars(total_steps, {f'eval/{mode}_{name}': value
-                                     for mode, r in results.items()
-                                     for name, value in r.items()})
-  record = report.write_eval_json(
-      workdir, config, int(state.step), dataset.num_eval_examples, results,
-      state.evalnorm if estimate else None)
-  writer.flush()
-  manager.wait_until_finished()
-  return record
+      fine_tuning_start(config, dataset.image_shape[-1]),
+      lambda state: evaluator(state.params, evaluator.modes(state), dataset,
+                              directory=paths.path(workdir) / 'coco'),
+      lambda results: {f'eval/{mode}_{name}': value
+                       for mode, r in results.items()
+                       for name, value in r.items()})
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains (resuming from ``workdir``), evaluates every mode with COCOeval,
+  writes eval.json and the COCO files in ``workdir/coco``; preemption,
+  failures and resume as for classification (``train.train_and_evaluate``)."""
+  return train.train_and_evaluate(config, workdir, detection_task)

@@ -280,48 +280,84 @@ def fine_tuning_start(config, image_shape):
 STARTING = 'during start-up, before this run trained a step: nothing new to save'
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """What a run of one kind (classification, detection) is made of.
+
+  estimate: alpha/beta are estimated online. forward_fn: as ``Steps``'.
+  fine_tuning_start: as ``restore_or_create``'s. final_evaluation(state):
+  the results of the trained state (on the host), {mode: {metric: value}};
+  final_scalars(results): what the metric writer gets of them.
+  """
+  dataset: Any
+  model: nn.Module
+  evaluator: Any
+  estimate: bool
+  forward_fn: Callable
+  fine_tuning_start: Callable[[TrainState], TrainState] | None
+  final_evaluation: Callable[[TrainState], dict]
+  final_scalars: Callable[[dict], dict]
+
+
+def classification_task(config: ml_collections.ConfigDict, workdir: str
+                        ) -> Task:
+  """The classifier of ``config`` on its dataset (``workdir`` is not used:
+  its files are eval.json and the checkpoints, which every task writes)."""
+  del workdir
+  config_lib.validate(config, jax.device_count(), jax.process_count())
+  dataset = data.make_dataset(config)
+  model = components.build_model(config, dataset.num_classes)
+  estimate = (config.estimate_alpha_beta and
+              components.NORMS[config.norm].alpha_beta)
+  evaluator = evaluation.Evaluator(
+      model, components.build_model(config, dataset.num_classes, 'evalnorm'),
+      evaluation.ModeSettings.from_config(config, estimate))
+  return Task(
+      dataset, model, evaluator, estimate, classifier_forward,
+      fine_tuning_start(config, dataset.image_shape),
+      lambda state: evaluator(state.params, evaluator.modes(state), dataset),
+      lambda results: {f'eval/{mode}_top1': r['top1']
+                       for mode, r in results.items()})
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       make_task: Callable[..., Task] = classification_task
+                       ) -> dict:
   """Trains (resuming from ``workdir``), evaluates every mode, writes eval.json.
 
-  A SIGTERM anywhere ends it with Preempted once what is worth saving is
-  saved, and every way out waits for the checkpoints being written.
+  ``make_task(config, workdir)`` validates the config and builds the run's
+  data, model and evaluation. A SIGTERM anywhere ends it with Preempted once
+  what is worth saving is saved, and every way out waits for the checkpoints
+  being written.
   """
   with SigtermFlag(defer=False, situation=STARTING) as sigterm:
-    config_lib.validate(config, jax.device_count(), jax.process_count())
-    dataset = data.make_dataset(config)
+    task = make_task(config, workdir)
+    dataset = task.dataset
     total_steps = config_lib.num_train_steps(config, dataset.num_train_examples)
-    model = components.build_model(config, dataset.num_classes)
     writer = console.MetricsConsole(metric_writers.create_default_writer(
         workdir, just_logging=jax.process_index() > 0), total_steps)
-    estimate = (config.estimate_alpha_beta and
-                components.NORMS[config.norm].alpha_beta)
-    evaluator = evaluation.Evaluator(
-        model, components.build_model(config, dataset.num_classes, 'evalnorm'),
-        evaluation.ModeSettings.from_config(config, estimate))
     manager = checkpoint.make_manager(workdir, config.checkpoints_to_keep,
                                       asynchronous=config.async_checkpointing)
     with checkpoint.closing(manager):
       fresh = create_train_state(
-          model, jax.random.PRNGKey(config.seed), config.norm_batch_size,
+          task.model, jax.random.PRNGKey(config.seed), config.norm_batch_size,
           dataset.image_shape, Optimizers.from_config(config, total_steps))
-      state = restore_or_create(manager, fresh,
-                                fine_tuning_start(config, dataset.image_shape))
+      state = restore_or_create(manager, fresh, task.fine_tuning_start)
       state = train_loop(
           state, dataset,
-          Steps(classifier_forward,
+          Steps(task.forward_fn,
                 update_batch_stats=not config.freeze_batch_stats),
-          Schedule.from_config(config, total_steps, estimate), manager,
-          checkpoint_meta(config, dataset.num_classes), writer, evaluator)
+          Schedule.from_config(config, total_steps, task.estimate), manager,
+          checkpoint_meta(config, dataset.num_classes), writer, task.evaluator)
       sigterm.situation = (f'during the final evaluation: the checkpoint of '
                            f'step {total_steps} in {manager.directory} holds '
                            'the trained state')
       state = parallel.to_host(state)
-      results = evaluator(state.params, evaluator.modes(state), dataset)
-    writer.write_scalars(total_steps, {f'eval/{mode}_top1': r['top1']
-                                       for mode, r in results.items()})
+      results = task.final_evaluation(state)
+    writer.write_scalars(total_steps, task.final_scalars(results))
     record = report.write_eval_json(
         workdir, config, int(state.step), dataset.num_eval_examples, results,
-        state.evalnorm if estimate else None)
+        state.evalnorm if task.estimate else None)
     writer.flush()
   return record
 
