@@ -20,8 +20,6 @@ evaluation degrades as B falls, and EvalNorm recovers much of the loss.
 
 from evalnorm import config_lib
 
-TRAIN_EXAMPLES = 50_000  # CIFAR-10 and CIFAR-100 training images
-
 
 def get_config(arg: str | None = None):
   config = config_lib.base_config()
@@ -42,7 +40,6 @@ def get_config(arg: str | None = None):
   config.eval_every_steps = 10_000
   config.log_every_steps = 500
   # One epoch: offline estimation "requires a pass through data" (the paper).
-  config.offline_estimation_steps = (
-      (config.get_ref('batch_size') + TRAIN_EXAMPLES - 1)
-      // config.get_ref('batch_size'))
+  config.offline_estimation_steps = config_lib.one_epoch_of_steps(
+      config, 'cifar100')
   return config_lib.override(config, arg)

@@ -27,7 +27,6 @@ Expected result (paper, Table 1, B=2): Prec@1 64.80 with EMA, 70.98 with EvalNor
 from evalnorm import config_lib
 
 NUM_DEVICES = 8  # the paper's setup: 8 workers, B examples each
-TRAIN_EXAMPLES = 1_281_167  # ILSVRC2012 training images (tfds imagenet2012)
 
 
 def get_config(arg: str | None = None):
@@ -49,7 +48,6 @@ def get_config(arg: str | None = None):
   config.eval_batch_size = config.get_ref('batch_size') * 8
   config.learning_rate = config.get_ref('batch_size').to_float() * (0.1 / 256)
   # One epoch: offline estimation "requires a pass through data" (the paper).
-  config.offline_estimation_steps = (
-      (config.get_ref('batch_size') + TRAIN_EXAMPLES - 1)
-      // config.get_ref('batch_size'))
+  config.offline_estimation_steps = config_lib.one_epoch_of_steps(
+      config, 'imagenet2012')
   return config_lib.override(config, arg)

@@ -15,6 +15,18 @@ from ml_collections import config_dict
 
 INIT_NORMS = ('pretrained', 'reset')
 
+# Training-set sizes, to turn epochs into steps before the data is read
+# (configs, experiment listings); a run itself counts its dataset's examples.
+TRAIN_EXAMPLES = {'noisy_digits': 1350, 'digits': 1350, 'cifar10': 50_000,
+                  'cifar100': 50_000, 'imagenet2012': 1_281_167}
+
+
+def one_epoch_of_steps(config: ml_collections.ConfigDict, dataset: str):
+  """The steps of one epoch of ``dataset`` at ``config.batch_size``, as a
+  reference: it follows later changes of the batch size."""
+  batch_size = config.get_ref('batch_size')
+  return (batch_size + TRAIN_EXAMPLES[dataset] - 1) // batch_size
+
 
 class ConfigError(ValueError):
   """A config value that cannot work; the message is one line for the user."""

@@ -143,10 +143,6 @@ SCALES = {
         more_fig2_datasets=('cifar10',)),
 }
 
-# Training-set sizes, to turn num_epochs into steps without the data at hand.
-TRAIN_EXAMPLES = {'noisy_digits': 1350, 'digits': 1350, 'cifar10': 50_000,
-                  'cifar100': 50_000, 'imagenet2012': 1_281_167}
-
 
 @dataclasses.dataclass(frozen=True)
 class Run:
@@ -538,7 +534,7 @@ def training_steps(run: Run) -> int:
   """The steps a training run takes (its config may give epochs)."""
   from evalnorm import config_lib  # pylint: disable=g-import-not-at-top
   config = load_config(run)
-  return config_lib.num_train_steps(config, TRAIN_EXAMPLES[config.dataset])
+  return config_lib.num_train_steps(config, config_lib.TRAIN_EXAMPLES[config.dataset])
 
 
 def with_renorm_ramp(run: Run, scale: Scale) -> Run:
@@ -567,7 +563,7 @@ def describe(run: Run) -> list[str]:
                         if config.norm == 'renorm' else '')
   if run.checkpoint is None:
     program = 'train'
-    steps = config_lib.num_train_steps(config, TRAIN_EXAMPLES[config.dataset])
+    steps = config_lib.num_train_steps(config, config_lib.TRAIN_EXAMPLES[config.dataset])
     learning_rate = f'{config.learning_rate:g}'
   else:
     program = f'offline, from {run.checkpoint}'

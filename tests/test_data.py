@@ -9,7 +9,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from evalnorm import data
+from evalnorm import config_lib, data
+
+from training_helpers import small_digits_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_MOCK_EXAMPLES = 37  # no batch size below divides it: exercises padding
@@ -323,3 +325,14 @@ def test_imagenet_pipeline_on_mock_data_is_in_range_and_resumable(mock_tfds):
                        first_two[1])
   for batch in assert_eval_pass(dataset, local_batch_size=16):
     assert batch['image'].min() >= -1.0 and batch['image'].max() <= 1.0
+
+
+def test_the_size_table_agrees_with_the_data_and_follows_the_batch_size():
+  from configs import cifar  # pylint: disable=g-import-not-at-top
+  for name in ('digits', 'noisy_digits'):
+    dataset = data.make_dataset(small_digits_config(dataset=name))
+    assert dataset.num_train_examples == config_lib.TRAIN_EXAMPLES[name]
+  config = cifar.get_config()
+  assert config.offline_estimation_steps == 391  # ceil(50000 / 128)
+  config.batch_size = 100
+  assert config.offline_estimation_steps == 500

@@ -377,8 +377,6 @@ def test_full_scale_cifar_runs_are_the_papers_setup(full_listing):
 
 
 def test_full_scale_table1_runs_are_the_papers_setup(full_listing):
-  from configs import imagenet  # pylint: disable=g-import-not-at-top
-  assert imagenet.TRAIN_EXAMPLES == runs.TRAIN_EXAMPLES['imagenet2012']
   for b in (2, 4, 8, 16, 32):
     batch = 8 * b
     for norm in ('evalnorm', 'renorm', 'groupnorm'):
