@@ -95,6 +95,15 @@ def test_two_processes_train_as_one_process(tmp_path, processes):
     assert two['alpha_beta'][layer] == pytest.approx(values, abs=1e-6)
 
 
+def wait_for_checkpoint(workdir, step: int, process, timeout_s=400):
+  """Returns once the checkpoint of ``step`` exists in ``workdir``."""
+  checkpoints = workdir / 'checkpoints'
+  deadline = time.time() + timeout_s
+  while not (checkpoints.is_dir() and str(step) in os.listdir(checkpoints)):
+    assert time.time() < deadline and process.poll() is None, 'no checkpoint'
+    time.sleep(0.2)
+
+
 @pytest.mark.slow  # two 2-process jobs: 7 min on 2 busy cores.
 @pytest.mark.xdist_group('multiprocess')
 def test_a_dead_process_stops_the_other_and_the_job_resumes(tmp_path,
@@ -103,17 +112,13 @@ def test_a_dead_process_stops_the_other_and_the_job_resumes(tmp_path,
   args = ('--config.num_train_steps=300', '--config.checkpoint_every_steps=20',
           '--config.log_every_steps=20')
   job = processes(workdir, *args)
-  checkpoints = workdir / 'checkpoints'
-  deadline = time.time() + 400
-  while not (checkpoints.is_dir() and '20' in os.listdir(checkpoints)):
-    assert time.time() < deadline and job[0].poll() is None, 'no checkpoint'
-    time.sleep(0.5)
+  wait_for_checkpoint(workdir, 20, job[0])
   job[1].send_signal(signal.SIGKILL)
   killed_at = time.time()
   status = job[0].wait(timeout=TIMEOUT_S + 120)
   assert status != 0 and time.time() - killed_at < TIMEOUT_S + 60
   assert 'another task died' in log_of(job[0])
-  saved = max(int(n) for n in os.listdir(checkpoints) if n.isdigit())
+  saved = max(int(n) for n in os.listdir(workdir / 'checkpoints') if n.isdigit())
   rerun = processes(workdir, *args, name='rerun')
   assert [p.wait(timeout=900) for p in rerun] == [0, 0]
   assert f'Resumed from step {saved} ' in log_of(rerun[0])
@@ -183,18 +188,14 @@ def test_sigterm_to_both_processes_saves_one_step_and_resumes_exactly(
   assert [p.wait(timeout=600) for p in reference] == [0, 0]
   workdir = tmp_path / 'run'
   job = start(workdir, *args)
-  checkpoints = workdir / 'checkpoints'
-  deadline = time.time() + 400
-  while not (checkpoints.is_dir() and '5' in os.listdir(checkpoints)):
-    assert time.time() < deadline and job[0].poll() is None, 'no checkpoint'
-    time.sleep(0.2)
+  wait_for_checkpoint(workdir, 5, job[0])
   job[1].send_signal(signal.SIGTERM)
   time.sleep(0.5)  # a few steps at most; the agreement may already be made
   job[0].send_signal(signal.SIGTERM)
   assert [p.wait(timeout=300) for p in job] == [143, 143]
   saved = preempted_step(job[0])
   assert preempted_step(job[1]) == saved and 5 <= saved < 40
-  names = os.listdir(checkpoints)
+  names = os.listdir(workdir / 'checkpoints')
   assert all(name.isdigit() for name in names), names  # no tmp directory
   assert max(int(name) for name in names) == saved, names
   assert not (workdir / 'eval.json').exists()
