@@ -13,6 +13,7 @@ runs for a detection config (``config.dataset`` in ``DATASETS``).
 
 import dataclasses
 import functools
+import itertools
 from collections.abc import Callable
 
 import jax
@@ -21,9 +22,11 @@ import ml_collections
 import optax
 from jax import lax
 
-from evalnorm import (components, config_lib, data, detection_eval,
-                      detection_init, detection_targets, detector, evaluation,
-                      parallel, paths, report, scenes, train)
+from evalnorm import (calibration, checkpoint, components, config_lib, data,
+                      detection_eval, detection_init, detection_targets,
+                      detector, evaluation, offline_estimation, parallel,
+                      paths, report, scenes, train)
+from evalnorm.variables import batchnorm_to_evalnorm, set_alpha_beta
 
 
 
@@ -202,25 +205,104 @@ def detection_task(config: ml_collections.ConfigDict, workdir: str
   model = build_detector(config, dataset.num_classes)
   estimate = (config.estimate_alpha_beta and
               components.NORMS[config.norm].alpha_beta)
-  postprocess = functools.partial(
-      detector.postprocess, image_size=dataset.image_shape[:2],
-      score_threshold=config.score_threshold,
-      nms_threshold=config.detection_nms_threshold,
-      max_detections=config.max_detections)
-  evaluator = detection_eval.DetectionEvaluator(
-      model, build_detector(config, dataset.num_classes, 'evalnorm'),
-      evaluation.ModeSettings.from_config(config, estimate), postprocess,
-      rcn_group_size=config.norm_batch_size * config.rois_per_image)
+  evaluator = make_evaluator(
+      config, dataset, model,
+      build_detector(config, dataset.num_classes, 'evalnorm'),
+      evaluation.ModeSettings.from_config(config, estimate))
   return train.Task(
-      dataset, model, evaluator, estimate,
-      functools.partial(detector_forward, seed=config.seed,
-                        rpn_samples=config.rpn_samples),
+      dataset, model, evaluator, estimate, forward_fn(config),
       fine_tuning_start(config, dataset.image_shape[-1]),
       lambda state: evaluator(state.params, evaluator.modes(state), dataset,
                               directory=paths.path(workdir) / 'coco'),
       lambda results: {f'eval/{mode}_{name}': value
                        for mode, r in results.items()
                        for name, value in r.items()})
+
+
+def forward_fn(config):
+  """``detector_forward`` with the config's settings, as ``train.Steps`` takes it."""
+  return functools.partial(detector_forward, seed=config.seed,
+                           rpn_samples=config.rpn_samples)
+
+
+def make_evaluator(config, dataset, model, evalnorm_model,
+                   settings: evaluation.ModeSettings
+                   ) -> detection_eval.DetectionEvaluator:
+  """COCO evaluation of ``model`` (``evalnorm_model``: the same with
+  EvalNorm layers) with the config's post-processing; the RCN's layers
+  normalize groups of B * rois_per_image ROIs."""
+  postprocess = functools.partial(
+      detector.postprocess, image_size=dataset.image_shape[:2],
+      score_threshold=config.score_threshold,
+      nms_threshold=config.detection_nms_threshold,
+      max_detections=config.max_detections)
+  return detection_eval.DetectionEvaluator(
+      model, evalnorm_model, settings, postprocess,
+      rcn_group_size=config.norm_batch_size * config.rois_per_image)
+
+
+def estimate_and_evaluate(config: ml_collections.ConfigDict,
+                          checkpoint_dir: str, workdir: str) -> dict:
+  """Offline estimation for a trained detector (``evalnorm.estimate``).
+
+  The detector of ``checkpoint_dir`` (EvalNorm or nn.BatchNorm, converted)
+  stays frozen; alpha/beta start from alpha_init/beta_init and take
+  ``offline_estimation_steps`` steps of the training loop's own alpha/beta
+  program (``train.Steps.alpha_beta``) on training batches. Then every mode
+  is evaluated, ``evalnorm`` being the offline estimate; eval.json and the
+  COCO files go to ``workdir``.
+  """
+  validate(config, jax.device_count(), jax.process_count())
+  allowed = components.names(components.NORMS, batch_statistics=True)
+  if config.norm not in allowed:
+    raise config_lib.ConfigError(
+        f'config.norm={config.norm!r} is invalid for offline estimation: '
+        f'allowed: {allowed}')
+  manager = checkpoint.open_existing(checkpoint_dir)
+  dataset = make_dataset(config)
+  trained = build_detector(config, dataset.num_classes)
+  model = build_detector(config, dataset.num_classes, 'evalnorm')
+  meta = checkpoint.read_meta(manager)
+  offline_estimation.check_checkpoint_matches(
+      checkpoint_dir, meta, {k: config[k] for k in ('model', 'norm', 'dataset')})
+  template = jax.eval_shape(
+      functools.partial(trained.init, train=False), jax.random.PRNGKey(0),
+      jax.ShapeDtypeStruct((config.norm_batch_size, *dataset.image_shape),
+                           jnp.float32))
+  variables = checkpoint.restore_variables(manager, template)
+  norm = components.NORMS[config.norm]
+  if not norm.alpha_beta:
+    variables = batchnorm_to_evalnorm(variables, per_channel=config.per_channel)
+  offline_estimation.warn_if_rules_assume_other_b(
+      meta, config.norm_batch_size, norm.whole_batch)
+  alpha_beta_tx = train.Optimizers.from_config(config, 1).alpha_beta
+  evalnorm = set_alpha_beta(variables['evalnorm'], config.alpha_init,
+                            config.beta_init)
+  frozen = train.TrainState.create(  # the weights' optimizer never runs
+      apply_fn=model.apply, params=variables['params'], tx=optax.identity(),
+      batch_stats=variables['batch_stats'], evalnorm=evalnorm,
+      evalnorm_opt_state=alpha_beta_tx.init(evalnorm), evalnorm_tx=alpha_beta_tx)
+  steps = train.Steps(forward_fn(config))
+  state = parallel.replicate(frozen)
+  for i, batch in enumerate(itertools.islice(
+      dataset.train_batches(0), config.offline_estimation_steps), start=1):
+    evalnorm, opt_state, aux_loss = steps.alpha_beta(state,
+                                                     parallel.shard(batch))
+    state = state.replace(evalnorm=evalnorm, evalnorm_opt_state=opt_state)
+    if i % config.log_every_steps == 0:
+      calibration.log_progress(i, float(aux_loss[0]), parallel.to_host(evalnorm))
+  estimated = frozen.replace(evalnorm=parallel.to_host(state.evalnorm))
+  evaluator = make_evaluator(
+      config, dataset, model, model,
+      evaluation.ModeSettings('evalnorm', config.norm_batch_size,
+                              tuple(config.fixed_alpha_beta), estimated=True))
+  results = evaluator(estimated.params, evaluator.modes(estimated), dataset,
+                      directory=paths.path(workdir) / 'coco')
+  return report.write_eval_json(
+      workdir, config, meta.get('step'), dataset.num_eval_examples, results,
+      estimated.evalnorm,
+      offline_examples=config.offline_estimation_steps * config.batch_size,
+      checkpoint=checkpoint_dir)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:

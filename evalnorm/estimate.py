@@ -24,13 +24,17 @@ COMMAND = cli.Command({
 def main(argv):
   del argv  # COMMAND.parse refused extra arguments.
   # Imported after parsing, as in evalnorm.main: a mistyped flag fails fast.
-  from evalnorm import offline_estimation, report  # pylint: disable=import-outside-toplevel
+  from evalnorm import detection_train, offline_estimation, report  # pylint: disable=import-outside-toplevel
+  detection = detection_train.is_detection(FLAGS.config)
+  program = detection_train if detection else offline_estimation
   with cli.exit_statuses():
     cli.log_devices()
-    results = offline_estimation.estimate_and_evaluate(
-        FLAGS.config, FLAGS.checkpoint, FLAGS.workdir)
+    results = program.estimate_and_evaluate(FLAGS.config, FLAGS.checkpoint,
+                                            FLAGS.workdir)
   if jax.process_index() == 0:
-    print(report.results_table(results))
+    table = (detection_train.results_table if detection
+             else report.results_table)
+    print(table(results))
 
 
 if __name__ == '__main__':

@@ -123,6 +123,33 @@ def test_a_run_writes_coco_files_that_reproduce_eval_json(tmp_path):
   assert written['alpha_beta'] and os.path.isdir(tmp_path / 'checkpoints')
 
 
+@pytest.mark.slow  # ~2 minutes on 2 cores: trains, estimates and evaluates.
+def test_offline_estimation_of_a_batchnorm_detector(tmp_path):
+  """evalnorm.estimate on a detection checkpoint: a plain nn.BatchNorm
+  detector, converted, frozen; alpha/beta estimated in the base network and
+  the RCN, every mode evaluated with COCOeval."""
+  trained = str(tmp_path / 'trained')
+  config = small_detection_config(norm='batchnorm', offline_estimation_steps=2,
+                                  alpha_init=0.3, beta_init=0.3)
+  detection_train.train_and_evaluate(config, trained)
+  out = tmp_path / 'offline'
+  results = detection_train.estimate_and_evaluate(config, trained, str(out))
+  with open(out / 'eval.json') as f:
+    assert json.load(f) == results
+  assert set(results['eval']) == {'ema', 'evalnorm', 'rule_of_thumb',
+                                  'one_over_b', 'fixed_0.5', 'train_stats'}
+  assert results['offline_examples'] == 2 * 16 and results['step'] == 2
+  layers = results['alpha_beta']
+  assert any(name.startswith('rcn/') for name in layers)
+  assert any(name.startswith('backbone/') for name in layers)
+  moved = [abs(v['alpha'] - 0.3) + abs(v['beta'] - 0.3) for v in layers.values()]
+  assert max(moved) > 1e-4  # the estimation took steps from alpha_init
+  assert os.path.isfile(out / 'coco' / 'detections_evalnorm.json')
+  with pytest.raises(config_lib.ConfigError, match="config.norm='groupnorm'"):
+    detection_train.estimate_and_evaluate(
+        small_detection_config(norm='groupnorm'), trained, str(out))
+
+
 @pytest.mark.slow  # ~30 s on 2 cores: compiles a classifier's and the detector's init.
 @pytest.mark.parametrize('init_norm', ['pretrained', 'reset'])
 def test_detector_starts_from_a_classifier(tmp_path, init_norm):
