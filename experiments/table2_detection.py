@@ -86,6 +86,16 @@ def _cell(results, grid, paradigm, n, seeds, mode, metric='AP') -> str:
   return f'{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}'
 
 
+def _gain(results, grid, paradigm, n, seeds) -> str:
+  """EvalNorm's AP minus EMA's, per seed; mean ± standard deviation."""
+  gains = [results[grid[(paradigm, n, s)].name]['eval']['evalnorm']['AP']
+           - results[grid[(paradigm, n, s)].name]['eval']['ema']['AP']
+           for s in seeds]
+  if len(gains) == 1:
+    return f'{gains[0]:+.1f}'
+  return f'{statistics.mean(gains):+.1f} ± {statistics.stdev(gains):.1f}'
+
+
 def report(context: runs.Context, results: dict) -> None:
   grid = grid_of(context)
   ns, seeds = context.scale.detection.n_values, context.scale.detection.seeds
@@ -97,9 +107,10 @@ def report(context: runs.Context, results: dict) -> None:
       for mode in MODES:
         row += [_cell(results, grid, paradigm, n, run_seeds, mode, metric)
                 for metric in ('AP', 'AP50', 'AP75')]
-      rows.append(row)
+      rows.append(row + [_gain(results, grid, paradigm, n, run_seeds)])
   headers = ['paradigm', 'N', 'seeds'] + [f'{m} {metric}' for m in MODES
                                           for metric in ('AP', 'AP50', 'AP75')]
+  headers.append('EvalNorm - EMA (AP)')
   runs.write_markdown(
       context.output(f'{NAME}.md'),
       'Table 2: Faster R-CNN, training paradigms, EMA against EvalNorm',

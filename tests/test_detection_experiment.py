@@ -18,3 +18,25 @@ def test_the_grid_is_four_paradigms_by_n_with_three_seeds_at_n2():
     assert ('init_from' in s) == (not name.startswith('detection_a'))
   assert settings['detection_c_n2_seed0']['freeze_batch_stats'] is True
   assert settings['detection_b_n4_seed0']['init_norm'] == 'reset'
+
+
+def test_the_report_gives_each_cell_and_evalnorms_gain_over_ema(tmp_path):
+  context = runs.Context(runs.SCALES['small'], str(tmp_path / 'work'),
+                         str(tmp_path / 'results'), 1)
+  grid = table2_detection.grid_of(context)
+  results = {}
+  for (paradigm, n, seed), run in grid.items():
+    ema = 10.0 * n + seed  # seeds 0, 1, 2 at N=2: EMA 20, 21, 22
+    modes = {'ema': ema, 'evalnorm': ema + 1 + seed, 'rule_of_thumb': ema}
+    results[run.name] = {'eval': {
+        mode: {'AP': ap, 'AP50': ap + 30, 'AP75': ap - 5}
+        for mode, ap in modes.items()}}
+  table2_detection.report(context, results)
+  text = (tmp_path / 'results' / 'table2_detection.md').read_text()
+  rows = [line for line in text.splitlines() if line.startswith('| (a)')]
+  assert len(rows) == 3  # N = 2, 4, 8
+  # N=2, 3 seeds: EMA AP 21.0 ± 1.0; EvalNorm gains 1, 2, 3.
+  assert rows[0].split(' | ')[3] == '21.0 ± 1.0'
+  assert rows[0].rstrip(' |').endswith('+2.0 ± 1.0')
+  assert rows[1].rstrip(' |').endswith('+1.0')  # N=4, one seed
+  assert (tmp_path / 'results' / 'table2_detection.png').is_file()
