@@ -26,7 +26,7 @@ from evalnorm import (calibration, checkpoint, components, config_lib, data,
                       detection_eval, detection_init, detection_targets,
                       detector, evaluation, offline_estimation, parallel,
                       paths, report, scenes, train)
-from evalnorm.variables import batchnorm_to_evalnorm, set_alpha_beta
+from evalnorm.variables import set_alpha_beta
 
 
 
@@ -253,28 +253,14 @@ def estimate_and_evaluate(config: ml_collections.ConfigDict,
   COCO files go to ``workdir``.
   """
   validate(config, jax.device_count(), jax.process_count())
-  allowed = components.names(components.NORMS, batch_statistics=True)
-  if config.norm not in allowed:
-    raise config_lib.ConfigError(
-        f'config.norm={config.norm!r} is invalid for offline estimation: '
-        f'allowed: {allowed}')
+  offline_estimation.check_norm(config)
   manager = checkpoint.open_existing(checkpoint_dir)
   dataset = make_dataset(config)
-  trained = build_detector(config, dataset.num_classes)
   model = build_detector(config, dataset.num_classes, 'evalnorm')
-  meta = checkpoint.read_meta(manager)
-  offline_estimation.check_checkpoint_matches(
-      checkpoint_dir, meta, {k: config[k] for k in ('model', 'norm', 'dataset')})
-  template = jax.eval_shape(
-      functools.partial(trained.init, train=False), jax.random.PRNGKey(0),
-      jax.ShapeDtypeStruct((config.norm_batch_size, *dataset.image_shape),
-                           jnp.float32))
-  variables = checkpoint.restore_variables(manager, template)
-  norm = components.NORMS[config.norm]
-  if not norm.alpha_beta:
-    variables = batchnorm_to_evalnorm(variables, per_channel=config.per_channel)
-  offline_estimation.warn_if_rules_assume_other_b(
-      meta, config.norm_batch_size, norm.whole_batch)
+  variables, meta = offline_estimation.restore_as_evalnorm(
+      config, manager, checkpoint_dir,
+      build_detector(config, dataset.num_classes), dataset.image_shape,
+      {k: config[k] for k in ('model', 'norm', 'dataset')})
   alpha_beta_tx = train.Optimizers.from_config(config, 1).alpha_beta
   evalnorm = set_alpha_beta(variables['evalnorm'], config.alpha_init,
                             config.beta_init)

@@ -97,34 +97,49 @@ def warn_if_rules_assume_other_b(meta: dict, group_size: int,
     print(message, file=sys.stderr)
 
 
-def estimate_and_evaluate(config, checkpoint_dir: str, workdir: str) -> dict:
-  """The whole offline run; returns what it writes to workdir/eval.json."""
-  config_lib.validate(config, jax.device_count(), jax.process_count(),
-                      training=False)
+def check_norm(config) -> None:
+  """ConfigError unless ``config.norm`` normalizes by batch statistics (the
+  norms offline estimation applies to)."""
   allowed = components.names(components.NORMS, batch_statistics=True)
   if config.norm not in allowed:
     raise config_lib.ConfigError(
         f'config.norm={config.norm!r} is invalid for offline estimation: '
         f'allowed: {allowed}')
-  # A wrong directory fails at once, before the data and the models are built.
-  manager = checkpoint.open_existing(checkpoint_dir)
-  dataset = data.make_dataset(config)
-  trained_model = components.build_model(config, dataset.num_classes)
-  model = components.build_model(config, dataset.num_classes, 'evalnorm')
+
+
+def restore_as_evalnorm(config, manager, checkpoint_dir: str, trained_model,
+                        image_shape, expected: dict) -> tuple[dict, dict]:
+  """(variables, meta) of the checkpoint in ``manager``, checked against the
+  config values ``expected`` and converted to EvalNorm's collections when
+  ``config.norm`` has no alpha/beta of its own."""
   # Shapes and dtypes only: the checkpoint's values fill them.
   template = jax.eval_shape(
       functools.partial(trained_model.init, train=False), jax.random.PRNGKey(0),
-      jax.ShapeDtypeStruct((config.norm_batch_size, *dataset.image_shape),
-                           jnp.float32))
+      jax.ShapeDtypeStruct((config.norm_batch_size, *image_shape), jnp.float32))
   meta = checkpoint.read_meta(manager)
-  expected = {key: config[key] for key in (
-      'model', 'norm', 'dataset', *components.MODELS[config.model].keys)}
   check_checkpoint_matches(checkpoint_dir, meta, expected)
   variables = checkpoint.restore_variables(manager, template)
   norm = components.NORMS[config.norm]
   if not norm.alpha_beta:
     variables = batchnorm_to_evalnorm(variables, per_channel=config.per_channel)
   warn_if_rules_assume_other_b(meta, config.norm_batch_size, norm.whole_batch)
+  return variables, meta
+
+
+def estimate_and_evaluate(config, checkpoint_dir: str, workdir: str) -> dict:
+  """The whole offline run; returns what it writes to workdir/eval.json."""
+  config_lib.validate(config, jax.device_count(), jax.process_count(),
+                      training=False)
+  check_norm(config)
+  # A wrong directory fails at once, before the data and the models are built.
+  manager = checkpoint.open_existing(checkpoint_dir)
+  dataset = data.make_dataset(config)
+  trained_model = components.build_model(config, dataset.num_classes)
+  model = components.build_model(config, dataset.num_classes, 'evalnorm')
+  variables, meta = restore_as_evalnorm(
+      config, manager, checkpoint_dir, trained_model, dataset.image_shape,
+      {key: config[key] for key in ('model', 'norm', 'dataset',
+                                    *components.MODELS[config.model].keys)})
   start = {**variables, 'evalnorm': set_alpha_beta(
       variables['evalnorm'], config.alpha_init, config.beta_init)}
   tx = calibration.alpha_beta_optimizer(config.alpha_beta_optimizer,
