@@ -121,6 +121,11 @@ def make_norm(config: ml_collections.ConfigDict, norm_name: str | None = None):
   return lookup(NORMS, 'norm', norm_name or config.norm).make(config)
 
 
+def estimates_online(config: ml_collections.ConfigDict) -> bool:
+  """Whether training estimates alpha/beta: asked for, and the norm has them."""
+  return bool(config.estimate_alpha_beta and NORMS[config.norm].alpha_beta)
+
+
 def dtype(config):
   """The activations' dtype (statistics stay float32)."""
   return jnp.bfloat16 if config.half_precision else jnp.float32

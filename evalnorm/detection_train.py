@@ -203,8 +203,7 @@ def detection_task(config: ml_collections.ConfigDict, workdir: str
   validate(config, jax.device_count(), jax.process_count())
   dataset = make_dataset(config)
   model = build_detector(config, dataset.num_classes)
-  estimate = (config.estimate_alpha_beta and
-              components.NORMS[config.norm].alpha_beta)
+  estimate = components.estimates_online(config)
   evaluator = make_evaluator(
       config, dataset, model,
       build_detector(config, dataset.num_classes, 'evalnorm'),

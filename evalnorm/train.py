@@ -307,8 +307,7 @@ def classification_task(config: ml_collections.ConfigDict, workdir: str
   config_lib.validate(config, jax.device_count(), jax.process_count())
   dataset = data.make_dataset(config)
   model = components.build_model(config, dataset.num_classes)
-  estimate = (config.estimate_alpha_beta and
-              components.NORMS[config.norm].alpha_beta)
+  estimate = components.estimates_online(config)
   evaluator = evaluation.Evaluator(
       model, components.build_model(config, dataset.num_classes, 'evalnorm'),
       evaluation.ModeSettings.from_config(config, estimate))

@@ -16,8 +16,9 @@ step, bit for bit; here each k's alpha/beta take their own
 ``alpha_beta_step`` on the steps that k estimates, from the same states and
 batches. That saves four trainings of five. The report checks the premise
 where it can: when the workdir root holds the quick start run of a seed
-(``python -m evalnorm.main`` with k = 1, named ``estimate_every_k1_seed<s>``),
-every mode of it must equal this script's k = 1 column exactly.
+(``python -m evalnorm.main`` with the default k, which
+``experiments/quick_start.py`` runs), its ``evalnorm`` mode must equal this
+script's column of that k exactly, and every other mode the k = 1 column.
 The train-step cost of each k is ``benchmarks/cost.py``'s (amortized ratio).
 """
 
@@ -28,7 +29,7 @@ import sys
 import numpy as np
 
 from evalnorm import paths
-from experiments import runs
+from experiments import quick_start, runs
 
 NAME = 'estimate_every'
 
@@ -43,13 +44,14 @@ def seed_run(scale: runs.Scale, seed: int) -> runs.Run:
                        norm_batch_size=min(scale.b_values))
 
 
-def reference_run(scale: runs.Scale, seed: int, k: int = 1) -> runs.Run:
-  """``seed_run`` as ``python -m evalnorm.main`` runs it with k: the check."""
+def reference_run(scale: runs.Scale, seed: int) -> runs.Run | None:
+  """The quick start run of ``seed`` when it is this script's training with
+  the default k (``experiments/quick_start.py`` runs it), else None."""
+  reference = quick_start.seed_run(scale, seed)
   run = seed_run(scale, seed)
-  return runs.Run(f'{NAME}_k{k}_seed{seed}', run.config,
-                  tuple(sorted(dict(run.overrides,
-                                    estimate_every_steps=k).items())),
-                  run.devices)
+  if (reference.config, reference.overrides) != (run.config, run.overrides):
+    return None
+  return reference
 
 
 def train_every_k(run: runs.Run, ks) -> dict[int, dict]:
@@ -87,8 +89,7 @@ def train_every_k(run: runs.Run, ks) -> dict[int, dict]:
       print(f'{run.name}: step {step}/{total_steps}', flush=True)
 
   host = parallel.to_host(state)
-  estimated = (config.estimate_alpha_beta and
-               components.NORMS[config.norm].alpha_beta)
+  estimated = components.estimates_online(config)
   evaluator = evaluation.Evaluator(
       model, components.build_model(config, dataset.num_classes, 'evalnorm'),
       evaluation.ModeSettings.from_config(config, estimated))
@@ -167,25 +168,37 @@ def within_spread(row: dict, reference: dict) -> bool:
                                      ('beta', 'beta_std')))
 
 
+def expected_modes(by_k: dict[int, dict], k: int) -> dict:
+  """The eval.json modes ``python -m evalnorm.main`` with k gives, from this
+  script's columns: ``evalnorm`` from k's, every other mode from k = 1's
+  (they do not read alpha/beta)."""
+  return dict(by_k[1]['eval'], evalnorm=by_k[k]['eval']['evalnorm'])
+
+
 def reference_check(context: runs.Context, seed_runs, results) -> str:
-  """A sentence comparing k = 1 with the quick start runs found, if any."""
-  compared, differing = [], []
-  for run, seed in zip(seed_runs, (dict(r.overrides)['seed'] for r in seed_runs)):
-    reference = runs.read_eval(paths.join(
-        context.workdir_root, reference_run(context.scale, seed).name))
-    if reference is None:
+  """A sentence comparing the quick start runs found with their k's column."""
+  compared, differing, k = [], [], None
+  for run in seed_runs:
+    seed = dict(run.overrides)['seed']
+    reference_spec = reference_run(context.scale, seed)
+    reference = reference_spec and runs.read_eval(
+        paths.join(context.workdir_root, reference_spec.name))
+    k = reference_spec and runs.load_config(reference_spec).estimate_every_steps
+    if reference is None or k not in results[run.name]:
       continue
     compared.append(str(seed))
-    if reference['eval'] != results[run.name][1]['eval']:
+    if reference['eval'] != expected_modes(results[run.name], k):
       differing.append(str(seed))
   if not compared:
-    return ('(No `python -m evalnorm.main` run with k = 1 was found to '
+    return ('(No quick start run with a k of this curve was found to '
             'compare with.)\n')
   if differing:
-    return ('THE SHARED TRAINING DIFFERS from `python -m evalnorm.main` with '
-            f"k = 1 for seed(s) {', '.join(differing)} (it must not).\n")
-  return (f"For seed(s) {', '.join(compared)}, `python -m evalnorm.main` with "
-          'k = 1 gives exactly the k = 1 column, in every mode.\n')
+    return ('THE SHARED TRAINING DIFFERS from the quick start runs '
+            f"(`python -m evalnorm.main`, k = {k}) for seed(s) "
+            f"{', '.join(differing)} (it must not).\n")
+  return (f"For seed(s) {', '.join(compared)}, the quick start run "
+          f'(`python -m evalnorm.main`, k = {k}) gives exactly the k = {k} '
+          'column in `evalnorm` and the k = 1 column in every other mode.\n')
 
 
 def report(context: runs.Context, seed_runs, results: dict, ks) -> dict:

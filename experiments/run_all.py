@@ -3,10 +3,13 @@ r"""Regenerates every figure and table of the paper at one scale.
     python -m experiments.run_all [--scale small|full|smoke] [--jobs 2] [--dry_run]
 
 Runs the scripts in an order that lets later ones reuse earlier runs (Fig. 2's
-sweep feeds Fig. 1, 3, 4, 5 and the seeds), then writes runtimes.md with the
+sweep feeds Fig. 1, 3, 4, 5 and the seeds; the quick start runs are the k
+curve's check), then writes runtimes.md with the
 wall time each script added. Finished runs (an ``eval.json`` in their
 workdir) are reused, so an interrupted regeneration continues where it
-stopped; delete ``experiments/workdirs/<scale>`` to start afresh.
+stopped; delete ``experiments/workdirs/<scale>`` to start afresh. Also writes
+provenance.json: the commit and tree state of every invocation over that
+workdir root, package versions, the machine (``experiments/provenance.py``).
 
 ``--dry_run`` runs nothing: it prints every run each script needs (dataset,
 model, B, SGD batch, devices, steps, learning rate), in the order they would
@@ -16,14 +19,16 @@ run, each listed under the first script that needs it.
 import functools
 import time
 
+from evalnorm import paths
 from experiments import (estimate_every, fig1_histograms, fig2_error_vs_b,
                          fig3_alpha_beta, fig4_fixed_schedules,
-                         fig5_deeper_wider, runs, seeds, table1_imagenet,
+                         fig5_deeper_wider, provenance, quick_start, runs,
+                         seeds, table1_imagenet, table2_detection,
                          table2_transfer)
 
-SCRIPTS = (fig2_error_vs_b, fig1_histograms, fig3_alpha_beta,
+SCRIPTS = (quick_start, fig2_error_vs_b, fig1_histograms, fig3_alpha_beta,
            fig4_fixed_schedules, seeds, fig5_deeper_wider, table1_imagenet,
-           table2_transfer, estimate_every)
+           table2_transfer, table2_detection, estimate_every)
 
 
 def script_arguments(args) -> list[str]:
@@ -65,6 +70,7 @@ def main(argv=None):
     listing = dry_run_listing(context)
     print(listing)
     return listing
+  invocation = provenance.start(runs.ROOT, args.scale, args.jobs)
   seconds = {}
   for script in SCRIPTS:
     name = script.__name__.rsplit('.', 1)[1]
@@ -73,18 +79,46 @@ def main(argv=None):
     # A script with a main of its own (estimate_every trains in its own way).
     getattr(script, 'main', functools.partial(runs.main, script))(
         script_arguments(args))
-    seconds[name] = time.time() - started
-  rows = [[f'`experiments/{name}.py`', f'{s / 60:.1f}'] for name, s in seconds.items()]
-  rows.append(['total', f'{sum(seconds.values()) / 60:.1f}'])
+    seconds[name] = round(time.time() - started, 1)
+  write_archive(context)
+  record = provenance.finish(invocation, seconds, context.workdir_root,
+                             runs.machine_gpus(),
+                             context.output('provenance.json'))
+  write_runtimes(context, args, record)
+  return seconds
+
+
+def write_archive(context: runs.Context) -> dict:
+  """runs.json: the eval.json of every run the scripts used, by run name,
+  and the k curve's per-seed results: what the tables and the README's
+  numbers are computed from, committed beside them."""
+  archive = {'eval': {}, 'every_k': {}}
+  # The k curve's trainings write every_k.json, not eval.json.
+  for script in (s for s in SCRIPTS if s is not estimate_every):
+    for run in script.planned_runs(context):
+      archive['eval'][run.name] = runs.read_eval(context.workdir(run))
+  for run in estimate_every.planned_runs(context):
+    archive['every_k'][run.name] = paths.read_json(
+        estimate_every.result_path(context.workdir_root, run))
+  paths.write_json(context.output('runs.json'), archive, indent=1)
+  return archive
+
+
+def write_runtimes(context: runs.Context, args, record: dict) -> None:
+  """runtimes.md: the minutes each script added, over every invocation."""
+  minutes = record['minutes_per_script']
+  rows = [[f'`experiments/{name}.py`', f'{m:.1f}'] for name, m in minutes.items()]
+  rows.append(['total', f'{sum(minutes.values()):.1f}'])
+  count = len(record['invocations'])
   runs.write_markdown(
       context.output('runtimes.md'), 'Runtimes of the last regeneration',
       runs.scale_note(context),
       f'`python -m experiments.run_all --scale={args.scale} --jobs={args.jobs}`'
-      ' in this order; runs that an earlier script made are reused (and runs '
-      'left by an earlier regeneration too: then a script takes seconds).\n',
+      ' in this order; runs that an earlier script made are reused. Summed '
+      f'over the {count} invocation(s) of `run_all` on this work directory '
+      '(an interrupted regeneration continues where it stopped); '
+      '`provenance.json` has each one.\n',
       runs.markdown_table(['script', 'minutes added'], rows))
-  return seconds
-
 
 if __name__ == '__main__':
   main()

@@ -518,23 +518,39 @@ def scale_note(context: Context) -> str:
 def load_config(run: Run):
   """The ml_collections config ``run`` trained with (its file + overrides)."""
   import importlib.util  # pylint: disable=g-import-not-at-top
-  from evalnorm import config_lib  # pylint: disable=g-import-not-at-top
+  # 'configs/detection.py:dataset=coco': the file and get_config's argument,
+  # as ml_collections' config_flags reads them.
+  filename, _, argument = run.config.partition(':')
   spec = importlib.util.spec_from_file_location(
-      'run_config', os.path.join(ROOT, run.config))
+      'run_config', os.path.join(ROOT, filename))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  config = module.get_config()
+  config = module.get_config(argument or None)
   for key, value in run.overrides:
     config[key] = value
-  config_lib.validate(config, num_devices=1, training=False)
+  validate(config, num_devices=1, training=False)
   return config
+
+
+def validate(config, num_devices: int, training: bool) -> None:
+  """The program's own checks: the detector's for a detection config."""
+  from evalnorm import config_lib, detection_train  # pylint: disable=g-import-not-at-top
+  if detection_train.is_detection(config):
+    detection_train.validate(config, num_devices)
+  else:
+    config_lib.validate(config, num_devices, training=training)
 
 
 def training_steps(run: Run) -> int:
   """The steps a training run takes (its config may give epochs)."""
+  return steps_of(load_config(run))
+
+
+def steps_of(config) -> int:
+  """The steps a training with ``config`` takes (detection: num_train_steps)."""
   from evalnorm import config_lib  # pylint: disable=g-import-not-at-top
-  config = load_config(run)
-  return config_lib.num_train_steps(config, config_lib.TRAIN_EXAMPLES[config.dataset])
+  return config_lib.num_train_steps(
+      config, config_lib.TRAIN_EXAMPLES.get(config.dataset, 0))
 
 
 def with_renorm_ramp(run: Run, scale: Scale) -> Run:
@@ -542,6 +558,18 @@ def with_renorm_ramp(run: Run, scale: Scale) -> Run:
   ramp = max(1, int(training_steps(run) * scale.renorm_warmup_fraction))
   overrides = dict(run.overrides, renorm_warmup_steps=ramp)
   return dataclasses.replace(run, overrides=tuple(sorted(overrides.items())))
+
+
+def model_name(config) -> str:
+  """The listing's model column."""
+  from evalnorm import detection_train  # pylint: disable=g-import-not-at-top
+  backbone = (f'ResNet-{config.depth} v2 x{config.width}'
+              if config.model == 'resnet_v2_cifar' else
+              f'ResNet-8 v2 x{config.width}' if config.model == 'resnet_v2_small'
+              else 'ResNet-50 v2')
+  if detection_train.is_detection(config):
+    return f'Faster R-CNN, {backbone}'
+  return backbone
 
 
 LISTING_HEADERS = ('run', 'program', 'dataset', 'model', 'norm', 'B', 'batch',
@@ -554,16 +582,14 @@ def describe(run: Run) -> list[str]:
   Validated for the run's own device count, so a listed run is one that
   passes the program's checks.
   """
-  from evalnorm import config_lib  # pylint: disable=g-import-not-at-top
   config = load_config(run)
-  config_lib.validate(config, run.devices, training=run.checkpoint is None)
-  model = (f'ResNet-{config.depth} v2 x{config.width}'
-           if config.model == 'resnet_v2_cifar' else 'ResNet-50 v2')
+  validate(config, run.devices, training=run.checkpoint is None)
+  model = model_name(config)
   norm = config.norm + (f' (ramp {config.renorm_warmup_steps:,})'
                         if config.norm == 'renorm' else '')
   if run.checkpoint is None:
     program = 'train'
-    steps = config_lib.num_train_steps(config, config_lib.TRAIN_EXAMPLES[config.dataset])
+    steps = steps_of(config)
     learning_rate = f'{config.learning_rate:g}'
   else:
     program = f'offline, from {run.checkpoint}'

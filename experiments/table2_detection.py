@@ -32,7 +32,7 @@ import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 
-from experiments import runs, table2_transfer  # noqa: E402
+from experiments import runs, table1_imagenet, table2_transfer  # noqa: E402
 
 NAME = 'table2_detection'
 MODES = ('ema', 'evalnorm', 'rule_of_thumb')
@@ -42,9 +42,9 @@ PARADIGMS = table2_transfer.PARADIGMS  # the same four initializations
 def pretrain_run(scale: runs.Scale) -> runs.Run:
   """The classifier whose weights paradigms (b)-(d) start from."""
   steps = scale.detection.pretrain_steps
-  if steps is None:
-    return runs.make_run('detection_pretrain_imagenet', scale,
-                         config='configs/imagenet.py')
+  if steps is None:  # Table 1's ImageNet model at its largest B (8 devices x 32).
+    return table1_imagenet.column_runs(scale, max(scale.table1_b_values))[
+        'evalnorm']
   return runs.make_run(
       'detection_pretrain_noisy_digits', scale, config='configs/digits.py',
       dataset='noisy_digits', norm_batch_size=128, batch_size=128,

@@ -9,6 +9,7 @@ the smoke scale is the slow test at the end (``pytest -m slow``).
 import json
 import math
 import os
+import subprocess
 import threading
 import zlib
 
@@ -20,8 +21,8 @@ import pytest
 from training_helpers import ROOT
 from experiments import (estimate_every, fig1_histograms, fig2_error_vs_b,
                          fig3_alpha_beta, fig4_fixed_schedules,
-                         fig5_deeper_wider, run_all, runs, seeds,
-                         table1_imagenet, table2_transfer)
+                         fig5_deeper_wider, provenance, quick_start, run_all,
+                         runs, seeds, table1_imagenet, table2_transfer)
 
 MODES = ('ema', 'evalnorm', 'rule_of_thumb', 'one_over_b', 'train_stats',
          'fixed_0.05', 'fixed_0.5', 'groupnorm')
@@ -38,7 +39,9 @@ def fake_top5(name: str, mode: str) -> float:
 
 
 def fake_result(name: str) -> dict:
-  return {'step': 7, 'eval': {m: {'top1': fake_top1(name, m),
+  return {'step': 7, 'dataset': 'noisy_digits', 'norm': 'evalnorm',
+          'norm_batch_size': 2, 'num_eval_examples': 512,
+          'eval': {m: {'top1': fake_top1(name, m),
                                   'top5': fake_top5(name, m), 'loss': 1.0}
                               for m in MODES},
           'alpha_beta': {l: {'alpha': fake_top1(name, l + 'a') / 100,
@@ -159,7 +162,7 @@ def test_estimate_every_report_and_its_reference_check(context):
             for r in seed_runs]
   assert summary[4]['alpha'] == pytest.approx(np.mean(alphas))
   text = read(context, 'estimate_every.md')
-  assert f"| 4 | {np.mean(top1):.2f} |" in text and 'No `python' in text
+  assert f"| 4 | {np.mean(top1):.2f} |" in text and '(No quick start run' in text
   assert_plot(context, 'estimate_every.png')
   row = {'mean': 90.0, 'std': 1.0, 'alpha': 0.30, 'alpha_std': 0.01,
          'beta': 0.40, 'beta_std': 0.01}
@@ -167,18 +170,77 @@ def test_estimate_every_report_and_its_reference_check(context):
   assert not estimate_every.within_spread(dict(row, mean=91.5), row)
   assert not estimate_every.within_spread(dict(row, alpha=0.32), row)
   assert not estimate_every.within_spread(dict(row, beta=0.38), row)
-  # A quick start run of seed 1 (k = 1) must equal the k = 1 column.
+  # The quick start run of seed 1 (the default k = 4) must equal the k = 4
+  # column in `evalnorm` and the k = 1 column in every other mode.
   reference = estimate_every.reference_run(context.scale, 1)
-  assert dict(reference.overrides)['estimate_every_steps'] == 1
+  assert reference.name == 'quick_start_seed1'
   workdir = os.path.join(context.workdir_root, reference.name)
   os.makedirs(workdir)
+  by_k = results[seed_runs[1].name]
   with open(os.path.join(workdir, 'eval.json'), 'w') as f:
-    json.dump({'eval': results[seed_runs[1].name][1]['eval']}, f)
+    json.dump({'eval': dict(by_k[1]['eval'],
+                            evalnorm=by_k[4]['eval']['evalnorm'])}, f)
   estimate_every.report(context, seed_runs, results, ks)
-  assert 'gives exactly the k = 1 column' in read(context, 'estimate_every.md')
-  results[seed_runs[1].name][1]['eval']['ema']['top1'] += 0.01
-  estimate_every.report(context, seed_runs, results, ks)
-  assert 'DIFFERS' in read(context, 'estimate_every.md')
+  assert 'gives exactly the k = 4 column' in read(context, 'estimate_every.md')
+  for k, mode in ((4, 'evalnorm'), (1, 'ema')):
+    by_k[k]['eval'][mode]['top1'] += 0.01
+    estimate_every.report(context, seed_runs, results, ks)
+    assert 'DIFFERS' in read(context, 'estimate_every.md')
+    by_k[k]['eval'][mode]['top1'] -= 0.01
+  # At the full scale the curve trains on CIFAR: no quick start to check.
+  assert estimate_every.reference_run(runs.SCALES['full'], 1) is None
+
+
+def test_quick_start_runs_are_the_readme_command_and_report(context):
+  planned = {r.name: r for r in quick_start.planned_runs(context)}
+  # Seed 0 is the README's first command exactly.
+  assert (planned['quick_start_seed0'].config,
+          dict(planned['quick_start_seed0'].overrides)) == (
+              'configs/digits.py', {'norm_batch_size': 2, 'seed': 0})
+  batchnorm = planned['baseline_batchnorm']
+  assert (batchnorm.devices, dict(batchnorm.overrides)['batch_size']) == (8, 16)
+  assert planned['baseline_batchnorm_offline'].checkpoint == batchnorm.name
+  assert dict(planned['baseline_renorm'].overrides)['renorm_warmup_steps'] == 1000
+  results = FakeResults()
+  quick_start.report(context, results)
+  text = read(context, 'quick_start.md')
+  assert f"| ema | {fake_top1('quick_start_seed0', 'ema'):.2f} |" in text
+  ema = [fake_top1(f'quick_start_seed{s}', 'ema') for s in range(3)]
+  assert f'| range | {min(ema):.2f}-{max(ema):.2f} |' in text
+  other = planned['quick_start_seed0_8devices']
+  assert other.devices == 8 and dict(other.overrides) == dict(
+      planned['quick_start_seed0'].overrides)
+  assert f"| 0, on 8 devices | {fake_top1(other.name, 'ema'):.2f} |" in text
+  groupnorm = fake_top1('baseline_groupnorm', 'groupnorm')
+  assert f'| GroupNorm (batch 128) | {groupnorm:.2f} (`groupnorm`) |' in text
+  offline = fake_top1('baseline_batchnorm_offline', 'evalnorm')
+  assert f'(`ema`) | {offline:.2f} |' in text
+
+
+def test_provenance_tells_a_clean_tree_from_changed_code(tmp_path):
+  def git(*args):
+    subprocess.run(['git', *args], cwd=tmp_path, check=True,
+                   capture_output=True)
+  git('init', '-q')
+  (tmp_path / 'experiments' / 'results').mkdir(parents=True)
+  (tmp_path / 'experiments' / 'results' / 'fig.md').write_text('old\n')
+  (tmp_path / 'train.py').write_text('lr = 0.1\n')
+  git('add', '.')
+  git('-c', 'user.name=t', '-c', 'user.email=t@t', 'commit', '-qm', 'c')
+  state = provenance.git_state(str(tmp_path))
+  assert state['clean'] and len(state['commit']) == 40
+  # Rewritten results are the regeneration's output, not a code change ...
+  (tmp_path / 'experiments' / 'results' / 'fig.md').write_text('new\n')
+  assert provenance.git_state(str(tmp_path))['clean']
+  # ... an edited or a new source file is.
+  (tmp_path / 'train.py').write_text('lr = 0.2\n')
+  assert not provenance.git_state(str(tmp_path))['clean']
+  git('checkout', 'train.py')
+  (tmp_path / 'extra.py').write_text('')
+  assert not provenance.git_state(str(tmp_path))['clean']
+  outside = tmp_path.parent / f'{tmp_path.name}_not_a_repository'
+  outside.mkdir()
+  assert provenance.git_state(str(outside)) == {'commit': None, 'clean': None}
 
 
 def test_table1_per_device_setup_and_report(context):
@@ -320,10 +382,30 @@ def test_run_all_at_smoke_scale(tmp_path):
   assert len(seconds) == len(run_all.SCRIPTS)
   for name in ('fig1_histograms', 'fig2_error_vs_b', 'fig3_alpha_beta',
                'fig4_fixed_schedules', 'fig5_deeper_wider', 'table1_imagenet',
-               'table2_transfer', 'estimate_every'):
+               'table2_transfer', 'table2_detection', 'estimate_every'):
     assert os.path.exists(tmp_path / 'r' / f'{name}.md')
     assert os.path.exists(tmp_path / 'r' / f'{name}.png')
-  assert os.path.exists(tmp_path / 'r' / 'seeds.md')
+  for name in ('seeds', 'quick_start', 'runtimes'):
+    assert os.path.exists(tmp_path / 'r' / f'{name}.md')
+  archive = json.loads((tmp_path / 'r' / 'runs.json').read_text())
+  planned = {r.name for script in run_all.SCRIPTS
+             if script is not estimate_every
+             for r in script.planned_runs(runs.Context(
+                 runs.SCALES['smoke'], f'{tmp_path}/w', f'{tmp_path}/r', 2))}
+  assert set(archive['eval']) == planned
+  assert all(archive['eval'][name]['eval'] for name in planned)
+  assert set(archive['every_k']) == {'estimate_every_seed0',
+                                     'estimate_every_seed1',
+                                     'estimate_every_seed2'}
+  record = json.loads((tmp_path / 'r' / 'provenance.json').read_text())
+  assert record['commits'] == [provenance.git_state(ROOT)['commit']]
+  assert set(record['minutes_per_script']) == set(seconds)
+  assert record['packages']['jax'] and record['machine']['cpu_cores']
+  # A second invocation over the same runs reuses them and is recorded too.
+  run_all.main(['--scale=smoke', f'--workdir_root={tmp_path}/w',
+                f'--results_dir={tmp_path}/r', '--jobs=2'])
+  record = json.loads((tmp_path / 'r' / 'provenance.json').read_text())
+  assert len(record['invocations']) == 2
 
 
 # ---------------------------------------------------------------------------

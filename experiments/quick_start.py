@@ -1,0 +1,146 @@
+r"""The README's quick start over seeds, and the baselines at its setting.
+
+    python -m experiments.quick_start [--scale small|full|smoke] [--seeds 0,1,2]
+
+Every run is the quick start's setting (``configs/digits.py``: noisy digits,
+3000 steps, B = 2; ``--scale smoke`` shrinks it to seconds):
+
+  quick_start_seed<s>     the README's first command with ``--config.seed=s``
+                          (EvalNorm, batch 128 in groups of 2, alpha/beta
+                          estimated online);
+  quick_start_seed0_8devices
+                          seed 0 on 8 devices: the same training in another
+                          XLA program, as another machine runs it;
+  baseline_batchnorm      flax ``nn.BatchNorm`` on 8 devices x 2 (batch 16:
+                          it normalizes each device's whole batch), then
+  baseline_batchnorm_offline
+                          ``python -m evalnorm.estimate`` on it (offline
+                          estimation, fixed alpha = beta evaluated too);
+  baseline_renorm         Batch Renorm, batch 128 in groups of 2, clips
+                          ramped over the first third of the steps;
+  baseline_groupnorm      GroupNorm, batch 128 (no batch statistics).
+
+Writes quick_start.md: the table the quick start prints (seed 0), top-1 of
+every mode per seed with the range over seeds, and the baselines.
+"""
+
+import sys
+
+from evalnorm import report as run_report
+from experiments import runs
+
+NAME = 'quick_start'
+FLAGS = runs.SEEDS_FLAG
+QUICK_START_CONFIG = 'configs/digits.py'
+SEED_MODES = ('ema', 'evalnorm', 'rule_of_thumb', 'one_over_b', 'train_stats')
+BASELINE_MODES = ('evalnorm', 'rule_of_thumb', 'one_over_b', 'fixed_0.05',
+                  'fixed_0.1', 'fixed_0.5')
+BASELINE_DEVICES = 8  # nn.BatchNorm at B=2 needs a per-device batch of 2
+OTHER_DEVICES = 8
+
+
+def quick_start_run(scale: runs.Scale, name: str, devices: int = 1,
+                    checkpoint: str | None = None, **overrides) -> runs.Run:
+  """A run of the quick start's command with ``overrides``."""
+  if scale.name == 'smoke':
+    return runs.make_run(name, scale, devices, checkpoint,
+                         norm_batch_size=2, **overrides)
+  return runs.make_run(name, scale, devices, checkpoint,
+                       config=QUICK_START_CONFIG, norm_batch_size=2,
+                       **overrides)
+
+
+def seed_run(scale: runs.Scale, seed: int) -> runs.Run:
+  return quick_start_run(scale, f'{NAME}_seed{seed}', seed=seed)
+
+
+def other_devices_run(scale: runs.Scale) -> runs.Run:
+  """Seed 0 on 8 devices: the same groups of 2 and batch 128, another XLA
+  program (per-device batches of 16), as another machine would compile."""
+  return quick_start_run(scale, f'{NAME}_seed0_8devices', OTHER_DEVICES,
+                         seed=0)
+
+
+def baseline_runs(scale: runs.Scale) -> dict[str, runs.Run]:
+  """The baselines of the README's table, by row label."""
+  batchnorm = dict(norm='batchnorm', batch_size=2 * BASELINE_DEVICES)
+  trained = quick_start_run(scale, 'baseline_batchnorm', BASELINE_DEVICES,
+                            **batchnorm)
+  renorm = runs.with_renorm_ramp(
+      quick_start_run(scale, 'baseline_renorm', norm='renorm'), scale)
+  return {
+      'flax `nn.BatchNorm`, 8 devices x 2 (batch 16)': trained,
+      'the same model after `evalnorm.estimate` (offline)': quick_start_run(
+          scale, 'baseline_batchnorm_offline', BASELINE_DEVICES,
+          checkpoint=trained.name, **batchnorm),
+      'Batch Renorm (batch 128, groups of 2)': renorm,
+      'GroupNorm (batch 128)': quick_start_run(scale, 'baseline_groupnorm',
+                                               norm='groupnorm'),
+  }
+
+
+def planned_runs(context: runs.Context) -> list[runs.Run]:
+  seeds = [seed_run(context.scale, s) for s in runs.seeds(context)]
+  return (seeds + [other_devices_run(context.scale)]
+          + list(baseline_runs(context.scale).values()))
+
+
+def seed_rows(results: dict, seed_runs: list[runs.Run],
+              other_devices: runs.Run) -> list[list[str]]:
+  """Top-1 of every mode per seed, the range over the seeds, and seed 0 on
+  another device count."""
+  def row(label, run):
+    return [label] + [f'{runs.top1(results[run.name], m):.2f}'
+                      for m in SEED_MODES]
+  rows = [row(str(dict(r.overrides)['seed']), r) for r in seed_runs]
+  ranges = []
+  for mode in SEED_MODES:
+    values = [runs.top1(results[r.name], mode) for r in seed_runs]
+    ranges.append(f'{min(values):.2f}-{max(values):.2f}')
+  return rows + [['range'] + ranges,
+                 row(f'0, on {other_devices.devices} devices', other_devices)]
+
+
+def baseline_rows(results: dict, baselines: dict[str, runs.Run]
+                  ) -> list[list[str]]:
+  """Top-1 of each baseline's own evaluation and of the modes it has."""
+  from evalnorm import components  # pylint: disable=g-import-not-at-top
+  rows = []
+  for label, run in baselines.items():
+    result = results[run.name]
+    own = components.NORMS[runs.load_config(run).norm].eval_mode or 'ema'
+    rows.append([label, f'{runs.top1(result, own):.2f} (`{own}`)'] + [
+        f'{runs.top1(result, m):.2f}' if m in result['eval'] else ''
+        for m in BASELINE_MODES])
+  return rows
+
+
+def report(context: runs.Context, results: dict) -> None:
+  seed_runs = [seed_run(context.scale, s) for s in runs.seeds(context)]
+  baselines = baseline_runs(context.scale)
+  first = results[seed_runs[0].name]
+  runs.write_markdown(
+      context.output(f'{NAME}.md'),
+      'Quick start: every mode, seeds and baselines at B=2',
+      (runs.scale_note(context) if context.scale.name == 'smoke' else
+       f'`{QUICK_START_CONFIG}` (noisy digits, 3000 steps), B=2: the '
+       "README's first command.\n"),
+      '## The quick start (seed 0)\n\n' + run_report.results_table(first) + '\n',
+      '## Top-1 (%) per seed (`--config.seed`)\n\n'
+      'The last row is seed 0 again, on 8 devices (per-device batches of 16, '
+      'the same groups of 2): the same training compiled into another '
+      'program, as on another machine.\n\n'
+      + runs.markdown_table(('seed',) + SEED_MODES,
+                            seed_rows(results, seed_runs,
+                                      other_devices_run(context.scale))),
+      '## Baselines (seed 0, top-1 %)\n\n'
+      'Each run\'s own evaluation (moving averages, or GroupNorm\'s '
+      'per-example statistics), then the modes that blend statistics where '
+      'the model has them (blank: it has none).\n\n'
+      + runs.markdown_table(
+          ('run', 'own evaluation') + BASELINE_MODES,
+          baseline_rows(results, baselines)))
+
+
+if __name__ == '__main__':
+  runs.main(sys.modules[__name__])
