@@ -78,7 +78,7 @@ import flax
 import jax
 import numpy as np
 
-from evalnorm import components, config_lib, parallel, report, train
+from evalnorm import components, config_lib, parallel, paths, report, train
 from evalnorm.variables import rule_of_thumb, set_alpha_beta
 
 MIB = 2.0**20
@@ -538,6 +538,10 @@ def parse_args(argv):
                       help='add the alpha/beta step at the large B too')
   parser.add_argument('--smoke', action='store_true',
                       help='tiny model and batch, 2 repeats: checks that it runs')
+  parser.add_argument('--output', default=None,
+                      help='also write the results here as JSON (rows, '
+                      'ratios, device, flags, versions): what the README\'s '
+                      'cost table is rendered from')
   args = parser.parse_args(argv)
   for name, least in (('repeats', 1), ('warmup', 0), ('batch', 2),
                       ('image_size', 1)):
@@ -571,7 +575,30 @@ def main(argv=None) -> dict[str, dict[str, Any]]:
     with fast_compile(setup.fast_compile):
       results[setup.name] = run_setup(setup, repeats, warmup,
                                       args.half_precision, args.ablate)
+  if args.output:
+    paths.write_json(args.output, record(results, args))
   return results
+
+
+def record(results: dict[str, dict[str, Any]], args) -> dict[str, Any]:
+  """The JSON record of a run: every row and ratio, and what produced them."""
+  from experiments import provenance  # pylint: disable=g-import-not-at-top
+  device = jax.local_devices()[0]
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  return {
+      **provenance.git_state(root),
+      'device': {'kind': device.device_kind, 'platform': device.platform,
+                 'cpu': provenance.cpu_model(), 'cpu_cores': os.cpu_count()},
+      'xla_flags': os.environ.get('XLA_FLAGS', ''),
+      'versions': {'jax': jax.__version__, 'flax': flax.__version__},
+      'half_precision': args.half_precision,
+      'setups': {name: {'title': r['setup'].title, 'batch': r['setup'].batch,
+                        'image_shape': list(r['setup'].image_shape),
+                        'repeats': args.repeats or r['setup'].repeats,
+                        'train': r['train'], 'eval': r['eval'],
+                        'ratios': r['ratios']}
+                 for name, r in results.items()},
+  }
 
 
 if __name__ == '__main__':

@@ -1,5 +1,6 @@
 """Smoke test of benchmarks/cost.py: it runs end to end and prints sane ratios."""
 
+import json
 import math
 
 import pytest
@@ -8,8 +9,8 @@ from benchmarks import cost
 
 
 @pytest.mark.slow
-def test_cost_smoke_prints_finite_positive_ratios(capsys):
-  results = cost.main(['--smoke'])
+def test_cost_smoke_prints_finite_positive_ratios(capsys, tmp_path):
+  results = cost.main(['--smoke', f'--output={tmp_path}/cost.json'])
   out = capsys.readouterr().out
   assert 'flax nn.BatchNorm' in out and 'ratio (min)' in out
   printed = cost.parse_ratios(out)
@@ -25,6 +26,11 @@ def test_cost_smoke_prints_finite_positive_ratios(capsys):
       for name in ('ratio_min', 'ratio_median', 'ratio_paired'):
         assert math.isfinite(row[name]) and row[name] > 0, (phase, name, row)
   assert smoke['train']['batchnorm']['ratio_min'] == 1.0
+  # The JSON record holds what was printed, and what produced it.
+  saved = json.loads((tmp_path / 'cost.json').read_text())
+  assert saved['setups']['smoke']['ratios'] == pytest.approx(
+      printed, abs=1e-4)
+  assert saved['device']['platform'] == 'cpu' and 'xla_flags' in saved
 
 
 def test_amortized_ratio():
