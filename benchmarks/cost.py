@@ -555,6 +555,10 @@ def parse_args(argv):
 
 def main(argv=None) -> dict[str, dict[str, Any]]:
   args = parse_args(argv)
+  from experiments import provenance  # pylint: disable=g-import-not-at-top
+  # The code that runs, as it is before anything is written.
+  code = provenance.git_state(os.path.dirname(os.path.dirname(
+      os.path.abspath(__file__))))
   if args.smoke:
     setups = [SMOKE]
   elif args.model == 'both':
@@ -576,17 +580,18 @@ def main(argv=None) -> dict[str, dict[str, Any]]:
       results[setup.name] = run_setup(setup, repeats, warmup,
                                       args.half_precision, args.ablate)
   if args.output:
-    paths.write_json(args.output, record(results, args))
+    paths.write_json(args.output, record(results, args, code))
   return results
 
 
-def record(results: dict[str, dict[str, Any]], args) -> dict[str, Any]:
-  """The JSON record of a run: every row and ratio, and what produced them."""
+def record(results: dict[str, dict[str, Any]], args, code: dict
+           ) -> dict[str, Any]:
+  """The JSON record of a run: every row and ratio, and what produced them
+  (``code``: provenance.git_state's commit and tree state)."""
   from experiments import provenance  # pylint: disable=g-import-not-at-top
   device = jax.local_devices()[0]
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   return {
-      **provenance.git_state(root),
+      **code,
       'device': {'kind': device.device_kind, 'platform': device.platform,
                  'cpu': provenance.cpu_model(), 'cpu_cores': os.cpu_count()},
       'xla_flags': os.environ.get('XLA_FLAGS', ''),

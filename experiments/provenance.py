@@ -20,8 +20,9 @@ from evalnorm import paths
 PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'numpy',
             'ml-collections', 'clu', 'tensorflow-cpu', 'tensorflow-datasets',
             'pycocotools')
-# What a regeneration rewrites: not a change of the code that produced it.
-OUTPUTS = ('experiments/results/',)
+# What a regeneration or a benchmark writes: not a change of the code that
+# produced it.
+OUTPUTS = ('experiments/results/', 'benchmarks/results/')
 INVOCATIONS = 'run_all_invocations.json'
 
 

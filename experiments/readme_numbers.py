@@ -122,6 +122,7 @@ def cost_summary(sources: Sources) -> str:
       f"else running), jax {record['versions']['jax']}, flax "
       f"{record['versions']['flax']}"
       + (f", commit {record['commit'][:7]}" if record.get('commit') else '')
+      + ('' if record.get('clean') else ' with uncommitted changes')
       + '; each column is one run, ratio of minimums; '
       '`benchmarks/results/cost_<model>_<flags>.json` holds every row '
       '(medians, memory, bytes).',

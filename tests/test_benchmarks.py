@@ -31,6 +31,7 @@ def test_cost_smoke_prints_finite_positive_ratios(capsys, tmp_path):
   assert saved['setups']['smoke']['ratios'] == pytest.approx(
       printed, abs=1e-4)
   assert saved['device']['platform'] == 'cpu' and 'xla_flags' in saved
+  assert set(saved) >= {'commit', 'clean', 'versions'}
 
 
 def test_amortized_ratio():
