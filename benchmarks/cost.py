@@ -79,6 +79,7 @@ import jax
 import numpy as np
 
 from evalnorm import components, config_lib, parallel, paths, report, train
+from experiments import provenance
 from evalnorm.variables import rule_of_thumb, set_alpha_beta
 
 MIB = 2.0**20
@@ -555,7 +556,6 @@ def parse_args(argv):
 
 def main(argv=None) -> dict[str, dict[str, Any]]:
   args = parse_args(argv)
-  from experiments import provenance  # pylint: disable=g-import-not-at-top
   # The code that runs, as it is before anything is written.
   code = provenance.git_state(os.path.dirname(os.path.dirname(
       os.path.abspath(__file__))))
@@ -588,7 +588,6 @@ def record(results: dict[str, dict[str, Any]], args, code: dict
            ) -> dict[str, Any]:
   """The JSON record of a run: every row and ratio, and what produced them
   (``code``: provenance.git_state's commit and tree state)."""
-  from experiments import provenance  # pylint: disable=g-import-not-at-top
   device = jax.local_devices()[0]
   return {
       **code,

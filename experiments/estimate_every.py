@@ -37,9 +37,8 @@ NAME = 'estimate_every'
 def seed_run(scale: runs.Scale, seed: int) -> runs.Run:
   """The training of one seed (its config and overrides; k is set per k)."""
   name = f'{NAME}_seed{seed}'
-  if scale.name == 'small':  # The quick start, as its README command runs it.
-    return runs.make_run(name, scale, config='configs/digits.py', seed=seed,
-                         norm_batch_size=2)
+  if scale.name != 'full':  # The quick start, as its README command runs it.
+    return quick_start.quick_start_run(scale, name, seed=seed)
   return runs.make_run(name, scale, seed=seed,
                        norm_batch_size=min(scale.b_values))
 
@@ -180,10 +179,11 @@ def reference_check(context: runs.Context, seed_runs, results) -> str:
   compared, differing, k = [], [], None
   for run in seed_runs:
     seed = dict(run.overrides)['seed']
-    reference_spec = reference_run(context.scale, seed)
-    reference = reference_spec and runs.read_eval(
-        paths.join(context.workdir_root, reference_spec.name))
-    k = reference_spec and runs.load_config(reference_spec).estimate_every_steps
+    quick = reference_run(context.scale, seed)
+    if quick is None:
+      continue
+    reference = runs.read_eval(context.workdir(quick))
+    k = runs.load_config(quick).estimate_every_steps
     if reference is None or k not in results[run.name]:
       continue
     compared.append(str(seed))

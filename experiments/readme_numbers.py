@@ -14,7 +14,6 @@ check, so a README number cannot drift from the result it comes from.
 
 import argparse
 import dataclasses
-import math
 import os
 import re
 import sys
