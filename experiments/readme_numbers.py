@@ -20,7 +20,13 @@ import sys
 from collections.abc import Callable
 
 from evalnorm import paths
+from evalnorm import report as run_report
 from evalnorm.report import markdown_table
+import numpy as np
+
+from experiments import (estimate_every, fig2_error_vs_b, fig5_deeper_wider,
+                         quick_start, runs, seeds, table1_imagenet,
+                         table2_detection, table2_transfer)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README_FILES = ('README.md', os.path.join('experiments', 'README.md'))
@@ -35,20 +41,383 @@ BLOCK = re.compile(r'<!-- ([a-z0-9-]+) -->\n(.*?)<!-- /\1 -->', re.DOTALL)
 class Sources:
   """The committed results the blocks are rendered from."""
   cost: dict[tuple[str, str], dict]   # (model, flags) -> benchmarks.cost record
+  evals: dict[str, dict] = dataclasses.field(default_factory=dict)  # eval.json by run
+  every_k: dict[str, dict] = dataclasses.field(default_factory=dict)  # k curve
+  provenance: dict = dataclasses.field(default_factory=dict)
+  results_dir: str = runs.RESULTS_DIR
 
   @classmethod
-  def load(cls, cost_dir: str = COST_DIR) -> 'Sources':
-    cost = {}
-    for model in COST_MODELS:
-      for flags in COST_FLAGS:
-        path = os.path.join(cost_dir, f'cost_{model}_{flags}.json')
-        if os.path.exists(path):
-          cost[(model, flags)] = paths.read_json(path)
-    return cls(cost)
+  def load(cls, cost_dir: str = COST_DIR,
+           results_dir: str = runs.RESULTS_DIR) -> 'Sources':
+    archive = paths.read_json(os.path.join(results_dir, 'runs.json'))
+    return cls(load_cost(cost_dir), archive['eval'], archive['every_k'],
+               paths.read_json(os.path.join(results_dir, 'provenance.json')),
+               results_dir)
+
+  def table_cell(self, filename: str, *row_start: str) -> str:
+    """The last cell of the first row of a committed result table whose
+    first cells are ``row_start`` (for numbers that are not in eval.json)."""
+    with open(os.path.join(self.results_dir, filename)) as f:
+      for line in f:
+        cells = [c.strip() for c in line.strip().strip('|').split('|')]
+        if line.startswith('|') and tuple(cells[:len(row_start)]) == row_start:
+          return cells[-1]
+    raise KeyError(f'{filename}: no row starting {row_start}')
+
+
+SMALL = runs.SCALES['small']
+
+
+def load_cost(cost_dir: str = COST_DIR) -> dict[tuple[str, str], dict]:
+  """The committed ``benchmarks.cost`` records, by (model, flags)."""
+  cost = {}
+  for model in COST_MODELS:
+    for flags in COST_FLAGS:
+      path = os.path.join(cost_dir, f'cost_{model}_{flags}.json')
+      if os.path.exists(path):
+        cost[(model, flags)] = paths.read_json(path)
+  return cost
+
+
+def _top1(sources: Sources, run: runs.Run, mode: str) -> float:
+  return runs.top1(sources.evals[run.name], mode)
+
+
+def _span(values) -> str:
+  """'a-b' of values at 2 decimals (one value: itself)."""
+  low, high = f'{min(values):.2f}', f'{max(values):.2f}'
+  return low if low == high else f'{low}-{high}'
 
 
 # ---------------------------------------------------------------------------
-# Cost (benchmarks/cost.py).
+# The quick start (experiments/quick_start.py, the k curve).
+
+
+def quick_start_table(sources: Sources) -> str:
+  """The table the first command prints (seed 0), without its header line."""
+  text = run_report.results_table(
+      sources.evals[quick_start.seed_run(SMALL, 0).name])
+  return text.split('\n\n', 1)[1] + '\n'
+
+
+def quick_start_seeds(sources: Sources) -> str:
+  """Top-1 per seed, what is exact and what is a range."""
+  from evalnorm import config_lib  # pylint: disable=g-import-not-at-top
+  seed_runs = [quick_start.seed_run(SMALL, s) for s in runs.DEFAULT_SEEDS]
+  other = quick_start.other_devices_run(SMALL)
+  table = markdown_table(('seed',) + quick_start.SEED_MODES,
+                         quick_start.seed_rows(sources.evals, seed_runs, other))
+  of = lambda mode: [_top1(sources, r, mode) for r in seed_runs]
+  every = config_lib.base_config().estimate_every_steps
+  every_step = [runs.top1(sources.every_k[r.name]['1'], 'evalnorm')
+                for r in estimate_every.planned_runs(
+                    runs.Context(SMALL, '', '', 1))]
+  machine = sources.provenance['machine']
+  versions = sources.provenance['packages']
+  ema, evalnorm = of('ema'), of('evalnorm')
+  ranges = (
+      f'Over the three seeds EMA evaluation gives {_span(ema)}, EvalNorm '
+      f"{_span(evalnorm)}, the rule of thumb {_span(of('rule_of_thumb'))} and "
+      "the training groups' own statistics "
+      f"{_span(of('train_stats'))}. alpha/beta are estimated every {every}th "
+      'step (the default `estimate_every_steps`; every step gives '
+      f"{' / '.join(f'{v:.2f}' for v in every_step)}, see "
+      '[the k curve](experiments/results/estimate_every.md)).')
+  exact = (
+      '**Which numbers are exact.** On one machine, with the same device '
+      'count and library versions, a run is exact: rerunning it writes a '
+      'bit-identical `eval.json`, and the first command prints the table '
+      'above with seed 0 on the machine that produced it '
+      f"({machine['cpu']}, {machine['cpu_cores']} cores, jax "
+      f"{versions['jax']}). Anywhere else the same command trains through "
+      'other floating-point round-off, which a 2-example normalization '
+      'amplifies (by up to 1/sqrt(epsilon)) until the run behaves like '
+      'another seed: seed 0 on 8 devices, the same groups in another '
+      f"compiled program, gives EMA {_top1(sources, other, 'ema'):.2f} and "
+      f"EvalNorm {_top1(sources, other, 'evalnorm'):.2f}. Expect a number in "
+      'the range over seeds, not the digits of the table: EMA spans '
+      f'{max(ema) - min(ema):.1f} points over three seeds (a difference of '
+      'that size is not a broken install), EvalNorm '
+      f'{max(evalnorm) - min(evalnorm):.1f}.')
+  return _paragraphs(table, ranges, exact)
+
+
+def _paragraphs(*parts: str) -> str:
+  """Markdown paragraphs: tables as they are, text wrapped like the READMEs."""
+  return '\n\n'.join(p if p.startswith('|') else '\n'.join(_wrap(p))
+                       for p in parts) + '\n'
+
+
+def baselines(sources: Sources) -> str:
+  """The baselines table and what offline estimation gains."""
+  rows = quick_start.baseline_rows(sources.evals,
+                                   quick_start.baseline_runs(SMALL))
+  table = markdown_table(
+      ('run (seed 0, top-1 %)', 'own evaluation')
+      + quick_start.BASELINE_MODES, rows)
+  named = quick_start.baseline_runs(SMALL)
+  trained, offline = (named[k] for k in list(named)[:2])
+  fixed = ', '.join(
+      f"{c} gives {_top1(sources, offline, f'fixed_{c}'):.2f}"
+      for c in ('0.05', '0.1', '0.5'))
+  gain = (_top1(sources, offline, 'evalnorm')
+          - _top1(sources, trained, 'ema'))
+  text = (
+      f'The plain-BatchNorm model gains {gain:.1f} points from offline '
+      'estimation without retraining (it is weaker overall: its SGD batch is '
+      f'16, not 128). Fixed alpha = beta on it: {fixed} (0.5 = 1/B).')
+  return _paragraphs(table, text)
+
+
+# ---------------------------------------------------------------------------
+# The paper's figures and tables at the small scale.
+
+
+def _error(sources: Sources, run: runs.Run, mode: str) -> float:
+  return runs.error(sources.evals[run.name], mode)
+
+
+def _mean_alpha(result: dict) -> float:
+  return float(np.mean([np.mean(v['alpha'])
+                        for v in result['alpha_beta'].values()]))
+
+
+def _gains(sources: Sources, group: list[runs.Run]) -> list[float]:
+  return [_top1(sources, r, 'evalnorm') - _top1(sources, r, 'ema')
+          for r in group]
+
+
+def fig2_cell(sources: Sources) -> str:
+  errors = fig2_error_vs_b.curves(SMALL, sources.evals)
+  ema, en = errors['EMA (BatchNorm)'], errors['EvalNorm (online)']
+  renorm = errors['Batch Renorm']
+  large = ema[1:] + en[1:]
+  return (f'B=2: EMA {ema[0]:.1f}, EvalNorm {en[0]:.1f}; B >= 4: EMA and '
+          f'EvalNorm {min(large):.1f}-{max(large):.1f}; Renorm '
+          f'{min(renorm):.0f}-{max(renorm):.0f} at every B')
+
+
+def seeds_cell(sources: Sources) -> str:
+  groups = seeds.seed_runs(SMALL, runs.DEFAULT_SEEDS)
+  small, eight = _gains(sources, groups[('evalnorm', 2)]), _gains(
+      sources, groups[('evalnorm', 8)])
+  return (f'EvalNorm gain at B=2: {np.mean(small):+.1f} '
+          f"({' / '.join(f'{g:.1f}' for g in small)}); at B=8: "
+          f'{np.mean(eight):+.2f} +- {np.std(eight, ddof=1):.2f}')
+
+
+def fig1_cell(sources: Sources) -> str:
+  d = lambda b, stats: sources.table_cell('fig1_histograms.md', f'B={b}',
+                                          f'{stats} statistics')
+  return (f"distance to training activations at B=2: EMA {d(2, 'EMA')}, "
+          f"EvalNorm {d(2, 'EvalNorm')} (B=128: {d(128, 'EMA')} / "
+          f"{d(128, 'EvalNorm')})")
+
+
+def fig3_cell(sources: Sources) -> str:
+  sweep = {b: sources.evals[fig2_error_vs_b.evalnorm_run(SMALL, b).name]
+           for b in SMALL.b_values}
+  layers = [float(np.mean(v['alpha']))
+            for v in sweep[2]['alpha_beta'].values()]
+  return (f'mean alpha {_mean_alpha(sweep[2]):.2f} (B=2) to '
+          f'{_mean_alpha(sweep[max(sweep)]):.2f} (B={max(sweep)}); per layer '
+          f'{min(layers):.2f}-{max(layers):.2f} at B=2')
+
+
+def fig4_cell(sources: Sources) -> str:
+  b2 = fig2_error_vs_b.evalnorm_run(SMALL, 2)
+  b128 = fig2_error_vs_b.evalnorm_run(SMALL, max(SMALL.b_values))
+  e = lambda mode: f'{_error(sources, b2, mode):.1f}'
+  return (f"B=2 error: estimated {e('evalnorm')}, 1/B {e('one_over_b')}, "
+          f"1/B^2 {e('rule_of_thumb')}, EMA {e('ema')}; constant 0.5 gives "
+          f"{_error(sources, b128, 'fixed_0.5'):.1f} at B=128")
+
+
+def fig5_cell(sources: Sources) -> str:
+  base = (SMALL.fig5_models[0][0], 1)
+  others = [m for m in fig5_deeper_wider.model_grid(SMALL) if m != base]
+  at = lambda b, mode: [_error(sources, fig5_deeper_wider.model_run(
+      SMALL, d, w, b), mode) for d, w in others]
+  differences = [e - m for b in SMALL.fig5_b_values[1:]
+                 for e, m in zip(at(b, 'evalnorm'), at(b, 'ema'))]
+  return (f"B=2: EMA {min(at(2, 'ema')):.1f}-{max(at(2, 'ema')):.1f} vs "
+          f"EvalNorm {min(at(2, 'evalnorm')):.1f}-"
+          f"{max(at(2, 'evalnorm')):.1f} error; B=4, 8: EvalNorm minus EMA "
+          f'{min(differences):+.1f} to {max(differences):+.1f}')
+
+
+def table1_cell(sources: Sources) -> str:
+  rows = {k: v[0] for k, v in table1_imagenet.rows_by_method(
+      SMALL, sources.evals).items()}
+  gain = rows['EvalNorm (online)'] - rows['EMA']
+  return (f"B=2: EMA {rows['EMA']:.2f}, EvalNorm "
+          f"{rows['EvalNorm (online)']:.2f} ({gain:+.1f}), offline "
+          f"{rows['EvalNorm offline']:.2f}, 1/B^2 {rows['1/B^2']:.2f}, Renorm "
+          f"{rows['Batch Renorm']:.2f}, GroupNorm {rows['GroupNorm']:.2f}")
+
+
+def _detection_gains(sources: Sources, n: int) -> dict[str, list[float]]:
+  """Per paradigm, EvalNorm's AP minus EMA's at N = n, one per seed."""
+  grid = table2_detection.detection_runs(SMALL, '')
+  gains = {}
+  for (paradigm, runs_n, _), run in grid.items():
+    if runs_n == n:
+      result = sources.evals[run.name]['eval']
+      gains.setdefault(paradigm, []).append(
+          result['evalnorm']['AP'] - result['ema']['AP'])
+  return gains
+
+
+def table2_cell(sources: Sources) -> str:
+  at2 = {p: float(np.mean(g)) for p, g in _detection_gains(sources, 2).items()}
+  later = [g for n in SMALL.detection.n_values[1:]
+           for p, gs in _detection_gains(sources, n).items() if '(c)' not in p
+           for g in gs]
+  frozen = [_detection_gains(sources, n)[FROZEN][0]
+            for n in SMALL.detection.n_values[1:]]
+  labels = ('random init', 'BN reset', 'BN statistics frozen', 'all tuned')
+  cells = ', '.join(f'{at2[p]:+.1f} {label}'
+                    for p, label in zip(table2_detection.PARADIGMS, labels))
+  return (f'AP gain of EvalNorm over EMA at N=2 (3 seeds): {cells}; at N=4, 8: '
+          f'{min(later):+.1f} to {max(later):+.1f} (frozen: '
+          f"{' / '.join(f'{g:+.1f}' for g in frozen)})")
+
+
+FROZEN = '(c) pre-trained, BN statistics frozen'
+
+
+def transfer_cell(sources: Sources) -> str:
+  grid = table2_transfer.fine_tune_runs(SMALL, '')
+  labels = ('random', 'BN reset', 'BN frozen', 'all tuned')
+  cells = ', '.join(
+      f"{_top1(sources, grid[(p, 2)], 'evalnorm') - _top1(sources, grid[(p, 2)], 'ema'):+.1f} {label}"
+      for p, label in zip(table2_transfer.PARADIGMS, labels))
+  return f'EvalNorm gain at B=2: {cells}'
+
+
+# (link, what, small-scale cell, the paper, agrees?) of the reproduction table.
+REPRODUCTION = (
+    ('[Fig. 2](experiments/results/fig2_error_vs_b.md): error against B',
+     fig2_cell, 'EMA error rises sharply at small B, EvalNorm stays close',
+     'yes at B=2; here B=4-8 is already "large"'),
+    ('[Seeds](experiments/results/seeds.md)', seeds_cell, '',
+     'gain real at B=2; a small cost at B=8'),
+    ('[Fig. 1](experiments/results/fig1_histograms.md): activations',
+     fig1_cell, "EMA's differ at small B",
+     'yes (per example, not in the pooled histogram)'),
+    ('[Fig. 3](experiments/results/fig3_alpha_beta.md): alpha/beta per layer',
+     fig3_cell, 'fall with B, vary by layer', 'yes'),
+    ('[Fig. 4](experiments/results/fig4_fixed_schedules.md): fixed schedules',
+     fig4_cell, 'estimated best; constants fail across B', 'yes'),
+    ('[Fig. 5](experiments/results/fig5_deeper_wider.md): deeper, wider '
+     '(reduced: depth 8/14/20, width x1/x2)', fig5_cell,
+     'gain for every depth/width at B=4, 8', 'at B=2 only'),
+    ('[Table 1](experiments/results/table1_imagenet.md): 8 devices x B',
+     table1_cell, 'ImageNet B=2: 64.80 / 70.98 (+6.18)',
+     'gain yes; GroupNorm best here'),
+    ('[Table 2](experiments/results/table2_detection.md): Faster R-CNN on '
+     '`digit_scenes`, four paradigms x N = 2, 4, 8', table2_cell,
+     'COCO: +1.5 to +7.0 AP in every paradigm',
+     'at N=2 yes (smaller when pre-trained); not at N=4, 8; (c) read '
+     'differently, see below'),
+    ('[Table 2 analog](experiments/results/table2_transfer.md): '
+     'initializations (digits to noisy digits, not COCO)', transfer_cell,
+     'COCO: +1.5 to +7.0 AP in every paradigm', 'at B=2; mixed at B=4, 8'),
+)
+
+
+def reproduction_table(sources: Sources) -> str:
+  rows = [[what, cell(sources), paper, agrees]
+          for what, cell, paper, agrees in REPRODUCTION]
+  return markdown_table(('paper', 'small-scale result (top-1 or error, %)',
+                         'paper', 'agrees?'), rows, align='llll') + '\n'
+
+
+def detection_table(sources: Sources) -> str:
+  """README's Table 2 table: AP at N=2 over seeds, gains at N=4 and 8."""
+  grid = table2_detection.detection_runs(SMALL, '')
+  seeds_n2 = SMALL.detection.seeds
+  later = SMALL.detection.n_values[1:]
+  rows = []
+  for paradigm in table2_detection.PARADIGMS:
+    cell = lambda mode: table2_detection._cell(  # pylint: disable=protected-access
+        sources.evals, grid, paradigm, 2, seeds_n2, mode)
+    gain = table2_detection._gain(sources.evals, grid, paradigm, 2, seeds_n2)  # pylint: disable=protected-access
+    others = ' / '.join(table2_detection._gain(  # pylint: disable=protected-access
+        sources.evals, grid, paradigm, n, seeds_n2[:1]) for n in later)
+    rows.append([paradigm, cell('ema'), cell('evalnorm'), gain, others])
+  table = markdown_table(
+      ('paradigm', 'EMA AP', 'EvalNorm AP', 'gain',
+       ' / '.join(f'N={n}' for n in later)), rows)
+  rule = ', '.join(
+      f"{np.mean([sources.evals[grid[(p, 2, s)].name]['eval']['rule_of_thumb']['AP'] for s in seeds_n2]):.1f}"
+      for p in table2_detection.PARADIGMS if p != FROZEN)
+  alphas = {p: _detection_alphas(sources, grid[(p, 2, 0)])
+            for p in table2_detection.PARADIGMS}
+  others = [a for p, a in alphas.items() if p != FROZEN]
+  text = (
+      f'The rule of thumb at N=2: {rule} AP in (a), (b), (d). In (c), '
+      "EvalNorm's estimate leans on each example's own statistics: mean "
+      f'alpha {alphas[FROZEN][0]:.2f} in the base network and '
+      f'{alphas[FROZEN][1]:.2f} in the RCN, against '
+      f'{min(a[0] for a in others):.2f}-{max(a[0] for a in others):.2f} and '
+      f'{min(a[1] for a in others):.2f}-{max(a[1] for a in others):.2f} in '
+      'the other paradigms (seed 0).')
+  return _paragraphs(table, text)
+
+
+def _detection_alphas(sources: Sources, run: runs.Run) -> tuple[float, float]:
+  """Mean alpha of the base network's norm layers and of the RCN's."""
+  layers = sources.evals[run.name]['alpha_beta']
+  part = lambda prefix: float(np.mean([np.mean(v['alpha']) for k, v in
+                                       layers.items() if k.startswith(prefix)]))
+  return part('backbone/'), part('rcn/')
+
+
+# ---------------------------------------------------------------------------
+# Provenance and runtimes (experiments/run_all.py).
+
+
+def provenance_note(sources: Sources) -> str:
+  record = sources.provenance
+  commits = ', '.join(c[:7] for c in record['commits'])
+  machine, versions = record['machine'], record['packages']
+  minutes = sum(record['minutes_per_script'].values())
+  text = (
+      f"The committed results were produced by `run_all` at commit {commits} "
+      f"({'a clean tree' if record['clean'] else 'with uncommitted changes'}) "
+      f"on {machine['cpu']} ({machine['cpu_cores']} cores), jax "
+      f"{versions['jax']}, flax {versions['flax']}, in {minutes:.0f} minutes "
+      f"of wall time over {len(record['invocations'])} invocation(s) "
+      '([provenance.json](experiments/results/provenance.json) has the '
+      'package versions and each invocation; '
+      '[runs.json](experiments/results/runs.json) every run\'s '
+      '`eval.json`).')
+  return _paragraphs(text)
+
+
+def runtimes_table(sources: Sources) -> str:
+  """experiments/README: runs and minutes per script of the regeneration."""
+  context = runs.Context(SMALL, '', '', 1)
+  seen, rows = set(), []
+  minutes = sources.provenance['minutes_per_script']
+  from experiments import run_all  # pylint: disable=g-import-not-at-top
+  for script in run_all.SCRIPTS:
+    name = script.__name__.rsplit('.', 1)[1]
+    new = [r for r in script.planned_runs(context) if r.name not in seen]
+    seen.update(r.name for r in new)
+    rows.append([f'`{name}.py`', str(len(new)), f'{minutes[name]:.1f}'])
+  rows.append(['total', str(len(seen)), f'{sum(minutes.values()):.1f}'])
+  jobs = {i['jobs'] for i in sources.provenance['invocations']}
+  text = (
+      'Wall minutes each script added to the last small-scale regeneration '
+      f"(`--jobs {'/'.join(map(str, sorted(jobs)))}`, "
+      f"{sources.provenance['machine']['cpu_cores']} cores), with the runs it "
+      'added to those of the scripts before it:')
+  return _paragraphs(text, markdown_table(
+      ('script', 'new runs', 'minutes'), rows))
+
+
 
 
 def _setup(record: dict) -> dict:
@@ -172,8 +541,15 @@ def _wrap(text: str, width: int = 88) -> list[str]:
 
 
 BLOCKS: dict[str, Callable[[Sources], str]] = {
+    'digits-table': quick_start_table,
+    'quick-start-seeds': quick_start_seeds,
+    'baselines': baselines,
+    'provenance': provenance_note,
+    'reproduction': reproduction_table,
+    'detection-table': detection_table,
     'cost-table': cost_table,
     'cost-summary': cost_summary,
+    'runtimes': runtimes_table,
 }
 
 

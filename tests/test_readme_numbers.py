@@ -1,6 +1,10 @@
 """The READMEs' numbers are their results' (experiments/readme.py)."""
 
 import copy
+import zlib
+
+import numpy as np
+import pytest
 
 from experiments import readme_numbers as readme
 
@@ -38,3 +42,96 @@ def test_check_exits_nonzero_naming_a_stale_block(tmp_path, capsys):
   assert readme.stale_blocks(str(tmp_path)) == []
   assert readme.main(['--check']) == 0
   assert 'stale' not in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------
+# The run-based blocks, rendered from made-up results: each number must come
+# from its own run and mode.
+
+MODES = ('ema', 'evalnorm', 'rule_of_thumb', 'one_over_b', 'train_stats',
+         'fixed_0.05', 'fixed_0.1', 'fixed_0.5', 'groupnorm')
+LAYERS = ('backbone/stage1_block0/norm1', 'rcn/final_norm',
+          'stage1_block0/norm1')
+
+
+def made_up(name: str, mode: str) -> float:
+  """A distinct, reproducible value for each (run, mode)."""
+  return round(50 + (zlib.crc32(f'{name}/{mode}'.encode()) % 4000) / 100, 2)
+
+
+def made_up_eval(name: str) -> dict:
+  metrics = lambda m: {'top1': made_up(name, m), 'top5': 99.0, 'loss': 1.0,
+                       'AP': made_up(name, m + 'AP')}
+  return {'step': 3000, 'dataset': 'noisy_digits', 'norm': 'evalnorm',
+          'norm_batch_size': 2, 'num_eval_examples': 1024,
+          'eval': {m: metrics(m) for m in MODES},
+          'alpha_beta': {l: {'alpha': made_up(name, l) / 100,
+                             'beta': made_up(name, l + 'b') / 100}
+                         for l in LAYERS}}
+
+
+class MadeUpEvals(dict):
+
+  def __missing__(self, name):
+    self[name] = made_up_eval(name)
+    return self[name]
+
+
+@pytest.fixture
+def made_up_sources(tmp_path):
+  (tmp_path / 'fig1_histograms.md').write_text(
+      '| trained at | statistics | mean | std | distance |\n'
+      '|---|---:|---:|---:|---:|\n'
+      '| B=128 | EMA statistics | 0 | 1 | 0.031 |\n'
+      '| B=128 | EvalNorm statistics | 0 | 1 | 0.032 |\n'
+      '| B=2 | EMA statistics | 0 | 1 | 0.275 |\n'
+      '| B=2 | EvalNorm statistics | 0 | 1 | 0.179 |\n')
+  every_k = {f'estimate_every_seed{s}': {'1': made_up_eval(f'k1_seed{s}')}
+             for s in range(3)}
+  provenance = {'commits': ['a' * 40], 'clean': True,
+                'machine': {'cpu': 'Some CPU', 'cpu_cores': 2},
+                'packages': {'jax': '0.10.2', 'flax': '0.12.8'},
+                'minutes_per_script': {}, 'invocations': [{'jobs': 2}]}
+  return readme.Sources(readme.load_cost(), MadeUpEvals(), every_k,
+                        provenance, str(tmp_path))
+
+
+def test_quick_start_blocks_take_each_number_from_its_run(made_up_sources):
+  evals = made_up_sources.evals
+  table = readme.quick_start_table(made_up_sources)
+  assert f"| ema | {made_up('quick_start_seed0', 'ema'):.2f} |" in table
+  text = readme.quick_start_seeds(made_up_sources)
+  words = ' '.join(text.split())
+  ema = [made_up(f'quick_start_seed{s}', 'ema') for s in range(3)]
+  assert f'EMA evaluation gives {min(ema):.2f}-{max(ema):.2f}' in words
+  assert f"| 0, on 8 devices | {made_up('quick_start_seed0_8devices', 'ema'):.2f} |" in text
+  every_step = made_up('k1_seed1', 'evalnorm')
+  assert f'/ {every_step:.2f} /' in words
+  assert 'Some CPU, 2 cores, jax 0.10.2' in words
+  baselines = readme.baselines(made_up_sources)
+  gain = (made_up('baseline_batchnorm_offline', 'evalnorm')
+          - made_up('baseline_batchnorm', 'ema'))
+  assert f'gains {gain:.1f} points' in ' '.join(baselines.split())
+  assert 'quick_start_seed0' in evals
+
+
+def test_reproduction_cells_take_each_number_from_its_run(made_up_sources):
+  text = readme.reproduction_table(made_up_sources)
+  ema_b2 = 100 - made_up('evalnorm_b2_seed0', 'ema')
+  assert f'B=2: EMA {ema_b2:.1f}, EvalNorm' in text
+  assert 'at B=2: EMA 0.275, EvalNorm 0.179 (B=128: 0.031 / 0.032)' in text
+  table1_ema = made_up('imagenet_evalnorm_b2', 'ema')
+  assert f'B=2: EMA {table1_ema:.2f}, EvalNorm' in text
+  offline = made_up('imagenet_offline_b2', 'evalnorm')
+  assert f'offline {offline:.2f}' in text
+  gains = [made_up(f'detection_a_n2_seed{s}', 'evalnormAP')
+           - made_up(f'detection_a_n2_seed{s}', 'emaAP') for s in range(3)]
+  assert f'{np.mean(gains):+.1f} random init' in text
+  transfer = (made_up('transfer_c_b2', 'evalnorm')
+              - made_up('transfer_c_b2', 'ema'))
+  assert f'{transfer:+.1f} BN frozen' in text
+  detection = readme.detection_table(made_up_sources)
+  frozen_alpha = made_up('detection_c_n2_seed0',
+                         'backbone/stage1_block0/norm1') / 100
+  assert f'mean alpha {frozen_alpha:.2f} in the base network' in ' '.join(
+      detection.split())
