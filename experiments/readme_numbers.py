@@ -382,42 +382,60 @@ def provenance_note(sources: Sources) -> str:
   record = sources.provenance
   commits = ', '.join(c[:7] for c in record['commits'])
   machine, versions = record['machine'], record['packages']
-  minutes = sum(record['minutes_per_script'].values())
   text = (
       f"The committed results were produced by `run_all` at commit {commits} "
       f"({'a clean tree' if record['clean'] else 'with uncommitted changes'}) "
       f"on {machine['cpu']} ({machine['cpu_cores']} cores), jax "
-      f"{versions['jax']}, flax {versions['flax']}, in {minutes:.0f} minutes "
-      f"of wall time over {len(record['invocations'])} invocation(s) "
+      f"{versions['jax']}, flax {versions['flax']}, over "
+      f"{len(record['invocations'])} invocation(s) "
       '([provenance.json](experiments/results/provenance.json) has the '
       'package versions and each invocation; '
       '[runs.json](experiments/results/runs.json) every run\'s '
-      '`eval.json`).')
+      '`eval.json`; [runtimes](experiments/README.md#scripts) the time each '
+      'script takes).')
   return _paragraphs(text)
 
 
+def _wall_minutes(sources: Sources, run: runs.Run) -> float | None:
+  """A run's wall minutes; None for the k curve's trainings (no eval.json)."""
+  try:
+    return sources.evals[run.name]['wall_seconds'] / 60
+  except KeyError:
+    return None
+
+
 def runtimes_table(sources: Sources) -> str:
-  """experiments/README: runs and minutes per script of the regeneration."""
-  context = runs.Context(SMALL, '', '', 1)
-  seen, rows = set(), []
-  minutes = sources.provenance['minutes_per_script']
+  """experiments/README: per script, the runs it adds and their minutes."""
   from experiments import run_all  # pylint: disable=g-import-not-at-top
+  context = runs.Context(SMALL, '', '', 1)
+  minutes = sources.provenance['minutes_per_script']
+  seen, rows = set(), []
   for script in run_all.SCRIPTS:
     name = script.__name__.rsplit('.', 1)[1]
     new = [r for r in script.planned_runs(context) if r.name not in seen]
     seen.update(r.name for r in new)
-    rows.append([f'`{name}.py`', str(len(new)), f'{minutes[name]:.1f}'])
-  rows.append(['total', str(len(seen)), f'{sum(minutes.values()):.1f}'])
+    walls = [m for m in (_wall_minutes(sources, r) for r in new) if m]
+    rows.append([f'`{name}.py`', str(len(new)),
+                 f'{np.median(walls):.1f}' if walls else '',
+                 f'{minutes[name]:.1f}'])
+  rows.append(['total', str(len(seen)), '', f'{sum(minutes.values()):.1f}'])
   jobs = {i['jobs'] for i in sources.provenance['invocations']}
   text = (
-      'Wall minutes each script added to the last small-scale regeneration '
-      f"(`--jobs {'/'.join(map(str, sorted(jobs)))}`, "
-      f"{sources.provenance['machine']['cpu_cores']} cores), with the runs it "
-      'added to those of the scripts before it:')
+      'The last small-scale regeneration, per script: the runs it adds to '
+      'those of the scripts before it, the median minutes of one such run, '
+      f"and the wall minutes the script added (`--jobs "
+      f"{'/'.join(map(str, sorted(jobs)))}` on "
+      f"{sources.provenance['machine']['cpu_cores']} cores). Wall minutes "
+      'include any time the machine was shared or the regeneration paused; '
+      'the median run is the steadier figure. `estimate_every.py` trains in '
+      'its own processes, one per seed.')
   return _paragraphs(text, markdown_table(
-      ('script', 'new runs', 'minutes'), rows))
+      ('script', 'new runs', 'minutes per run (median)', 'wall minutes'),
+      rows))
 
 
+# ---------------------------------------------------------------------------
+# Cost (benchmarks/cost.py).
 
 
 def _setup(record: dict) -> dict:

@@ -6,7 +6,7 @@ import zlib
 import numpy as np
 import pytest
 
-from experiments import readme_numbers as readme
+from experiments import quick_start, readme_numbers as readme, run_all, runs
 
 
 def test_every_readme_block_is_rendered_from_the_committed_results():
@@ -64,6 +64,7 @@ def made_up_eval(name: str) -> dict:
                        'AP': made_up(name, m + 'AP')}
   return {'step': 3000, 'dataset': 'noisy_digits', 'norm': 'evalnorm',
           'norm_batch_size': 2, 'num_eval_examples': 1024,
+          'wall_seconds': 60 * made_up(name, 'wall'),
           'eval': {m: metrics(m) for m in MODES},
           'alpha_beta': {l: {'alpha': made_up(name, l) / 100,
                              'beta': made_up(name, l + 'b') / 100}
@@ -91,7 +92,9 @@ def made_up_sources(tmp_path):
   provenance = {'commits': ['a' * 40], 'clean': True,
                 'machine': {'cpu': 'Some CPU', 'cpu_cores': 2},
                 'packages': {'jax': '0.10.2', 'flax': '0.12.8'},
-                'minutes_per_script': {}, 'invocations': [{'jobs': 2}]}
+                'minutes_per_script': {
+                    s.__name__.rsplit('.', 1)[1]: 1.5 for s in run_all.SCRIPTS},
+                'invocations': [{'jobs': 2}]}
   return readme.Sources(readme.load_cost(), MadeUpEvals(), every_k,
                         provenance, str(tmp_path))
 
@@ -135,3 +138,13 @@ def test_reproduction_cells_take_each_number_from_its_run(made_up_sources):
                          'backbone/stage1_block0/norm1') / 100
   assert f'mean alpha {frozen_alpha:.2f} in the base network' in ' '.join(
       detection.split())
+
+
+def test_runtimes_count_each_run_once_with_its_median(made_up_sources):
+  text = readme.runtimes_table(made_up_sources)
+  names = [r.name for r in quick_start.planned_runs(
+      runs.Context(runs.SCALES['small'], '', '', 1))]
+  median = np.median([made_up(n, 'wall') for n in names])
+  assert f'| `quick_start.py` | {len(names)} | {median:.1f} | 1.5 |' in text
+  # Fig. 1, 3, 4 only read the Fig. 2 runs.
+  assert '| `fig1_histograms.py` | 0 |  | 1.5 |' in text
