@@ -148,3 +148,19 @@ def test_runtimes_count_each_run_once_with_its_median(made_up_sources):
   assert f'| `quick_start.py` | {len(names)} | {median:.1f} | 1.5 |' in text
   # Fig. 1, 3, 4 only read the Fig. 2 runs.
   assert '| `fig1_histograms.py` | 0 |  | 1.5 |' in text
+
+
+def test_findings_take_each_number_from_its_run(made_up_sources):
+  text = ' '.join(readme.findings(made_up_sources).split())
+  gains = [made_up(f'evalnorm_b2_seed{s}', 'evalnorm')
+           - made_up(f'evalnorm_b2_seed{s}', 'ema') for s in range(3)]
+  assert f'the gain at B=2 is {np.mean(gains):+.1f} points' in text
+  positive = sum(g > 0 for g in gains)
+  assert (f'positive for {positive} of 3 seeds' in text if positive < 3
+          else 'positive for every seed' in text)
+  renorm = made_up('baseline_renorm', 'ema')
+  assert f'it reaches {renorm:.2f} at B=2' in text
+  groupnorm = [made_up(f'imagenet_groupnorm_b{b}', 'groupnorm')
+               for b in (2, 4, 8, 16, 32)]
+  assert f'GroupNorm gives {min(groupnorm):.2f}-{max(groupnorm):.2f}' in text
+  assert text.startswith('## What the small scale shows')
