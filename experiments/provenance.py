@@ -68,21 +68,41 @@ def machine(gpus) -> dict:
           'gpus': list(gpus), 'xla_flags': os.environ.get('XLA_FLAGS', '')}
 
 
-def start(root: str, scale: str, jobs: int) -> dict:
-  """An invocation's record, before its scripts run."""
-  return {'started': datetime.datetime.now(datetime.timezone.utc).isoformat(
-      timespec='seconds'), 'scale': scale, 'jobs': jobs, **git_state(root)}
+def start(root: str, scale: str, jobs: int, workdir_root: str) -> int:
+  """Records an invocation in the workdir root before its scripts run, so a
+  regeneration killed halfway still shows its commit and the scripts it
+  finished; returns its index for ``script_done``."""
+  record = {'started': datetime.datetime.now(datetime.timezone.utc).isoformat(
+      timespec='seconds'), 'scale': scale, 'jobs': jobs, **git_state(root),
+            'seconds': {}}
+  invocations = _invocations(workdir_root)
+  invocations.append(record)
+  _save(workdir_root, invocations)
+  return len(invocations) - 1
 
 
-def finish(invocation: dict, seconds: dict[str, float], workdir_root: str,
-           gpus, results_path: str) -> dict:
-  """Appends ``invocation`` (with its per-script seconds) to the workdir
-  root's list and writes the provenance record of all of them."""
+def script_done(workdir_root: str, index: int, name: str,
+                seconds: float) -> None:
+  """Adds a finished script's wall seconds to invocation ``index``."""
+  invocations = _invocations(workdir_root)
+  invocations[index]['seconds'][name] = round(seconds, 1)
+  _save(workdir_root, invocations)
+
+
+def _invocations(workdir_root: str) -> list[dict]:
   log = paths.path(workdir_root) / INVOCATIONS
-  invocations = paths.read_json(log) if log.exists() else []
-  invocations.append(dict(invocation, seconds=seconds))
+  return paths.read_json(log) if log.exists() else []
+
+
+def _save(workdir_root: str, invocations: list[dict]) -> None:
+  log = paths.path(workdir_root) / INVOCATIONS
   log.parent.mkdir(parents=True, exist_ok=True)
   paths.write_json(log, invocations)
+
+
+def finish(workdir_root: str, gpus, results_path: str) -> dict:
+  """Writes the provenance record of every invocation over the workdir root."""
+  invocations = _invocations(workdir_root)
   record = {
       'commits': sorted({i['commit'] for i in invocations if i['commit']}),
       'clean': all(i['clean'] for i in invocations),

@@ -70,7 +70,8 @@ def main(argv=None):
     listing = dry_run_listing(context)
     print(listing)
     return listing
-  invocation = provenance.start(runs.ROOT, args.scale, args.jobs)
+  invocation = provenance.start(runs.ROOT, args.scale, args.jobs,
+                                context.workdir_root)
   seconds = {}
   for script in SCRIPTS:
     name = script.__name__.rsplit('.', 1)[1]
@@ -80,9 +81,10 @@ def main(argv=None):
     getattr(script, 'main', functools.partial(runs.main, script))(
         script_arguments(args))
     seconds[name] = round(time.time() - started, 1)
+    provenance.script_done(context.workdir_root, invocation, name,
+                           seconds[name])
   write_archive(context)
-  record = provenance.finish(invocation, seconds, context.workdir_root,
-                             runs.machine_gpus(),
+  record = provenance.finish(context.workdir_root, runs.machine_gpus(),
                              context.output('provenance.json'))
   write_runtimes(context, args, record)
   return seconds

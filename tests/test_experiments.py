@@ -243,6 +243,23 @@ def test_provenance_tells_a_clean_tree_from_changed_code(tmp_path):
   assert provenance.git_state(str(outside)) == {'commit': None, 'clean': None}
 
 
+def test_an_interrupted_regeneration_keeps_its_record(tmp_path):
+  workdirs = str(tmp_path / 'w')
+  # Killed after its first script: its commit and that script stay recorded.
+  first = provenance.start(ROOT, 'small', 2, workdirs)
+  provenance.script_done(workdirs, first, 'quick_start', 600.0)
+  # The rerun finishes every script, reusing the runs.
+  second = provenance.start(ROOT, 'small', 2, workdirs)
+  for name, seconds in (('quick_start', 6.0), ('fig2_error_vs_b', 120.0)):
+    provenance.script_done(workdirs, second, name, seconds)
+  record = provenance.finish(workdirs, (), str(tmp_path / 'provenance.json'))
+  assert [i['seconds'] for i in record['invocations']] == [
+      {'quick_start': 600.0}, {'quick_start': 6.0, 'fig2_error_vs_b': 120.0}]
+  assert record['minutes_per_script'] == {'quick_start': 10.1,
+                                          'fig2_error_vs_b': 2.0}
+  assert record['commits'] == [provenance.git_state(ROOT)['commit']]
+
+
 def test_table1_per_device_setup_and_report(context):
   trained, offline = table1_imagenet.table_runs(context.scale)
   b2 = dict(next(r for r in trained if r.name == 'imagenet_evalnorm_b2').overrides)
