@@ -5,6 +5,9 @@ r"""The READMEs' numbers, rendered from the committed results.
 Every number README.md and experiments/README.md give about a run or a
 benchmark sits in a block between ``<!-- name -->`` and ``<!-- /name -->``,
 and ``BLOCKS[name]`` renders that block from the committed results:
+``experiments/results/runs.json`` (every run's eval.json) and
+``provenance.json``, both written by ``run_all``; a result table for the
+numbers that are not in eval.json (Fig. 1's distances); and
 ``benchmarks/results/cost_<model>_<flags>.json`` (``python -m
 benchmarks.cost --output``). Without ``--check`` the blocks are rewritten
 in place; with it nothing is written and the command exits 1 naming each
@@ -19,15 +22,14 @@ import re
 import sys
 from collections.abc import Callable
 
+import numpy as np
+
 from evalnorm import paths
 from evalnorm import report as run_report
 from evalnorm.report import markdown_table
-import numpy as np
-
 from experiments import (estimate_every, fig2_error_vs_b, fig4_fixed_schedules,
-                         fig5_deeper_wider,
-                         quick_start, runs, seeds, table1_imagenet,
-                         table2_detection, table2_transfer)
+                         fig5_deeper_wider, quick_start, runs, seeds,
+                         table1_imagenet, table2_detection, table2_transfer)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README_FILES = ('README.md', os.path.join('experiments', 'README.md'))
