@@ -145,9 +145,12 @@ def test_runtimes_count_each_run_once_with_its_median(made_up_sources):
   names = [r.name for r in quick_start.planned_runs(
       runs.Context(runs.SCALES['small'], '', '', 1))]
   median = np.median([made_up(n, 'wall') for n in names])
-  assert f'| `quick_start.py` | {len(names)} | {median:.1f} | 1.5 |' in text
+  total = sum(made_up(n, 'wall') for n in names)
+  assert (f'| `quick_start.py` | {len(names)} | {median:.1f} | {total:.0f} |'
+          in text)
   # Fig. 1, 3, 4 only read the Fig. 2 runs.
-  assert '| `fig1_histograms.py` | 0 |  | 1.5 |' in text
+  assert '| `fig1_histograms.py` | 0 |  |  |' in text
+  assert '(2 wall minutes for the three)' in ' '.join(text.split())
 
 
 def test_findings_take_each_number_from_its_run(made_up_sources):
