@@ -236,13 +236,23 @@ def fig4_cell(sources: Sources) -> str:
           f"{_error(sources, b128, 'fixed_0.5'):.1f} at B=128")
 
 
-def fig5_cell(sources: Sources) -> str:
+def _fig5_errors(sources: Sources, b: int, mode: str) -> list[float]:
+  """Fig. 5's errors at B=b for the models deeper or wider than the base."""
   base = (SMALL.fig5_models[0][0], 1)
-  others = [m for m in fig5_deeper_wider.model_grid(SMALL) if m != base]
-  at = lambda b, mode: [_error(sources, fig5_deeper_wider.model_run(
-      SMALL, d, w, b), mode) for d, w in others]
-  differences = [e - m for b in SMALL.fig5_b_values[1:]
-                 for e, m in zip(at(b, 'evalnorm'), at(b, 'ema'))]
+  return [_error(sources, fig5_deeper_wider.model_run(SMALL, d, w, b), mode)
+          for d, w in fig5_deeper_wider.model_grid(SMALL) if (d, w) != base]
+
+
+def _fig5_differences(sources: Sources) -> list[float]:
+  """EvalNorm's error minus EMA's, every larger model, at B past 2."""
+  return [e - m for b in SMALL.fig5_b_values[1:]
+          for e, m in zip(_fig5_errors(sources, b, 'evalnorm'),
+                          _fig5_errors(sources, b, 'ema'))]
+
+
+def fig5_cell(sources: Sources) -> str:
+  at = lambda b, mode: _fig5_errors(sources, b, mode)
+  differences = _fig5_differences(sources)
   return (f"B=2: EMA {min(at(2, 'ema')):.1f}-{max(at(2, 'ema')):.1f} vs "
           f"EvalNorm {min(at(2, 'evalnorm')):.1f}-"
           f"{max(at(2, 'evalnorm')):.1f} error; B=4, 8: EvalNorm minus EMA "
@@ -414,12 +424,8 @@ def findings(sources: Sources) -> str:
   best_fixed = [min(v[i] for v in fixed.values()) for i in range(len(bs))]
   estimate_gap = max(e - b for e, b in zip(en[1:], best_fixed[1:]))
   best_at_2 = en[0] <= best_fixed[0]
-  base = (SMALL.fig5_models[0][0], 1)
-  others = [m for m in fig5_deeper_wider.model_grid(SMALL) if m != base]
-  fig5 = lambda b, mode: [_error(sources, fig5_deeper_wider.model_run(
-      SMALL, d, w, b), mode) for d, w in others]
-  fig5_diff = [e - m for b in SMALL.fig5_b_values[1:]
-               for e, m in zip(fig5(b, 'evalnorm'), fig5(b, 'ema'))]
+  fig5 = lambda b, mode: _fig5_errors(sources, b, mode)
+  fig5_diff = _fig5_differences(sources)
   table1 = table1_imagenet.rows_by_method(SMALL, sources.evals)
   t1 = lambda row, i=0: table1[row][i]
   b_last = SMALL.table1_b_values[-1]
