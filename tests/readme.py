@@ -6,6 +6,11 @@ import re
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _readme() -> str:
+  with open(os.path.join(ROOT, 'README.md')) as f:
+    return f.read()
+
+
 def readme_code(*headings: str) -> str:
   """The first ```python block after the given headings, in order.
 
@@ -13,8 +18,7 @@ def readme_code(*headings: str) -> str:
   ``readme_code('EvalNorm in your own model', 'NNX')`` the first under that
   section's "### NNX".
   """
-  with open(os.path.join(ROOT, 'README.md')) as f:
-    text = f.read()
+  text = _readme()
   position = 0
   for heading in headings:
     match = re.compile(rf'^#+ {re.escape(heading)}\s*$', re.M).search(
@@ -22,3 +26,12 @@ def readme_code(*headings: str) -> str:
     assert match, f'README has no heading {heading!r} after {headings[:-1]}'
     position = match.end()
   return re.compile(r'```python\n(.*?)```', re.S).search(text, position).group(1)
+
+
+def readme_calibration_top1() -> tuple[float, float]:
+  """The (moving averages, calibrated EvalNorm) top-1 % the README quotes for
+  the calibration examples' test model."""
+  match = re.search(r'the moving averages give about (\d+)% top-1, the '
+                    r'calibrated\s+EvalNorm about (\d+)%', _readme())
+  assert match, 'README no longer quotes the calibration top-1'
+  return float(match.group(1)), float(match.group(2))
