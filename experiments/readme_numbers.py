@@ -581,47 +581,11 @@ def provenance_note(sources: Sources) -> str:
   return _paragraphs(text)
 
 
-def _wall_minutes(sources: Sources, run: runs.Run) -> float | None:
-  """A run's wall minutes; None for the k curve's trainings (no eval.json)."""
-  try:
-    return sources.evals[run.name]['wall_seconds'] / 60
-  except KeyError:
-    return None
-
-
 def runtimes_table(sources: Sources) -> str:
-  """experiments/README: per script, the runs it adds, their median and
-  summed minutes (from each run's own wall time, so a regeneration spread
-  over several invocations, or partly reused, still counts every run)."""
+  """experiments/README: the table run_all writes to runtimes.md."""
   from experiments import run_all  # pylint: disable=g-import-not-at-top
-  context = runs.Context(SMALL, '', '', 1)
-  seen, rows, total = set(), [], 0.0
-  for script in run_all.SCRIPTS:
-    name = script.__name__.rsplit('.', 1)[1]
-    new = [r for r in script.planned_runs(context) if r.name not in seen]
-    seen.update(r.name for r in new)
-    walls = [m for m in (_wall_minutes(sources, r) for r in new) if m]
-    total += sum(walls)
-    rows.append([f'`{name}.py`', str(len(new)),
-                 f'{np.median(walls):.1f}' if walls else '',
-                 f'{sum(walls):.0f}' if walls else ''])
-  rows.append(['total', str(len(seen)), '', f'{total:.0f}'])
-  jobs = {i['jobs'] for i in sources.provenance['invocations']}
-  k_curve = sources.provenance['minutes_per_script'].get('estimate_every')
-  text = (
-      'The committed regeneration, per script: the runs it adds to those of '
-      'the scripts before it, the median minutes of one such run, and their '
-      f"sum (`--jobs {'/'.join(map(str, sorted(jobs)))}` on "
-      f"{sources.provenance['machine']['cpu_cores']} cores runs that many at "
-      'a time, so the wall time is about the sum divided by the jobs). A '
-      "run's minutes include any time the machine was shared or the "
-      'regeneration paused; the median is the steadier figure. '
-      '`estimate_every.py` trains in its own processes, one per seed'
-      + (f' ({k_curve:.0f} wall minutes for the three)' if k_curve else '')
-      + '.')
-  return _paragraphs(text, markdown_table(
-      ('script', 'new runs', 'minutes per run (median)', 'run-minutes'),
-      rows))
+  return _paragraphs(*run_all.runtimes(runs.Context(SMALL, '', '', 1),
+                                       sources.evals, sources.provenance))
 
 
 # ---------------------------------------------------------------------------

@@ -4,8 +4,8 @@ r"""Regenerates every figure and table of the paper at one scale.
 
 Runs the scripts in an order that lets later ones reuse earlier runs (Fig. 2's
 sweep feeds Fig. 1, 3, 4, 5 and the seeds; the quick start runs are the k
-curve's check), then writes runtimes.md with the
-wall time each script added. Finished runs (an ``eval.json`` in their
+curve's check), then writes runs.json (every run's eval.json) and
+runtimes.md (per script, its runs' minutes). Finished runs (an ``eval.json`` in their
 workdir) are reused, so an interrupted regeneration continues where it
 stopped; delete ``experiments/workdirs/<scale>`` to start afresh. Also writes
 provenance.json: the commit and tree state of every invocation over that
@@ -19,7 +19,10 @@ run, each listed under the first script that needs it.
 import functools
 import time
 
+import numpy as np
+
 from evalnorm import paths
+from evalnorm.report import markdown_table
 from experiments import (estimate_every, fig1_histograms, fig2_error_vs_b,
                          fig3_alpha_beta, fig4_fixed_schedules,
                          fig5_deeper_wider, provenance, quick_start, runs,
@@ -83,10 +86,10 @@ def main(argv=None):
     seconds[name] = round(time.time() - started, 1)
     provenance.script_done(context.workdir_root, invocation, name,
                            seconds[name])
-  write_archive(context)
+  archive = write_archive(context)
   record = provenance.finish(context.workdir_root, runs.machine_gpus(),
                              context.output('provenance.json'))
-  write_runtimes(context, args, record)
+  write_runtimes(context, args, record, archive['eval'])
   return seconds
 
 
@@ -106,21 +109,53 @@ def write_archive(context: runs.Context) -> dict:
   return archive
 
 
-def write_runtimes(context: runs.Context, args, record: dict) -> None:
-  """runtimes.md: the minutes each script added, over every invocation."""
-  minutes = record['minutes_per_script']
-  rows = [[f'`experiments/{name}.py`', f'{m:.1f}'] for name, m in minutes.items()]
-  rows.append(['total', f'{sum(minutes.values()):.1f}'])
-  count = len(record['invocations'])
+def write_runtimes(context: runs.Context, args, record: dict,
+                   evals: dict[str, dict]) -> None:
+  """runtimes.md: per script, the runs it adds and their minutes."""
   runs.write_markdown(
       context.output('runtimes.md'), 'Runtimes of the last regeneration',
       runs.scale_note(context),
       f'`python -m experiments.run_all --scale={args.scale} --jobs={args.jobs}`'
-      ' in this order; runs that an earlier script made are reused. Summed '
-      f'over the {count} invocation(s) of `run_all` on this work directory '
-      '(an interrupted regeneration continues where it stopped); '
-      '`provenance.json` has each one.\n',
-      runs.markdown_table(['script', 'minutes added'], rows))
+      ' runs the scripts in this order; runs that an earlier script made are '
+      "reused. `provenance.json` has each invocation's commit and wall "
+      'seconds per script.\n', *(part + '\n' for part in
+                                 runtimes(context, evals, record)))
+
+
+def runtimes(context: runs.Context, evals: dict[str, dict],
+             record: dict) -> tuple[str, str]:
+  """(text, markdown table): per script, the runs it adds to those of the
+  scripts before it, their median and summed minutes. From each run's own wall time, so a
+  regeneration spread over several invocations, or one that reused finished
+  runs, still counts every run once."""
+  seen, rows, total = set(), [], 0.0
+  for script in SCRIPTS:
+    new = [r for r in script.planned_runs(context) if r.name not in seen]
+    seen.update(r.name for r in new)
+    # The k curve's trainings write no eval.json.
+    walls = ([] if script is estimate_every else
+             [evals[r.name]['wall_seconds'] / 60 for r in new])
+    total += sum(walls)
+    rows.append([f"`{script.__name__.rsplit('.', 1)[1]}.py`", str(len(new)),
+                 f'{np.median(walls):.1f}' if walls else '',
+                 f'{sum(walls):.0f}' if walls else ''])
+  rows.append(['total', str(len(seen)), '', f'{total:.0f}'])
+  jobs = {i['jobs'] for i in record['invocations']}
+  k_curve = record['minutes_per_script'].get('estimate_every')
+  text = (
+      'Per script: the runs it adds to those of the scripts before it, the '
+      'median minutes of one such run, and their sum (`--jobs '
+      f"{'/'.join(map(str, sorted(jobs)))}` on "
+      f"{record['machine']['cpu_cores']} cores runs that many at a time, so "
+      'the wall time is about the sum divided by the jobs). A run\'s minutes '
+      'include any time the machine was shared or the regeneration paused; '
+      'the median is the steadier figure. `estimate_every.py` trains in its '
+      'own processes, one per seed'
+      + (f' ({k_curve:.0f} wall minutes for the three)' if k_curve else '')
+      + '.')
+  return text, markdown_table(
+      ('script', 'new runs', 'minutes per run (median)', 'run-minutes'), rows)
+
 
 if __name__ == '__main__':
   main()
