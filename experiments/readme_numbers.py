@@ -741,8 +741,14 @@ def render(text: str, sources: Sources) -> str:
     name = match.group(1)
     if name not in BLOCKS:
       return match.group(0)
-    return f'<!-- {name} -->\n{BLOCKS[name](sources)}<!-- /{name} -->'
+    rendered = NEGATIVE_ZERO.sub(r'+\1', BLOCKS[name](sources))
+    return f'<!-- {name} -->\n{rendered}<!-- /{name} -->'
   return BLOCK.sub(replace, text)
+
+
+# A signed difference that rounds to zero from below prints as -0.0; +0.0
+# reads as what it is.
+NEGATIVE_ZERO = re.compile(r'(?<![\w.])-(0\.0+)(?![\d])')
 
 
 def stale_blocks(root: str = ROOT, sources: Sources | None = None

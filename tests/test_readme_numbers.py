@@ -167,3 +167,10 @@ def test_findings_take_each_number_from_its_run(made_up_sources):
                for b in (2, 4, 8, 16, 32)]
   assert f'GroupNorm gives {min(groupnorm):.2f}-{max(groupnorm):.2f}' in text
   assert text.startswith('## What the small scale shows')
+
+
+def test_a_difference_rounded_to_zero_prints_without_a_minus(monkeypatch):
+  monkeypatch.setitem(readme.BLOCKS, 'gains',
+                      lambda _: f'{-0.04:+.1f} to {-0.004:+.2f}; 1-0.0; -0.05\n')
+  text = readme.render('<!-- gains -->\n<!-- /gains -->', sources=None)
+  assert text == '<!-- gains -->\n+0.0 to +0.00; 1-0.0; -0.05\n<!-- /gains -->'
