@@ -174,3 +174,13 @@ def test_a_difference_rounded_to_zero_prints_without_a_minus(monkeypatch):
                       lambda _: f'{-0.04:+.1f} to {-0.004:+.2f}; 1-0.0; -0.05\n')
   text = readme.render('<!-- gains -->\n<!-- /gains -->', sources=None)
   assert text == '<!-- gains -->\n+0.0 to +0.00; 1-0.0; -0.05\n<!-- /gains -->'
+
+
+def test_agreement_names_the_paradigms_where_evalnorm_does_not_gain():
+  first = {'(a) x': 3.0, '(b) y': 1.0, '(c) z': -2.0}
+  later = {'(a) x': [1.0, 0.5], '(b) y': [-0.1, 2.0], '(c) z': [-1.0, -3.0]}
+  assert (readme._agreement(first, later, 'N=2', 'N=4, 8')
+          == 'at N=2 except (c); at N=4, 8 except (b), (c)')
+  everywhere = {p: [1.0] for p in later}
+  assert (readme._agreement({p: -1.0 for p in first}, everywhere, 'B=2',
+                            'B=4, 8') == 'not at B=2; yes at B=4, 8')
