@@ -177,10 +177,11 @@ def test_a_difference_rounded_to_zero_prints_without_a_minus(monkeypatch):
 
 
 def test_agreement_names_the_paradigms_where_evalnorm_does_not_gain():
-  first = {'(a) x': 3.0, '(b) y': 1.0, '(c) z': -2.0}
-  later = {'(a) x': [1.0, 0.5], '(b) y': [-0.1, 2.0], '(c) z': [-1.0, -3.0]}
+  first = {'(a) x': 3.0, '(b) y': 1.5, '(c) z': -2.0}
+  later = {'(a) x': [1.5, 2.0], '(b) y': [0.9, 2.0], '(c) z': [-1.0, -3.0]}
+  # A gain counts above readme.LEAST_GAIN (1 point): (b)'s 0.9 does not.
   assert (readme._agreement(first, later, 'N=2', 'N=4, 8')
-          == 'at N=2 except (c); at N=4, 8 except (b), (c)')
-  everywhere = {p: [1.0] for p in later}
-  assert (readme._agreement({p: -1.0 for p in first}, everywhere, 'B=2',
+          == 'at N=2 except (c); at N=4, 8 only in (a)')
+  everywhere = {p: [1.5] for p in later}
+  assert (readme._agreement({p: 0.5 for p in first}, everywhere, 'B=2',
                             'B=4, 8') == 'not at B=2; yes at B=4, 8')
