@@ -132,9 +132,11 @@ def runtimes(context: runs.Context, evals: dict[str, dict],
   for script in SCRIPTS:
     new = [r for r in script.planned_runs(context) if r.name not in seen]
     seen.update(r.name for r in new)
-    # The k curve's trainings write no eval.json.
-    walls = ([] if script is estimate_every else
-             [evals[r.name]['wall_seconds'] / 60 for r in new])
+    # The k curve's trainings write no eval.json; a run whose eval.json was
+    # written just before run_all was killed has no time recorded.
+    walls = [] if script is estimate_every else [
+        evals[r.name]['wall_seconds'] / 60 for r in new
+        if 'wall_seconds' in evals[r.name]]
     total += sum(walls)
     rows.append([f"`{script.__name__.rsplit('.', 1)[1]}.py`", str(len(new)),
                  f'{np.median(walls):.1f}' if walls else '',

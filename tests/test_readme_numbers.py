@@ -141,6 +141,8 @@ def test_reproduction_cells_take_each_number_from_its_run(made_up_sources):
 
 
 def test_runtimes_count_each_run_once_with_its_median(made_up_sources):
+  # A run finished as run_all was killed has no time: it is left out.
+  del made_up_sources.evals['detection_a_n2_seed2']['wall_seconds']
   text = readme.runtimes_table(made_up_sources)
   names = [r.name for r in quick_start.planned_runs(
       runs.Context(runs.SCALES['small'], '', '', 1))]
