@@ -635,20 +635,31 @@ def findings(sources: Sources) -> str:
 
 def provenance_note(sources: Sources) -> str:
   record = sources.provenance
-  commits = ', '.join(c[:7] for c in record['commits'])
+  invocations = sorted(record['invocations'], key=lambda i: i['started'])
+  commits = list(dict.fromkeys(i['commit'][:7] for i in invocations
+                               if i['commit']))
   machine, versions = record['machine'], record['packages']
+  count = len(invocations)
   text = (
-      f"The committed results were produced by `run_all` at commit {commits} "
-      f"({'a clean tree' if record['clean'] else 'with uncommitted changes'}) "
-      f"on {machine['cpu']} ({machine['cpu_cores']} cores), jax "
-      f"{versions['jax']}, flax {versions['flax']}, over "
-      f"{len(record['invocations'])} invocation(s) "
+      f"The committed results were produced by {count} invocation"
+      f"{'s' if count > 1 else ''} of `run_all` (an interrupted regeneration "
+      'reruns the command and reuses the finished runs), at commit'
+      f"{'s' if len(commits) > 1 else ''} {_listing(commits)}"
+      f"{' in that order' if len(commits) > 1 else ''}, "
+      f"{'each on a clean tree' if record['clean'] else 'not all on a clean tree'}"
+      f", on {machine['cpu']} ({machine['cpu_cores']} cores), jax "
+      f"{versions['jax']}, flax {versions['flax']} "
       '([provenance.json](experiments/results/provenance.json) has the '
       'package versions and each invocation; '
       '[runs.json](experiments/results/runs.json) every run\'s '
       '`eval.json`; [runtimes](experiments/README.md#scripts) the time each '
       'script takes).')
   return _paragraphs(text)
+
+
+def _listing(items: list[str]) -> str:
+  """'a', 'a and b', 'a, b and c'."""
+  return ', '.join(items[:-1]) + (' and ' if len(items) > 1 else '') + items[-1]
 
 
 def runtimes_table(sources: Sources) -> str:
@@ -811,9 +822,13 @@ def render(text: str, sources: Sources) -> str:
     name = match.group(1)
     if name not in BLOCKS:
       return match.group(0)
-    rendered = NEGATIVE_ZERO.sub(r'+\1', BLOCKS[name](sources))
-    return f'<!-- {name} -->\n{rendered}<!-- /{name} -->'
+    return f'<!-- {name} -->\n{rendering(name, sources)}<!-- /{name} -->'
   return BLOCK.sub(replace, text)
+
+
+def rendering(name: str, sources: Sources) -> str:
+  """What block ``name`` holds when it is up to date."""
+  return NEGATIVE_ZERO.sub(r'+\1', BLOCKS[name](sources))
 
 
 # A signed difference that rounds to zero from below prints as -0.0; +0.0
@@ -830,7 +845,7 @@ def stale_blocks(root: str = ROOT, sources: Sources | None = None
     with open(os.path.join(root, filename)) as f:
       current = blocks_in(f.read())
     for name, content in current.items():
-      if name in BLOCKS and BLOCKS[name](sources) != content:
+      if name in BLOCKS and rendering(name, sources) != content:
         stale.append(f'{filename}: {name}')
   return stale
 

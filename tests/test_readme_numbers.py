@@ -1,6 +1,7 @@
 """The READMEs' numbers are their results' (experiments/readme.py)."""
 
 import copy
+import dataclasses
 import zlib
 
 import numpy as np
@@ -26,7 +27,8 @@ def test_a_changed_result_makes_its_blocks_stale():
   changed = copy.deepcopy(sources.cost)
   setup = readme._setup(changed[('cifar', 'default')])  # pylint: disable=protected-access
   setup['ratios']['train_B2_amortized'] += 0.01
-  stale = readme.stale_blocks(sources=readme.Sources(changed))
+  stale = readme.stale_blocks(
+      sources=dataclasses.replace(sources, cost=changed))
   assert stale == ['README.md: cost-table', 'README.md: cost-summary']
 
 
@@ -94,7 +96,11 @@ def made_up_sources(tmp_path):
                 'packages': {'jax': '0.10.2', 'flax': '0.12.8'},
                 'minutes_per_script': {
                     s.__name__.rsplit('.', 1)[1]: 1.5 for s in run_all.SCRIPTS},
-                'invocations': [{'jobs': 2}]}
+                'invocations': [
+                    {'jobs': 2, 'started': '2026-01-02T00:00:00+00:00',
+                     'commit': 'b' * 40},
+                    {'jobs': 2, 'started': '2026-01-01T00:00:00+00:00',
+                     'commit': 'a' * 40}]}
   return readme.Sources(readme.load_cost(), MadeUpEvals(), every_k,
                         provenance, str(tmp_path))
 
@@ -187,3 +193,10 @@ def test_agreement_names_the_paradigms_where_evalnorm_does_not_gain():
   everywhere = {p: [1.5] for p in later}
   assert (readme._agreement({p: 0.5 for p in first}, everywhere, 'B=2',
                             'B=4, 8') == 'not at B=2; yes at B=4, 8')
+
+
+def test_provenance_names_the_commits_in_the_order_they_ran(made_up_sources):
+  text = ' '.join(readme.provenance_note(made_up_sources).split())
+  assert ('by 2 invocations of `run_all`' in text
+          and 'at commits aaaaaaa and bbbbbbb in that order, each on a clean '
+          'tree, on Some CPU (2 cores)' in text), text
