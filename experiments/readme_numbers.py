@@ -181,8 +181,7 @@ def _error(sources: Sources, run: runs.Run, mode: str) -> float:
 
 
 def _mean_alpha(result: dict) -> float:
-  return float(np.mean([np.mean(v['alpha'])
-                        for v in result['alpha_beta'].values()]))
+  return estimate_every.mean_alpha_beta(result)[0]
 
 
 def _gains(sources: Sources, group: list[runs.Run]) -> list[float]:
@@ -209,9 +208,15 @@ def seeds_cell(sources: Sources) -> str:
           f'{np.mean(eight):+.2f} +- {np.std(eight, ddof=1):.2f}')
 
 
+def _fig1_distance(sources: Sources, b: int, stats: str) -> str:
+  """Fig. 1's mean absolute distance to the training activations, at B=b
+  under 'EMA' or 'EvalNorm' statistics (not in eval.json: from its table)."""
+  return sources.table_cell('fig1_histograms.md', f'B={b}',
+                            f'{stats} statistics')
+
+
 def fig1_cell(sources: Sources) -> str:
-  d = lambda b, stats: sources.table_cell('fig1_histograms.md', f'B={b}',
-                                          f'{stats} statistics')
+  d = lambda b, stats: _fig1_distance(sources, b, stats)
   return (f"distance to training activations at B=2: EMA {d(2, 'EMA')}, "
           f"EvalNorm {d(2, 'EvalNorm')} (B=128: {d(128, 'EMA')} / "
           f"{d(128, 'EvalNorm')})")
@@ -474,7 +479,6 @@ def findings(sources: Sources) -> str:
   bs = SMALL.b_values
   sweep = [sources.evals[r.name]
            for r in fig2_error_vs_b.evalnorm_sweep(SMALL)]
-  err = lambda result, mode: runs.error(result, mode)
   curves = fig2_error_vs_b.curves(SMALL, sources.evals)
   ema, en = curves['EMA (BatchNorm)'], curves['EvalNorm (online)']
   renorm = curves['Batch Renorm']
@@ -487,7 +491,7 @@ def findings(sources: Sources) -> str:
   layers2 = [float(np.mean(v['alpha'])) for v in sweep[0]['alpha_beta'].values()]
   falls = all(a >= b for a, b in zip(alphas, alphas[1:]))
   schedules = fig4_fixed_schedules.schedules(sweep[0])
-  fixed = {label: [err(r, mode) for r in sweep] for label, mode in
+  fixed = {label: [runs.error(r, mode) for r in sweep] for label, mode in
            schedules.items() if label != 'estimated (EvalNorm)'}
   best_fixed = [min(v[i] for v in fixed.values()) for i in range(len(bs))]
   estimate_gap = max(e - b for e, b in zip(en[1:], best_fixed[1:]))
@@ -500,8 +504,7 @@ def findings(sources: Sources) -> str:
   column = table1_imagenet.column_runs(SMALL, b_last)['evalnorm']
   steps_last = sources.evals[column.name]['step']
   lr_last = dict(column.overrides)['learning_rate']
-  d = lambda b, stats: sources.table_cell('fig1_histograms.md', f'B={b}',
-                                          f'{stats} statistics')
+  d = lambda b, stats: _fig1_distance(sources, b, stats)
   renorm_group, ema_group = groups[('renorm', 2)], groups[('evalnorm', 2)]
   quick_ema = _top1(sources, quick_start.seed_run(SMALL, 0), 'ema')
   quick_renorm = _top1(sources, quick_start.baseline_runs(SMALL)[

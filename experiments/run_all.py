@@ -5,8 +5,8 @@ r"""Regenerates every figure and table of the paper at one scale.
 Runs the scripts in an order that lets later ones reuse earlier runs (Fig. 2's
 sweep feeds Fig. 1, 3, 4, 5 and the seeds; the quick start runs are the k
 curve's check), then writes runs.json (every run's eval.json) and
-runtimes.md (per script, its runs' minutes). Finished runs (an ``eval.json`` in their
-workdir) are reused, so an interrupted regeneration continues where it
+runtimes.md (per script, its runs' minutes). Finished runs (an
+``eval.json`` in their workdir) are reused, so an interrupted regeneration continues where it
 stopped; delete ``experiments/workdirs/<scale>`` to start afresh. Also writes
 provenance.json: the commit and tree state of every invocation over that
 workdir root, package versions, the machine (``experiments/provenance.py``).
@@ -34,6 +34,11 @@ SCRIPTS = (quick_start, fig2_error_vs_b, fig1_histograms, fig3_alpha_beta,
            table2_transfer, table2_detection, estimate_every)
 
 
+def script_name(script) -> str:
+  """'fig2_error_vs_b' for experiments.fig2_error_vs_b."""
+  return script.__name__.rsplit('.', 1)[1]
+
+
 def script_arguments(args) -> list[str]:
   argv = [f'--scale={args.scale}', f'--jobs={args.jobs}']
   if args.workdir_root:
@@ -47,7 +52,7 @@ def dry_run_listing(context: runs.Context) -> str:
   """Markdown: per script, the runs it adds to those of the scripts before."""
   seen, sections = set(), []
   for script in SCRIPTS:
-    name = script.__name__.rsplit('.', 1)[1]
+    name = script_name(script)
     planned = script.planned_runs(context)
     new = [r for r in planned if r.name not in seen]
     seen.update(r.name for r in new)
@@ -77,7 +82,7 @@ def main(argv=None):
                                 context.workdir_root)
   seconds = {}
   for script in SCRIPTS:
-    name = script.__name__.rsplit('.', 1)[1]
+    name = script_name(script)
     print(f'== {name}', flush=True)
     started = time.time()
     # A script with a main of its own (estimate_every trains in its own way).
@@ -125,9 +130,9 @@ def write_runtimes(context: runs.Context, args, record: dict,
 def runtimes(context: runs.Context, evals: dict[str, dict],
              record: dict) -> tuple[str, str]:
   """(text, markdown table): per script, the runs it adds to those of the
-  scripts before it, their median and summed minutes. From each run's own wall time, so a
-  regeneration spread over several invocations, or one that reused finished
-  runs, still counts every run once."""
+  scripts before it, their median and summed minutes. From each run's own
+  wall time, so a regeneration spread over several invocations, or one that
+  reused finished runs, still counts every run once."""
   seen, rows, total = set(), [], 0.0
   for script in SCRIPTS:
     new = [r for r in script.planned_runs(context) if r.name not in seen]
@@ -138,7 +143,7 @@ def runtimes(context: runs.Context, evals: dict[str, dict],
         evals[r.name]['wall_seconds'] / 60 for r in new
         if 'wall_seconds' in evals[r.name]]
     total += sum(walls)
-    rows.append([f"`{script.__name__.rsplit('.', 1)[1]}.py`", str(len(new)),
+    rows.append([f'`{script_name(script)}.py`', str(len(new)),
                  f'{np.median(walls):.1f}' if walls else '',
                  f'{sum(walls):.0f}' if walls else ''])
   rows.append(['total', str(len(seen)), '', f'{total:.0f}'])

@@ -95,7 +95,7 @@ def made_up_sources(tmp_path):
                 'machine': {'cpu': 'Some CPU', 'cpu_cores': 2},
                 'packages': {'jax': '0.10.2', 'flax': '0.12.8'},
                 'minutes_per_script': {
-                    s.__name__.rsplit('.', 1)[1]: 1.5 for s in run_all.SCRIPTS},
+                    run_all.script_name(s): 1.5 for s in run_all.SCRIPTS},
                 'invocations': [
                     {'jobs': 2, 'started': '2026-01-02T00:00:00+00:00',
                      'commit': 'b' * 40},
