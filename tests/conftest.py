@@ -60,7 +60,7 @@ def trained_run(tmp_path_factory):
 # xdist they are handed out first, after the trained run's group, so that the
 # workers finish together instead of one waiting out the other's last long test.
 LONGEST_FIRST = (
-    'test_quick_start_first_steps_and_estimation_leaves_them_bit_identical',  # ~58 s
+    'test_estimation_leaves_the_quick_start_bit_identical',  # ~58 s
     'test_divergence_stops_with_one_line_and_saves_no_bad_state',  # ~48 s
     'test_readme_linen_own_model',  # ~28 s + its fixture
     'test_every_mode_in_one_pass_equals_each_mode_alone',  # ~30 s

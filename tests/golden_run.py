@@ -15,7 +15,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import digits as digits_config  # noqa: E402
 
 
-def quick_start_run(num_steps: int, estimate: bool = True, steps=None):
+def quick_start_run(num_steps: int, estimate: bool = True, steps=None,
+                    norm_batch_size: int | None = None):
   """Per-step metrics and the final state of the quick start's first steps.
 
   Noisy digits, ResNet-8 v2, batch 128 over the local devices in groups of
@@ -29,6 +30,8 @@ def quick_start_run(num_steps: int, estimate: bool = True, steps=None):
   """
   from evalnorm import components, data, train  # after conftest set up the devices
   config = digits_config.get_config()
+  if norm_batch_size is not None:
+    config.norm_batch_size = norm_batch_size
   dataset = data.make_dataset(config)
   model = components.build_model(config, dataset.num_classes)
   state = train.create_train_state(

@@ -28,10 +28,13 @@ def readme_code(*headings: str) -> str:
   return re.compile(r'```python\n(.*?)```', re.S).search(text, position).group(1)
 
 
-def readme_calibration_top1() -> tuple[float, float]:
-  """The (moving averages, calibrated EvalNorm) top-1 % the README quotes for
-  the calibration examples' test model."""
-  match = re.search(r'the moving averages give about (\d+)% top-1, the '
-                    r'calibrated\s+EvalNorm about (\d+)%', _readme())
-  assert match, 'README no longer quotes the calibration top-1'
-  return float(match.group(1)), float(match.group(2))
+def readme_calibration_gains() -> dict[str, tuple[float, float]]:
+  """The measured ranges of calibrated EvalNorm's top-1 gain over the moving
+  averages that the README quotes for the calibration examples' test model,
+  by API: {'linen': (low, high), 'NNX': (low, high)}."""
+  match = re.search(r'beats the moving averages\s+by ([\d.]+)-([\d.]+) points '
+                    r'of top-1 in linen and by ([\d.]+)-([\d.]+) in NNX',
+                    _readme())
+  assert match, 'README no longer quotes the calibration gains'
+  low, high, nnx_low, nnx_high = map(float, match.groups())
+  return {'linen': (low, high), 'NNX': (nnx_low, nnx_high)}

@@ -1,17 +1,23 @@
-"""Golden values: the quick start's first steps, pinned to stored numbers.
+"""Golden values: the quick start's network, its first steps pinned.
 
 A change in numerics shows here the day it happens. When a change is meant to
 move them, update REFERENCE in the same commit and say why in its message.
 
-Five steps: B = 2 amplifies round-off quickly (about 1e-7 at step 2, 1e-3 by
-step 10 between two builds that only order a sum differently), so later steps
-would pin the machine rather than the method. The tolerance holds across
-CPU types; a change of the method (a different loss, a bug in a layer) moves
-these values by far more.
+What is pinned must not depend on the CPU, its instruction set or the XLA
+build. The quick start itself (groups of B = 2) does: a 2-example
+normalization amplifies round-off by up to 1/sqrt(epsilon), so its losses
+differ by 1e-5 at step 3 and 1e-3 at step 5 between kernel configurations.
+Groups of B = 32 (4 groups in the batch of 128) are not chaotic over the
+first steps: five steps, estimating every step, agree to within 1.2e-7
+(relative) under every XLA:CPU configuration tried (default flags; YNNPACK
+fusions off; max ISA AVX2, AVX, SSE4_2; 8 host devices; Eigen
+single-threaded), and by the sixth step one of them departs by 1e-5. RTOL
+is ten times the worst spread of the five pinned steps and a thousandth of a
+real change of the method (see tests/TESTPLAN.md for the mutation that
+fails it). ``test_portability`` reruns this test under other kernels.
 
-The same five steps with estimation off must give bit-identical weights: on
-this model (unlike a toy one), merely compiling the auxiliary loss into the
-SGD step moved the parameters by 3e-8 in two steps.
+The same steps with estimation off must give bit-identical weights at the
+quick start's own B = 2: a comparison within one run, so it holds anywhere.
 """
 
 import jax
@@ -19,21 +25,27 @@ import numpy as np
 
 from golden_run import quick_start_run, quick_start_steps
 
+GOLDEN_GROUP_SIZE = 32
 REFERENCE = {
-    'loss': [2.3618271350860596, 2.355447292327881, 2.3348493576049805,
-             2.313020706176758, 2.321920156478882],
-    'aux_loss': [3.1978349685668945, 3.1692938804626465, 3.131552219390869,
-                 3.104923963546753, 3.105823516845703],
+    'loss': [2.368972063064575, 2.338991165161133, 2.327864646911621,
+             2.2938413619995117, 2.323333263397217],
+    'aux_loss': [3.054459810256958, 3.037559747695923, 2.944803237915039,
+                 2.8778672218322754, 2.842803716659546],
 }
+RTOL = 1.5e-6
 
 
-def test_quick_start_first_steps_and_estimation_leaves_them_bit_identical():
-  steps = quick_start_steps()  # one compilation for both runs
-  num_steps = len(REFERENCE['loss'])
-  got, estimating = quick_start_run(num_steps, estimate=True, steps=steps)
+def test_first_steps_match_the_pinned_values():
+  got, _ = quick_start_run(len(REFERENCE['loss']), estimate=True,
+                           norm_batch_size=GOLDEN_GROUP_SIZE)
   for name, want in REFERENCE.items():
-    np.testing.assert_allclose(got[name], want, rtol=2e-5, err_msg=name)
+    np.testing.assert_allclose(got[name], want, rtol=RTOL, err_msg=name)
 
+
+def test_estimation_leaves_the_quick_start_bit_identical():
+  steps = quick_start_steps()  # one compilation for both runs
+  num_steps = 5
+  got, estimating = quick_start_run(num_steps, estimate=True, steps=steps)
   plain_metrics, plain = quick_start_run(num_steps, estimate=False, steps=steps)
   assert plain_metrics['loss'] == got['loss']
   for name in ('params', 'batch_stats', 'opt_state'):
