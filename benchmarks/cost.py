@@ -5,16 +5,16 @@ r"""Cost of EvalNorm against flax's nn.BatchNorm: train step, evaluation, memory
         [--smoke]
 
 (``python benchmarks/cost.py ...`` works too.) One model is built three ways
-through the training program's own code (``evalnorm.components.build_model`` and
-``train.create_train_state`` from an ml_collections config):
+through the training program's own code (``evalnorm.training.builders.build_model`` and
+``trainer.create_train_state`` from an ml_collections config):
 
   (a) flax ``nn.BatchNorm`` (``norm='batchnorm'``), the reference;
   (b) EvalNorm with B = the per-device batch (one group);
   (c) EvalNorm with B = 2.
 
-Train step: the programs ``evalnorm.train.Steps`` runs, each pmapped over one
-device: the SGD step (``Steps.sgd``, state donated), which every step runs,
-and for (c) the alpha/beta step (``Steps.alpha_beta``) that estimating steps
+Train step: the programs ``evalnorm.training.trainer.TrainPrograms`` runs, each pmapped over one
+device: the SGD step (``TrainPrograms.sgd``, state donated), which every step runs,
+and for (c) the alpha/beta step (``TrainPrograms.alpha_beta``) that estimating steps
 run before it. Reported beside them: an estimating step (both programs) and the mean
 step at the default ``estimate_every_steps`` (amortized), against (a).
 Evaluation: ``model.apply(variables, images, train=False)`` jitted, for flax
@@ -78,7 +78,8 @@ import flax
 import jax
 import numpy as np
 
-from evalnorm import components, config_lib, parallel, paths, report, train
+from evalnorm.training import (builders, config_lib, files, parallel, summary,
+                               trainer)
 from experiments import provenance
 from evalnorm.variables import rule_of_thumb, set_alpha_beta
 
@@ -121,7 +122,7 @@ class Variant:
   label: str
   norm: str
   group_size: int
-  # 'sgd': ``Steps.sgd`` (every step); 'alpha_beta': ``Steps.alpha_beta``,
+  # 'sgd': ``TrainPrograms.sgd`` (every step); 'alpha_beta': ``TrainPrograms.alpha_beta``,
   # which estimating steps run before it.
   program: str = 'sgd'
 
@@ -165,7 +166,7 @@ def make_config(setup: Setup, norm: str, group_size: int,
   config.norm_batch_size = group_size
   config.half_precision = half_precision
   config.estimate_alpha_beta = True
-  config_lib.validate(config, num_devices=1)
+  builders.validate(config, num_devices=1)
   return config
 
 
@@ -315,7 +316,7 @@ def result_table(rows: dict[str, dict], labels: dict[str, str], ref: str,
     if gpu:
       row.insert(10, _fmt(r['device_peak'] / MIB, '.1f'))
     table.append(row)
-  return report.markdown_table(headers, table)
+  return summary.markdown_table(headers, table)
 
 
 # --------------------------------------------------------------------------
@@ -332,16 +333,16 @@ def build_states(setup: Setup, variants: list[Variant], half_precision: bool):
   models, configs = {}, {}
   for v in variants:
     configs[v.key] = make_config(setup, v.norm, v.group_size, half_precision)
-    models[v.key] = components.build_model(configs[v.key], setup.num_classes)
+    models[v.key] = builders.build_model(configs[v.key], setup.num_classes)
     if setup.stage_sizes:
       models[v.key] = models[v.key].clone(stage_sizes=setup.stage_sizes)
   init_key = next(v.key for v in variants if v.norm == 'evalnorm')
   # The init is not timed: compiled with optimizations off (much faster).
   with fast_compile(True):
-    state = train.create_train_state(
+    state = trainer.create_train_state(
         models[init_key], jax.random.PRNGKey(0),
         configs[init_key].norm_batch_size, setup.image_shape,
-        train.Optimizers.from_config(configs[init_key], total_steps=1000))
+        trainer.Optimizers.from_config(configs[init_key], total_steps=1000))
   state = jax.device_get(state)
   states = {}
   for v in variants:
@@ -388,9 +389,9 @@ def run_setup(setup: Setup, repeats: int, warmup: int, half_precision: bool,
   for v in variants:
     state = parallel.replicate(states[v.key], [device])
     batch = parallel.replicate({'image': images, 'label': labels_np}, [device])
-    # As train.Steps runs them: the SGD step donates the state; the
+    # As trainer.TrainPrograms runs them: the SGD step donates the state; the
     # alpha/beta step reads it.
-    steps = train.Steps(train.classifier_forward, devices=[device])
+    steps = trainer.TrainPrograms(trainer.classifier_forward, devices=[device])
     step = steps.sgd if v.program == 'sgd' else steps.alpha_beta
     train_lowered[v.key] = step.lower(state, batch)
     train_inputs[v.key] = (state, batch)
@@ -580,7 +581,7 @@ def main(argv=None) -> dict[str, dict[str, Any]]:
       results[setup.name] = run_setup(setup, repeats, warmup,
                                       args.half_precision, args.ablate)
   if args.output:
-    paths.write_json(args.output, record(results, args, code))
+    files.write_json(args.output, record(results, args, code))
   return results
 
 

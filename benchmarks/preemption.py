@@ -9,7 +9,7 @@ SGD step of tests/training_helpers.py (batch 16, B=2) as ``train_loop``
 runs it, with each way of agreeing on a stop:
 
   none       no agreement (what one process runs);
-  folded     ``train.StopAgreement`` (what ``train.Steps`` runs): the psum
+  folded     ``preemption.StopAgreement`` (what ``trainer.TrainPrograms`` runs): the psum
              of the local flags inside the SGD step's program, the previous
              step's sum read back;
   separate   a pmapped psum of the flags of its own after each step, the
@@ -42,6 +42,7 @@ import subprocess
 import sys
 import time
 
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = ('none', 'folded', 'separate', 'allgather')
 
@@ -72,19 +73,20 @@ def worker(args) -> None:
                              process_id=args.process_id)
   sys.path.insert(0, os.path.join(ROOT, 'tests'))
   from training_helpers import small_digits_config
-  from evalnorm import components, data, parallel, train
+  from evalnorm import data
+  from evalnorm.training import builders, parallel, trainer
 
   config = small_digits_config()
   dataset = data.make_dataset(config)
-  model = components.build_model(config, dataset.num_classes)
-  state = train.create_train_state(
+  model = builders.build_model(config, dataset.num_classes)
+  state = trainer.create_train_state(
       model, jax.random.PRNGKey(0), config.norm_batch_size,
-      dataset.image_shape, train.Optimizers.from_config(config, 1000))
+      dataset.image_shape, trainer.Optimizers.from_config(config, 1000))
   state = parallel.replicate(state)
   step_fn = parallel.pmap(
-      lambda s, b: train.sgd_step(s, train.classifier_forward(s, b)),
+      lambda s, b: trainer.sgd_step(s, trainer.classifier_forward(s, b)),
       donate_argnums=(0,))
-  folded_steps = train.Steps(train.classifier_forward)  # with several processes
+  folded_steps = trainer.TrainPrograms(trainer.classifier_forward)  # with several processes
   flags_sum = parallel.pmap(lambda flag: jax.lax.psum(flag, parallel.PMAP_AXIS))
   # On the devices beforehand: the variants time the step, not the input.
   batches = list(jax_utils.prefetch_to_device(

@@ -18,7 +18,8 @@ Expected result: the paper gives its CIFAR results as plots (Fig. 2-5): EMA
 evaluation degrades as B falls, and EvalNorm recovers much of the loss.
 """
 
-from evalnorm import config_lib
+from evalnorm import data
+from evalnorm.training import config_lib
 
 
 def get_config(arg: str | None = None):
@@ -40,6 +41,6 @@ def get_config(arg: str | None = None):
   config.eval_every_steps = 10_000
   config.log_every_steps = 500
   # One epoch: offline estimation "requires a pass through data" (the paper).
-  config.offline_estimation_steps = config_lib.one_epoch_of_steps(
+  config.offline_estimation_steps = data.one_epoch_of_steps(
       config, 'cifar100')
   return config_lib.override(config, arg)

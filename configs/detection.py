@@ -12,7 +12,7 @@ R-CNN on 600x600 COCO images, 300 proposals, 64 ROIs per image, lr 0.015 x N/8
 (N images per batch), cosine decay.
 """
 
-from evalnorm import config_lib
+from evalnorm.training import config_lib
 
 
 def get_config(arg: str | None = None):

@@ -10,7 +10,7 @@ EvalNorm (estimated online) ~94%, rule of thumb 1/B^2 ~93-94%; at B=128 every mo
 modes reach ~98%), `configs/digits.py:norm_batch_size=4`.
 """
 
-from evalnorm import config_lib
+from evalnorm.training import config_lib
 
 
 def get_config(arg: str | None = None):

@@ -11,7 +11,7 @@ epochs, 229x229 crops. On fewer than 8 devices the same computation runs as
 groups of B within each device's batch (same numbers, slower). On a TPU pod
 slice add --config.distributed=true and start the same command on every host.
 Preprocessing: Inception preprocessing as TF-slim's inception_preprocessing
-does it (fast mode, its default; see evalnorm/data.py). Training crops a
+does it (fast mode, its default; see evalnorm/data/imagenet.py). Training crops a
 random box of 5-100% of the image area (at least 10% in effect: the box must
 cover 10% of the whole image, min_object_covered) with aspect ratio 0.75-1.33
 (100 attempts, else the whole image), resizes it bilinearly to 229x229, flips
@@ -24,7 +24,8 @@ Runtime: not measured (this project's machines have no ImageNet); at B=2 the
 Expected result (paper, Table 1, B=2): Prec@1 64.80 with EMA, 70.98 with EvalNorm.
 """
 
-from evalnorm import config_lib
+from evalnorm import data
+from evalnorm.training import config_lib
 
 NUM_DEVICES = 8  # the paper's setup: 8 workers, B examples each
 
@@ -48,6 +49,6 @@ def get_config(arg: str | None = None):
   config.eval_batch_size = config.get_ref('batch_size') * 8
   config.learning_rate = config.get_ref('batch_size').to_float() * (0.1 / 256)
   # One epoch: offline estimation "requires a pass through data" (the paper).
-  config.offline_estimation_steps = config_lib.one_epoch_of_steps(
+  config.offline_estimation_steps = data.one_epoch_of_steps(
       config, 'imagenet2012')
   return config_lib.override(config, arg)

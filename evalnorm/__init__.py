@@ -5,16 +5,10 @@ replaces ``flax.nnx.BatchNorm``.
 """
 
 from evalnorm.calibration import calibrate
-from evalnorm.layers import EVAL_STATS, EvalNorm, auxiliary_loss
-from evalnorm.variables import (
-    alpha_beta_by_layer,
-    batchnorm_to_evalnorm,
-    mean_alpha_beta,
-    one_over_b,
-    rule_of_thumb,
-    set_alpha_beta,
-    total_aux_loss,
-)
+from evalnorm.layers import auxiliary_loss, EVAL_STATS, EvalNorm
+from evalnorm.variables import (alpha_beta_by_layer, batchnorm_to_evalnorm,
+                                mean_alpha_beta, one_over_b, rule_of_thumb,
+                                set_alpha_beta, total_aux_loss)
 
 __all__ = [
     'EVAL_STATS', 'EvalNorm', 'alpha_beta_by_layer', 'auxiliary_loss',

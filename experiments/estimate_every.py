@@ -10,7 +10,7 @@ the mean alpha and beta, and whether the mean top-1 stays within the seed
 spread of k = 1 (top-1, alpha and beta alike).
 
 One training per seed serves every k. The SGD step does not read alpha/beta
-and is the same program whatever k (``evalnorm.train.Steps``), so the runs
+and is the same program whatever k (``evalnorm.training.trainer.TrainPrograms``), so the runs
 ``--config.estimate_every_steps=k`` would make share their weights at every
 step, bit for bit; here each k's alpha/beta take their own
 ``alpha_beta_step`` on the steps that k estimates, from the same states and
@@ -30,7 +30,7 @@ import sys
 
 import numpy as np
 
-from evalnorm import paths
+from evalnorm.training import files
 from experiments import quick_start, runs
 
 NAME = 'estimate_every'
@@ -64,25 +64,29 @@ def train_every_k(run: runs.Run, ks) -> dict[int, dict]:
   (the other modes do not read alpha/beta).
   """
   import jax  # pylint: disable=g-import-not-at-top
-  from evalnorm import (components, config_lib, data, evaluation, parallel,  # pylint: disable=g-import-not-at-top
-                        train)
-  from evalnorm.variables import alpha_beta_by_layer  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from evalnorm import data
+  from evalnorm.training import (builders, config_lib, evaluation, parallel,
+                                 trainer)
+  from evalnorm.variables import alpha_beta_by_layer
+  # pylint: enable=g-import-not-at-top
   config = runs.load_config(run)
-  config_lib.validate(config, jax.device_count())
+  builders.validate(config, jax.device_count())
   dataset = data.make_dataset(config)
   total_steps = config_lib.num_train_steps(config, dataset.num_train_examples)
-  model = components.build_model(config, dataset.num_classes)
-  state = parallel.replicate(train.create_train_state(
+  model = builders.build_model(config, dataset.num_classes)
+  state = parallel.replicate(trainer.create_train_state(
       model, jax.random.PRNGKey(config.seed), config.norm_batch_size,
-      dataset.image_shape, train.Optimizers.from_config(config, total_steps)))
-  steps = train.Steps(train.classifier_forward,
-                      update_batch_stats=not config.freeze_batch_stats)
+      dataset.image_shape, trainer.Optimizers.from_config(config, total_steps)))
+  steps = trainer.TrainPrograms(
+      trainer.classifier_forward,
+      update_batch_stats=not config.freeze_batch_stats)
   estimates = {k: (state.evalnorm, state.evalnorm_opt_state) for k in ks}
   batches = map(parallel.shard, dataset.train_batches(0))
   for step in range(1, total_steps + 1):
     batch = next(batches)
     for k in ks:
-      if train.is_estimating_step(step, k):
+      if trainer.is_estimating_step(step, k):
         evalnorm, opt_state, _ = steps.alpha_beta(
             state.replace(evalnorm=estimates[k][0],
                           evalnorm_opt_state=estimates[k][1]), batch)
@@ -92,9 +96,9 @@ def train_every_k(run: runs.Run, ks) -> dict[int, dict]:
       print(f'{run.name}: step {step}/{total_steps}', flush=True)
 
   host = parallel.to_host(state)
-  estimated = components.estimates_online(config)
+  estimated = builders.estimates_online(config)
   evaluator = evaluation.Evaluator(
-      model, components.build_model(config, dataset.num_classes, 'evalnorm'),
+      model, builders.build_model(config, dataset.num_classes, 'evalnorm'),
       evaluation.ModeSettings.from_config(config, estimated))
   out = {}
   for k in ks:
@@ -106,7 +110,7 @@ def train_every_k(run: runs.Run, ks) -> dict[int, dict]:
 
 
 def result_path(workdir_root: str, run: runs.Run):
-  return paths.path(workdir_root) / run.name / 'every_k.json'
+  return files.path(workdir_root) / run.name / 'every_k.json'
 
 
 def execute(context: runs.Context, seed_runs: list[runs.Run], ks
@@ -129,7 +133,7 @@ def execute(context: runs.Context, seed_runs: list[runs.Run], ks
       if status:
         raise runs.RunFailed(f'{run.name} exited with status {status}; see '
                              f'{path.parent / "log.txt"}')
-    return {int(k): v for k, v in paths.read_json(path).items()}
+    return {int(k): v for k, v in files.read_json(path).items()}
   with concurrent.futures.ThreadPoolExecutor(max(1, context.jobs)) as pool:
     return dict(zip([r.name for r in seed_runs], pool.map(one, seed_runs)))
 
@@ -271,7 +275,7 @@ def main(argv=None):
   if args.train:
     run = next(r for r in seed_runs if r.name == args.train)
     results = train_every_k(run, ks)
-    paths.write_json(result_path(context.workdir_root, run), results)
+    files.write_json(result_path(context.workdir_root, run), results)
     return results
   results = execute(context, seed_runs, ks)
   return report(context, seed_runs, results, ks)

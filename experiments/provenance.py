@@ -14,7 +14,7 @@ import os
 import platform
 import subprocess
 
-from evalnorm import paths
+from evalnorm.training import files
 
 # The libraries whose versions can change a number.
 PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'numpy',
@@ -90,14 +90,14 @@ def script_done(workdir_root: str, index: int, name: str,
 
 
 def _invocations(workdir_root: str) -> list[dict]:
-  log = paths.path(workdir_root) / INVOCATIONS
-  return paths.read_json(log) if log.exists() else []
+  log = files.path(workdir_root) / INVOCATIONS
+  return files.read_json(log) if log.exists() else []
 
 
 def _save(workdir_root: str, invocations: list[dict]) -> None:
-  log = paths.path(workdir_root) / INVOCATIONS
+  log = files.path(workdir_root) / INVOCATIONS
   log.parent.mkdir(parents=True, exist_ok=True)
-  paths.write_json(log, invocations)
+  files.write_json(log, invocations)
 
 
 def finish(workdir_root: str, gpus, results_path: str) -> dict:
@@ -111,7 +111,7 @@ def finish(workdir_root: str, gpus, results_path: str) -> dict:
       'minutes_per_script': minutes_per_script(invocations),
       'invocations': invocations,
   }
-  paths.write_json(paths.path(results_path), record)
+  files.write_json(files.path(results_path), record)
   return record
 
 

@@ -26,7 +26,7 @@ every mode per seed with the range over seeds, and the baselines.
 
 import sys
 
-from evalnorm import report as run_report
+from evalnorm.training import summary as run_report
 from experiments import runs
 
 NAME = 'quick_start'
@@ -104,11 +104,11 @@ def seed_rows(results: dict, seed_runs: list[runs.Run],
 def baseline_rows(results: dict, baselines: dict[str, runs.Run]
                   ) -> list[list[str]]:
   """Top-1 of each baseline's own evaluation and of the modes it has."""
-  from evalnorm import components  # pylint: disable=g-import-not-at-top
+  from evalnorm.training import builders  # pylint: disable=g-import-not-at-top
   rows = []
   for label, run in baselines.items():
     result = results[run.name]
-    own = components.NORMS[runs.load_config(run).norm].eval_mode or 'ema'
+    own = builders.NORMS[runs.load_config(run).norm].eval_mode or 'ema'
     rows.append([label, f'{runs.top1(result, own):.2f} (`{own}`)'] + [
         f'{runs.top1(result, m):.2f}' if m in result['eval'] else ''
         for m in BASELINE_MODES])

@@ -24,9 +24,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from evalnorm import paths
-from evalnorm import report as run_report
-from evalnorm.report import markdown_table
+from evalnorm.training import files, summary as run_report
+from evalnorm.training.summary import markdown_table
 from experiments import (estimate_every, fig2_error_vs_b, fig4_fixed_schedules,
                          fig5_deeper_wider, quick_start, runs, seeds,
                          table1_imagenet, table2_detection, table2_transfer)
@@ -52,9 +51,9 @@ class Sources:
   @classmethod
   def load(cls, cost_dir: str = COST_DIR,
            results_dir: str = runs.RESULTS_DIR) -> 'Sources':
-    archive = paths.read_json(os.path.join(results_dir, 'runs.json'))
+    archive = files.read_json(os.path.join(results_dir, 'runs.json'))
     return cls(load_cost(cost_dir), archive['eval'], archive['every_k'],
-               paths.read_json(os.path.join(results_dir, 'provenance.json')),
+               files.read_json(os.path.join(results_dir, 'provenance.json')),
                results_dir)
 
   def table_cell(self, filename: str, *row_start: str) -> str:
@@ -78,7 +77,7 @@ def load_cost(cost_dir: str = COST_DIR) -> dict[tuple[str, str], dict]:
     for flags in COST_FLAGS:
       path = os.path.join(cost_dir, f'cost_{model}_{flags}.json')
       if os.path.exists(path):
-        cost[(model, flags)] = paths.read_json(path)
+        cost[(model, flags)] = files.read_json(path)
   return cost
 
 
@@ -105,7 +104,7 @@ def quick_start_table(sources: Sources) -> str:
 
 def quick_start_seeds(sources: Sources) -> str:
   """Top-1 per seed, what is exact and what is a range."""
-  from evalnorm import config_lib  # pylint: disable=g-import-not-at-top
+  from evalnorm.training import config_lib  # pylint: disable=g-import-not-at-top
   seed_runs = [quick_start.seed_run(SMALL, s) for s in runs.DEFAULT_SEEDS]
   other = quick_start.other_devices_run(SMALL)
   table = markdown_table(('seed',) + quick_start.SEED_MODES,
@@ -148,7 +147,7 @@ def quick_start_seeds(sources: Sources) -> str:
 def _paragraphs(*parts: str) -> str:
   """Markdown paragraphs: tables as they are, text wrapped like the READMEs."""
   return '\n\n'.join(p if p.startswith('|') else '\n'.join(_wrap(p))
-                       for p in parts) + '\n'
+                     for p in parts) + '\n'
 
 
 def baselines(sources: Sources) -> str:
@@ -711,7 +710,7 @@ def cost_columns(sources: Sources) -> list[tuple[str, str]]:
 
 
 def cost_table(sources: Sources) -> str:
-  from evalnorm import config_lib  # pylint: disable=g-import-not-at-top
+  from evalnorm.training import config_lib  # pylint: disable=g-import-not-at-top
   columns = cost_columns(sources)
   setups = {c: _setup(sources.cost[c]) for c in columns}
   every = config_lib.base_config().estimate_every_steps
@@ -730,7 +729,7 @@ def _bytes_ratio(setup: dict, key: str) -> float:
 
 def cost_summary(sources: Sources) -> str:
   """The sentences under the table: machine, bytes, the goal, the spread."""
-  from evalnorm import config_lib  # pylint: disable=g-import-not-at-top
+  from evalnorm.training import config_lib  # pylint: disable=g-import-not-at-top
   every = config_lib.base_config().estimate_every_steps
   setups = {c: _setup(sources.cost[c]) for c in cost_columns(sources)}
   record = sources.cost[('cifar', 'default')]

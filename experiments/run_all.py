@@ -21,8 +21,8 @@ import time
 
 import numpy as np
 
-from evalnorm import paths
-from evalnorm.report import markdown_table
+from evalnorm.training import files
+from evalnorm.training.summary import markdown_table
 from experiments import (estimate_every, fig1_histograms, fig2_error_vs_b,
                          fig3_alpha_beta, fig4_fixed_schedules,
                          fig5_deeper_wider, provenance, quick_start, runs,
@@ -108,9 +108,9 @@ def write_archive(context: runs.Context) -> dict:
     for run in script.planned_runs(context):
       archive['eval'][run.name] = runs.read_eval(context.workdir(run))
   for run in estimate_every.planned_runs(context):
-    archive['every_k'][run.name] = paths.read_json(
+    archive['every_k'][run.name] = files.read_json(
         estimate_every.result_path(context.workdir_root, run))
-  paths.write_json(context.output('runs.json'), archive, indent=1)
+  files.write_json(context.output('runs.json'), archive, indent=1)
   return archive
 
 

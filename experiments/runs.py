@@ -33,14 +33,14 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from evalnorm import paths, report
+from evalnorm.training import files, summary
 
 # Where the code is (the runs' working directory; configs are read from
-# there). Every file the runs write or read goes through evalnorm.paths:
+# there). Every file the runs write or read goes through evalnorm.training.files:
 # --workdir_root and --results_dir may be bucket paths (gs://...).
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RESULTS_DIR = paths.join(ROOT, 'experiments', 'results')
-WORKDIR_ROOT = paths.join(ROOT, 'experiments', 'workdirs')
+RESULTS_DIR = files.join(ROOT, 'experiments', 'results')
+WORKDIR_ROOT = files.join(ROOT, 'experiments', 'workdirs')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,12 +172,12 @@ def _format_value(value) -> str:
 
 def command(run: Run, workdir_root: str) -> list[str]:
   """The command line of ``run``, as a user would type it."""
-  workdir = paths.join(workdir_root, run.name)
+  workdir = files.join(workdir_root, run.name)
   module = 'evalnorm.main' if run.checkpoint is None else 'evalnorm.estimate'
   args = [sys.executable, '-m', module, f'--config={run.config}',
           f'--workdir={workdir}']
   if run.checkpoint is not None:
-    args.append(f'--checkpoint={paths.join(workdir_root, run.checkpoint)}')
+    args.append(f'--checkpoint={files.join(workdir_root, run.checkpoint)}')
   args += [f'--config.{k}={_format_value(v)}' for k, v in run.overrides]
   return args
 
@@ -244,11 +244,11 @@ class DevicePool:
         self._changed.notify_all()
 
 
-def read_eval(workdir: paths.PathLike) -> dict | None:
-  path = paths.path(workdir) / 'eval.json'
+def read_eval(workdir: files.PathLike) -> dict | None:
+  path = files.path(workdir) / 'eval.json'
   if not path.exists():
     return None
-  return paths.read_json(path)
+  return files.read_json(path)
 
 
 @contextlib.contextmanager
@@ -258,7 +258,7 @@ def appending(path):
   A child process writes to a file descriptor, which only a local file
   has: a bucket's log is written locally and appended to it at the end.
   """
-  if not paths.is_remote(path):
+  if not files.is_remote(path):
     with path.open('a') as log:
       yield log
     return
@@ -282,7 +282,7 @@ def prerequisites(run: Run, workdir_root: str) -> set[str]:
 
 def _execute_one(run: Run, workdir_root: str, pool: DevicePool,
                  before: Sequence[concurrent.futures.Future] = ()) -> dict:
-  workdir = paths.path(workdir_root) / run.name
+  workdir = files.path(workdir_root) / run.name
   done = read_eval(workdir)
   if done is not None:
     return done
@@ -303,7 +303,7 @@ def _execute_one(run: Run, workdir_root: str, pool: DevicePool,
                     f'log {log_path} ends with:\n{tail}')
   result = read_eval(workdir)
   result['wall_seconds'] = round(time.time() - started, 1)
-  paths.write_json(workdir / 'eval.json', result)
+  files.write_json(workdir / 'eval.json', result)
   print(f'  {run.name}: done in {result["wall_seconds"]:.0f} s', flush=True)
   return result
 
@@ -315,7 +315,7 @@ def execute(runs: Sequence[Run], workdir_root: str, jobs: int = 1
   A run that reads another (``prerequisites``) starts once that one is done;
   listed after it, it cannot wait for a run that waits for a free job.
   """
-  todo = [r for r in runs if read_eval(paths.join(workdir_root, r.name)) is None]
+  todo = [r for r in runs if read_eval(files.join(workdir_root, r.name)) is None]
   if todo:
     print(f'{len(todo)} of {len(runs)} runs to do in {workdir_root}', flush=True)
   devices = DevicePool(machine_gpus())
@@ -361,21 +361,21 @@ class Context:
     return execute(runs, self.workdir_root, self.jobs)
 
   def workdir(self, run: Run) -> str:
-    return paths.join(self.workdir_root, run.name)
+    return files.join(self.workdir_root, run.name)
 
   def output(self, filename: str) -> str:
     """The path of a results file (its directory is created)."""
-    directory = paths.path(self.results_dir)
+    directory = files.path(self.results_dir)
     directory.mkdir(parents=True, exist_ok=True)
     return os.fspath(directory / filename)
 
 
 def context_from_args(args: argparse.Namespace) -> Context:
   scale = SCALES[args.scale]
-  workdir_root = args.workdir_root or paths.join(WORKDIR_ROOT, scale.name)
+  workdir_root = args.workdir_root or files.join(WORKDIR_ROOT, scale.name)
   results_dir = args.results_dir or (
       RESULTS_DIR if scale.name == 'small'
-      else paths.join(RESULTS_DIR, scale.name))
+      else files.join(RESULTS_DIR, scale.name))
   common = ('scale', 'workdir_root', 'results_dir', 'jobs')
   options = {k: v for k, v in vars(args).items() if k not in common}
   return Context(scale, workdir_root, results_dir, args.jobs, options)
@@ -429,26 +429,26 @@ def error(result: dict, mode: str) -> float:
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-  """``report.markdown_table`` as a section of a result file (ends a line)."""
-  return report.markdown_table(headers, rows) + '\n'
+  """``summary.markdown_table`` as a section of a result file (ends a line)."""
+  return summary.markdown_table(headers, rows) + '\n'
 
 
 def _shown(path: str) -> str:
   """``path`` as printed: relative to the repository when it is in it."""
-  if paths.is_remote(path):
+  if files.is_remote(path):
     return path
   relative = os.path.relpath(path, ROOT)
   return path if relative.startswith('..') else relative
 
 
 def write_markdown(path: str, title: str, *sections: str) -> None:
-  paths.path(path).write_text(f'# {title}\n\n' + '\n'.join(sections))
+  files.path(path).write_text(f'# {title}\n\n' + '\n'.join(sections))
   print(f'wrote {_shown(path)}')
 
 
 def save_figure(figure, path: str) -> None:
   figure.tight_layout()
-  with paths.path(path).open('wb') as f:
+  with files.path(path).open('wb') as f:
     figure.savefig(f, dpi=110, format=os.path.splitext(path)[1][1:] or 'png')
   print(f'wrote {_shown(path)}')
 
@@ -508,7 +508,7 @@ def scale_note(context: Context) -> str:
   settings = ', '.join(f'{k}={v}' for k, v in sorted(s.overrides.items())
                        if k in ('dataset', 'num_train_steps', 'batch_size'))
   return (f'Scale `{s.name}`: `{s.config}`' + (f' with {settings}' if settings
-                                                else '') + '.\n')
+                                               else '') + '.\n')
 
 
 # --------------------------------------------------------------------------
@@ -534,11 +534,14 @@ def load_config(run: Run):
 
 def validate(config, num_devices: int, training: bool) -> None:
   """The program's own checks: the detector's for a detection config."""
-  from evalnorm import config_lib, detection_train  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from evalnorm.detection import train as detection_train
+  from evalnorm.training import builders
+  # pylint: enable=g-import-not-at-top
   if detection_train.is_detection(config):
     detection_train.validate(config, num_devices)
   else:
-    config_lib.validate(config, num_devices, training=training)
+    builders.validate(config, num_devices, training=training)
 
 
 def training_steps(run: Run) -> int:
@@ -547,10 +550,16 @@ def training_steps(run: Run) -> int:
 
 
 def steps_of(config) -> int:
-  """The steps a training with ``config`` takes (detection: num_train_steps)."""
-  from evalnorm import config_lib  # pylint: disable=g-import-not-at-top
+  """The steps a training with ``config`` takes (epochs count in the
+  classification datasets' examples; a detection config gives steps)."""
+  # pylint: disable=g-import-not-at-top
+  from evalnorm import data
+  from evalnorm.training import config_lib
+  # pylint: enable=g-import-not-at-top
+  if config.num_epochs is None:
+    return config.num_train_steps
   return config_lib.num_train_steps(
-      config, config_lib.TRAIN_EXAMPLES.get(config.dataset, 0))
+      config, data.DATASETS[config.dataset].train_examples)
 
 
 def with_renorm_ramp(run: Run, scale: Scale) -> Run:
@@ -562,7 +571,7 @@ def with_renorm_ramp(run: Run, scale: Scale) -> Run:
 
 def model_name(config) -> str:
   """The listing's model column."""
-  from evalnorm import detection_train  # pylint: disable=g-import-not-at-top
+  from evalnorm.detection import train as detection_train  # pylint: disable=g-import-not-at-top
   backbone = (f'ResNet-{config.depth} v2 x{config.width}'
               if config.model == 'resnet_v2_cifar' else
               f'ResNet-8 v2 x{config.width}' if config.model == 'resnet_v2_small'
@@ -609,11 +618,12 @@ def listing(planned: Sequence[Run]) -> str:
 def load_trained(run: Run, workdir_root: str):
   """(config, dataset, EvalNorm model, variables) of a finished training run."""
   import jax  # pylint: disable=g-import-not-at-top
-  from evalnorm import checkpoint, components, data, parallel  # pylint: disable=g-import-not-at-top
+  from evalnorm import data  # pylint: disable=g-import-not-at-top
+  from evalnorm.training import builders, checkpoint, parallel
   config = load_config(run)
   dataset = data.make_dataset(config)
-  model = components.build_model(config, dataset.num_classes, 'evalnorm')
+  model = builders.build_model(config, dataset.num_classes, 'evalnorm')
   template = parallel.init_variables(model, jax.random.PRNGKey(0),
                                      config.norm_batch_size, dataset.image_shape)
-  manager = checkpoint.open_existing(paths.join(workdir_root, run.name))
+  manager = checkpoint.open_existing(files.join(workdir_root, run.name))
   return config, dataset, model, checkpoint.restore_variables(manager, template)

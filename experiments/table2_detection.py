@@ -18,7 +18,7 @@ starting from:
 
 The "ImageNet model" is a classifier pre-trained at B=128: at the small scale
 the ResNet-8 v2 of ``configs/digits.py`` on ``noisy_digits``, whose layers
-are the small detector's (``evalnorm.detection_init``); ``--scale full`` is
+are the small detector's (``evalnorm.detection.pretrained_backbone``); ``--scale full`` is
 the COCO config with ResNet-50 v2 from ``configs/imagenet.py``. N=2 is run
 with three seeds. Writes table2_detection.{md,png}: AP, AP50, AP75 of EMA,
 EvalNorm (online estimate) and the rule of thumb 1/B^2.

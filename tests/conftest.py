@@ -50,10 +50,10 @@ def trained_run(tmp_path_factory):
   Shared read-only: a test that changes the run copies the workdir first.
   """
   from training_helpers import small_digits_config
-  from evalnorm import train
+  from evalnorm.training import trainer
   config = small_digits_config(num_train_steps=20)
   workdir = str(tmp_path_factory.mktemp('trained_run'))
-  return config, workdir, train.train_and_evaluate(config, workdir)
+  return config, workdir, trainer.train_and_evaluate(config, workdir)
 
 
 # The longest single tests (CPU seconds on 2 busy cores, measured). Under

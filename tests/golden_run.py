@@ -22,22 +22,23 @@ def quick_start_run(num_steps: int, estimate: bool = True, steps=None,
   Noisy digits, ResNet-8 v2, batch 128 over the local devices in groups of
   B = 2: the quick start's first ``num_steps`` steps, on one device as the
   quick start runs on a CPU, estimating alpha/beta every step (``estimate``)
-  or never. ``steps``: the ``train.Steps`` to run (default: new ones); pass
+  or never. ``steps``: the ``trainer.TrainPrograms`` to run (default: new ones); pass
   the same to two calls to compile once.
 
   Returns ({'loss': [...], 'grad_norm': [...], 'aux_loss': [...] when
   estimating}, host state after the last step).
   """
-  from evalnorm import components, data, train  # after conftest set up the devices
+  from evalnorm import data  # after conftest set up the devices
+  from evalnorm.training import builders, trainer
   config = digits_config.get_config()
   if norm_batch_size is not None:
     config.norm_batch_size = norm_batch_size
   dataset = data.make_dataset(config)
-  model = components.build_model(config, dataset.num_classes)
-  state = train.create_train_state(
+  model = builders.build_model(config, dataset.num_classes)
+  state = trainer.create_train_state(
       model, jax.random.PRNGKey(config.seed),
       config.norm_batch_size, dataset.image_shape,
-      train.Optimizers.from_config(config, config.num_train_steps))
+      trainer.Optimizers.from_config(config, config.num_train_steps))
   steps = steps or quick_start_steps()
   state = jax.tree.map(lambda v: v[None], state)
   batches = dataset.train_batches(0)
@@ -53,9 +54,9 @@ def quick_start_run(num_steps: int, estimate: bool = True, steps=None,
 
 def quick_start_steps():
   """The train loop's programs on one device, as the quick start runs."""
-  from evalnorm import train
-  return train.Steps(train.classifier_forward,
-                     devices=jax.local_devices()[:1])
+  from evalnorm.training import trainer
+  return trainer.TrainPrograms(trainer.classifier_forward,
+                               devices=jax.local_devices()[:1])
 
 
 if __name__ == '__main__':

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from evalnorm import (EvalNorm, batchnorm_to_evalnorm, set_alpha_beta,
+from evalnorm import (batchnorm_to_evalnorm, EvalNorm, set_alpha_beta,
                       total_aux_loss)
 from layer_reference import apply, assert_tree_allclose, make_x
 

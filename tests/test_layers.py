@@ -15,15 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from evalnorm import (
-    EvalNorm,
-    alpha_beta_by_layer,
-    batchnorm_to_evalnorm,
-    one_over_b,
-    rule_of_thumb,
-    set_alpha_beta,
-    total_aux_loss,
-)
+from evalnorm import (alpha_beta_by_layer, batchnorm_to_evalnorm, EvalNorm,
+                      one_over_b, rule_of_thumb, set_alpha_beta, total_aux_loss)
 from layer_reference import (CONV, DENSE, EPS, NCHW, TOL, Toy, TwoLayer,
                              _from_last, _to_last, apply, assert_tree_allclose,
                              init, init_shapes, make_variables, make_x, np_aux,

@@ -11,8 +11,9 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from evalnorm import components, models
+from evalnorm import models
 from evalnorm.layers import EvalNorm
+from evalnorm.training import builders, finetune
 
 from training_helpers import small_digits_config
 
@@ -101,11 +102,11 @@ NORM_LAYERS = {('final_norm',)} | {(f'stage{s}_block0', f'norm{i}')
                                    for s in (1, 2, 3) for i in (1, 2)}
 
 
-@pytest.mark.parametrize('norm', sorted(components.NORMS))
+@pytest.mark.parametrize('norm', sorted(builders.NORMS))
 def test_every_norm_fills_the_slot_and_is_found_by_type(norm):
   config = small_digits_config(norm=norm)
-  model = components.build_model(config, 10)
-  assert components.norm_layer_paths(model, 2, (8, 8, 1)) == NORM_LAYERS
+  model = builders.build_model(config, 10)
+  assert finetune.norm_layer_paths(model, 2, (8, 8, 1)) == NORM_LAYERS
   shapes = variable_shapes(model, (8, 8, 1))
   assert set(shapes['params']['stage1_block0']) >= {'conv1', 'norm1'}
 
@@ -122,5 +123,5 @@ def test_norm_layers_are_found_whatever_their_names():
       x = nn.Dense(4, name='normalizer')(x)  # named like one, is not one
       return self.norm(use_running_average=not train)(x)  # auto-named
   model = Odd(functools.partial(nn.BatchNorm, momentum=0.9))
-  assert components.norm_layer_paths(model, 2, (3, 3, 1)) == {
+  assert finetune.norm_layer_paths(model, 2, (3, 3, 1)) == {
       ('bn_first',), ('BatchNorm_0',)}

@@ -18,7 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OTHER_KERNELS = ('--xla_cpu_max_isa=AVX2 '
                  '--xla_cpu_experimental_ynn_fusion_type=')
 # Every test that compares against a value measured on a machine.
-MEASURED = ('tests/test_golden.py', 'tests/test_readme_numbers.py',
+MEASURED = ('tests/test_golden.py', 'tests/experiments/test_readme_numbers.py',
             'tests/test_calibration.py::test_readme_linen_own_model',
             'tests/test_calibration.py::test_readme_nnx_own_model')
 
