@@ -31,7 +31,9 @@ from experiments import (estimate_every, fig2_error_vs_b, fig4_fixed_schedules,
                          table1_imagenet, table2_detection, table2_transfer)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-README_FILES = ('README.md', os.path.join('experiments', 'README.md'))
+README_FILES = ('README.md', os.path.join('experiments', 'README.md'),
+                *(os.path.join('docs', f'{name}.md') for name in (
+                    'cost', 'detection', 'training')))
 COST_DIR = os.path.join(ROOT, 'benchmarks', 'results')
 # The cost runs the README shows: (model, XLA flags) -> the file's suffix.
 COST_MODELS = {'cifar': 'ResNet-20', 'resnet50': 'ResNet-50'}

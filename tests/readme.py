@@ -1,4 +1,5 @@
-"""The README's python examples, by section, for the tests that run them."""
+"""The python examples of the README and docs/, by section, for the tests
+that run them."""
 
 import os
 import re
@@ -6,24 +7,33 @@ import re
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _readme() -> str:
-  with open(os.path.join(ROOT, 'README.md')) as f:
+def _read(filename: str = 'README.md') -> str:
+  with open(os.path.join(ROOT, filename)) as f:
     return f.read()
 
 
+def _readme() -> str:
+  return _read()
+
+
 def readme_code(*headings: str) -> str:
-  """The first ```python block after the given headings, in order.
+  """The first ```python block of README.md after the given headings, in order.
 
   ``readme_code('The layer')`` is the first example under "## The layer";
   ``readme_code('EvalNorm in your own model', 'NNX')`` the first under that
   section's "### NNX".
   """
-  text = _readme()
+  return doc_code('README.md', *headings)
+
+
+def doc_code(filename: str, *headings: str) -> str:
+  """As ``readme_code``, in ``filename`` (relative to the repository)."""
+  text = _read(filename)
   position = 0
   for heading in headings:
     match = re.compile(rf'^#+ {re.escape(heading)}\s*$', re.M).search(
         text, position)
-    assert match, f'README has no heading {heading!r} after {headings[:-1]}'
+    assert match, f'{filename} has no heading {heading!r} after {headings[:-1]}'
     position = match.end()
   return re.compile(r'```python\n(.*?)```', re.S).search(text, position).group(1)
 

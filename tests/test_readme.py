@@ -1,6 +1,7 @@
-"""The README's layer examples run as shown (own-model ones: test_calibration)."""
+"""The layer examples of the README and docs/ run as shown (own-model ones:
+test_calibration)."""
 
-from readme import readme_code
+from readme import doc_code, readme_code
 
 
 def test_readme_layer_example_runs():
@@ -12,7 +13,7 @@ def test_readme_layer_example_runs():
 
 def test_readme_nnx_example_runs():
   namespace = {}
-  exec(readme_code('The layer', 'NNX'), namespace)  # pylint: disable=exec-used
+  exec(doc_code('docs/layer.md', 'NNX'), namespace)  # pylint: disable=exec-used
   alpha_beta = namespace['ennx'].alpha_beta_by_layer(namespace['model'])
   assert 0 < alpha_beta['norm']['alpha'] <= 1
   assert namespace['logits'].shape == (8, 10)

@@ -29,17 +29,18 @@ def test_a_changed_result_makes_its_blocks_stale():
   setup['ratios']['train_B2_amortized'] += 0.01
   stale = readme.stale_blocks(
       sources=dataclasses.replace(sources, cost=changed))
-  assert stale == ['README.md: cost-table', 'README.md: cost-summary']
+  assert stale == ['docs/cost.md: cost-table', 'docs/cost.md: cost-summary']
 
 
 def test_check_exits_nonzero_naming_a_stale_block(tmp_path, capsys):
   (tmp_path / 'experiments').mkdir()
+  (tmp_path / 'docs').mkdir()
   for filename in readme.README_FILES:
     with open(f'{readme.ROOT}/{filename}') as f:
       text = f.read()
     (tmp_path / filename).write_text(text.replace(
         '<!-- cost-table -->\n|', '<!-- cost-table -->\n| edited by hand |'))
-  assert readme.stale_blocks(str(tmp_path)) == ['README.md: cost-table']
+  assert readme.stale_blocks(str(tmp_path)) == ['docs/cost.md: cost-table']
   readme.rewrite(str(tmp_path))
   assert readme.stale_blocks(str(tmp_path)) == []
   assert readme.main(['--check']) == 0
