@@ -84,7 +84,8 @@ from experiments import provenance
 from evalnorm.variables import rule_of_thumb, set_alpha_beta
 
 MIB = 2.0**20
-# The targets for EvalNorm against flax BatchNorm (ratios of time).
+# EvalNorm's cost goals against flax BatchNorm (ratios of time): the goal,
+# and the ceiling a measured ratio must not pass.
 GOAL, CEILING = 1.05, 1.10
 
 

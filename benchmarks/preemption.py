@@ -24,14 +24,10 @@ minimums, and the median over rounds of the difference within a round
 (steadier on a loaded machine). ``--alone``: the agreements' calls without
 train steps (the folded one has none to ride on and is left out).
 
-Measured on the shared 2-core machine (load ~8 from other jobs; 1 device per
-process, 40 steps, 6 rounds; a step ~165-195 ms, bound by gloo), extra ms per
-step against none, of the mins / paired median: folded +26 / +14, separate
-+51 / +33, allgather +23 / +24; the spread between rounds is of the same
-order. Alone (50 calls, 4 rounds): separate 3.7 ms and allgather 7.8 ms a
-call, the latency of the collective each adds to a step; folded adds no
-collective (its psum is merged into the step's one all-reduce:
-tests/test_multiprocess.py checks the compiled step).
+With ``--alone`` the latency of the collective that ``separate`` and
+``allgather`` add to every step shows by itself; ``folded`` adds no collective
+(its psum is merged into the step's one all-reduce:
+tests/training/test_multiprocess.py checks the compiled step).
 """
 
 import argparse

@@ -22,8 +22,7 @@ os.environ['JAX_PLATFORMS'] = 'cpu'
 # Many tests build the same small networks: a compilation cache shared by the
 # session (and its subprocesses) compiles each once. It is fresh per session,
 # so no result depends on an earlier run. Every compile is cached, however
-# short: the two workers dispatch many of the same small ops eagerly (measured
-# on the layer tests: ~7% less CPU time than caching compiles over 0.2 s only).
+# short: the two workers dispatch many of the same small ops eagerly.
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
                       tempfile.mkdtemp(prefix='evalnorm-jax-cache-'))
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
@@ -56,14 +55,15 @@ def trained_run(tmp_path_factory):
   return config, workdir, trainer.train_and_evaluate(config, workdir)
 
 
-# The longest single tests (CPU seconds on 2 busy cores, measured). Under
-# xdist they are handed out first, after the trained run's group, so that the
-# workers finish together instead of one waiting out the other's last long test.
+# The longest single tests. Under xdist they are handed out first, after the
+# trained run's group, so that the workers finish together instead of one
+# waiting out the other's last long test.
 LONGEST_FIRST = (
-    'test_estimation_leaves_the_quick_start_bit_identical',  # ~58 s
-    'test_divergence_stops_with_one_line_and_saves_no_bad_state',  # ~48 s
-    'test_readme_linen_own_model',  # ~28 s + its fixture
-    'test_every_mode_in_one_pass_equals_each_mode_alone',  # ~30 s
+    'test_estimation_leaves_the_quick_start_bit_identical',
+    'test_divergence_stops_with_one_line_and_saves_no_bad_state',
+    'test_readme_linen_own_model',
+    'test_every_mode_in_one_pass_equals_each_mode_alone',
+    'test_first_steps_match_the_pinned_values',
 )
 
 
@@ -71,33 +71,16 @@ LONGEST_FIRST = (
 def pytest_collection_modifyitems(config, items):
   """Tests of the shared trained run go to one xdist worker: one run, not two.
 
-  Under xdist the longest tests (LONGEST_FIRST) also move to the front.
+  The group marker is added before pytest-xdist's own hook turns markers
+  into groups. Under xdist the longest tests (LONGEST_FIRST) also move to
+  the front.
   """
   for item in items:
     if 'trained_run' in getattr(item, 'fixturenames', ()):
       item.add_marker(pytest.mark.xdist_group('trained_run'))
   result = yield
   if getattr(config.option, 'loadgroup', False):  # an xdist worker
-    for item in items:
-      _name_group(item)
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(getattr(item, 'originalname', None),
                                          len(rank)))
   return result
-
-
-def _name_group(item):
-  """The '@group' suffix of the node id, by which --dist loadgroup groups.
-
-  pytest-xdist (3.8) writes it to ``item._nodeid``, which pytest 9.2 no
-  longer reads (pytest-xdist#1386): grouping silently stopped. Where the
-  suffix is missing, it goes into the node's id itself.
-  """
-  names = {str(mark.args[0] if mark.args else mark.kwargs.get('name', 'default'))
-           for mark in item.iter_markers('xdist_group')}
-  if not names:
-    return
-  suffix = '@' + '_'.join(sorted(names))
-  node_id = getattr(item, '_id', None)
-  if not item.nodeid.endswith(suffix) and hasattr(node_id, 'parse'):
-    item._id = node_id.parse(item.nodeid + suffix)

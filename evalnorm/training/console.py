@@ -19,7 +19,8 @@ import time
 from absl import logging
 from clu import metric_writers
 
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+# evalnorm/, whose modules' INFO lines are this project's own.
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
 
 class OwnLinesOnly(python_logging.Filter):

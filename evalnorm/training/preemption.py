@@ -90,13 +90,9 @@ class StopAgreement:
   sum waits only for a step that the host has already queued the next one
   behind, so the device never idles for it. ``multihost_utils.
   process_allgather`` of the flag, or a pmapped psum of its own, adds a
-  cross-process collective to every step (7.8 and 3.7 ms a call timed
-  alone on the 2-core test machine), and the allgather also stops the host
-  at every step until the step just dispatched is done. Timed in training
-  there (benchmarks/preemption.py, steps of ~180 ms bound by gloo), the
-  extra time a step, median of paired rounds: this way +14 ms, allgather
-  +24 ms, a psum of its own +33 ms, with a spread between rounds of the
-  same order. jax's own preemption service
+  cross-process collective to every step, and the allgather also stops the
+  host at every step until the step just dispatched is done
+  (``benchmarks/preemption.py`` times the three ways). jax's own preemption service
   (``reached_preemption_sync_point``) is switched off: it catches SIGTERM
   in C++, where SigtermFlag would never see it (evalnorm.training.cli).
   """
