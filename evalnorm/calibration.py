@@ -56,11 +56,14 @@ def check_batch(batch_size: int, group_size: int) -> None:
 
 
 def calibration_loss(evalnorm, frozen: Mapping[str, Any], batch: jax.Array,
-                     apply_fn: Callable, group_size: int) -> jax.Array:
+                     apply_fn: Callable, group_size: int,
+                     layers_axis_name: str | None = None) -> jax.Array:
   """Mean over the groups of B in ``batch`` of the summed auxiliary loss.
 
   ``apply_fn(variables, x, mutable=...)`` runs the model in training mode.
   The moving-average update it computes is dropped: the model stays frozen.
+  ``layers_axis_name``: the axis the model's norm layers average their
+  statistics over, bound here to one group alone.
   """
   groups = batch.reshape((-1, group_size) + batch.shape[1:])
 
@@ -68,14 +71,24 @@ def calibration_loss(evalnorm, frozen: Mapping[str, Any], batch: jax.Array,
     _, updates = apply_fn({**frozen, 'evalnorm': evalnorm}, x,
                           mutable=['batch_stats', 'aux_loss'])
     return total_aux_loss(updates.get('aux_loss', {}))
+  if layers_axis_name is not None:
+    one_group = _alone_on_axis(one_group, layers_axis_name)
   return jnp.mean(jax.vmap(one_group)(groups))
 
 
+def _alone_on_axis(fn: Callable, axis_name: str) -> Callable:
+  """``fn`` with ``axis_name`` bound to an axis of size one: collectives over
+  it (the layers' statistics ``pmean``) see this call's values only."""
+  return lambda x: jax.vmap(fn, axis_name=axis_name)(x[None])[0]
+
+
 def calibration_step(evalnorm, opt_state, frozen, batch, apply_fn, tx,
-                     group_size: int, axis_name: str | None = None):
-  """One optimizer step on alpha/beta; gradients averaged over ``axis_name``."""
+                     group_size: int, axis_name: str | None = None,
+                     layers_axis_name: str | None = None):
+  """One optimizer step on alpha/beta; gradients averaged over ``axis_name``
+  (``layers_axis_name``: as ``calibration_loss``'s)."""
   loss, grads = jax.value_and_grad(calibration_loss)(
-      evalnorm, frozen, batch, apply_fn, group_size)
+      evalnorm, frozen, batch, apply_fn, group_size, layers_axis_name)
   if axis_name is not None:
     grads, loss = jax.lax.pmean((grads, loss), axis_name)
   evalnorm, opt_state = update_alpha_beta(tx, grads, opt_state, evalnorm)
@@ -92,7 +105,8 @@ def calibrate(apply_fn: Callable, variables: Mapping[str, Any],
               batches: Iterable[Any], group_size: int, *,
               num_steps: int | None = None,
               tx: optax.GradientTransformation | None = None,
-              log_every_steps: int = 100) -> dict:
+              log_every_steps: int = 100,
+              axis_name: str | None = None) -> dict:
   """alpha/beta estimated offline for a model whose weights stay frozen.
 
   Args:
@@ -107,6 +121,11 @@ def calibrate(apply_fn: Callable, variables: Mapping[str, Any],
     num_steps: stop after this many batches (default: all of ``batches``).
     tx: the optimizer of alpha/beta (default Adam, learning rate 3e-3).
     log_every_steps: progress is logged every this many steps.
+    axis_name: the ``axis_name`` the model's norm layers were built with
+      (synchronized BatchNorm, e.g. ``'batch'`` in flax's ImageNet example),
+      so that their statistics ``pmean`` has an axis to run over; each group
+      of ``group_size`` (then the batch over all devices in training) is
+      normalized alone.
 
   Returns:
     The estimated ``evalnorm`` collection; ``variables`` is not changed.
@@ -120,7 +139,8 @@ def calibrate(apply_fn: Callable, variables: Mapping[str, Any],
   evalnorm = variables['evalnorm']
   opt_state = tx.init(evalnorm)
   step_fn = jax.jit(functools.partial(calibration_step, apply_fn=apply_fn,
-                                      tx=tx, group_size=group_size))
+                                      tx=tx, group_size=group_size,
+                                      layers_axis_name=axis_name))
   step = 0
   for step, batch in enumerate(itertools.islice(batches, num_steps), start=1):
     check_batch(np.shape(batch)[0], group_size)

@@ -22,6 +22,8 @@ training, per-device and evaluation paths share one reduction over the input.
 The two kernels that exist only for speed live in ``evalnorm.kernels``.
 """
 
+import warnings
+import weakref
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
@@ -187,9 +189,10 @@ def auxiliary_loss(x, normalized, example_mean, example_var, ema_mean, ema_var,
 
 
 class TrainStatistics(NamedTuple):
-  """Per-example and per-group moments of one training call."""
-  example_mean: Array
-  example_var: Array
+  """Per-example (None when not asked for) and per-group moments of one
+  training call."""
+  example_mean: Array | None
+  example_var: Array | None
   group_mean: Array
   group_var: Array
 
@@ -203,12 +206,52 @@ def check_group_size(batch: int, group_size: int | None) -> int:
   return group_size
 
 
+def batch_moments(x: Array, feature_axes: tuple[int, ...],
+                  use_fast_variance: bool = True, axis_name: str | None = None,
+                  axis_index_groups: Any = None) -> tuple[Array, Array]:
+  """Moments of the whole batch as one group, in flax BatchNorm's arithmetic.
+
+  The same reductions in the same order as ``nn.BatchNorm`` (E[x] and E|x|^2
+  over every non-feature axis, one ``pmean`` of both), so that a layer whose
+  group is the whole batch trains bit for bit as BatchNorm does. Shapes keep
+  a dimension of 1 for each reduced axis: (1, 1, ..., C).
+  """
+  axes = tuple(ax for ax in range(x.ndim) if ax not in feature_axes)
+
+  def mean(*values):
+    means = [jnp.mean(v, axis=axes, keepdims=True) for v in values]
+    if axis_name is None:
+      return means
+    return list(lax.pmean(jnp.stack(means), axis_name,
+                          axis_index_groups=axis_index_groups))
+  if use_fast_variance:
+    mu, mu2 = mean(x, abs_square(x))
+    return mu, jnp.maximum(0.0, mu2 - abs_square(mu))
+  [mu] = mean(x)
+  [var] = mean(abs_square(x - mu))
+  return mu, var
+
+
 def train_statistics(x: Array, feature_axes: tuple[int, ...],
                      group_size: int | None, use_fast_variance: bool = True,
                      axis_name: str | None = None,
-                     axis_index_groups: Any = None) -> TrainStatistics:
-  """Moments of every example and of every group of B (synced over axis_name)."""
+                     axis_index_groups: Any = None,
+                     per_example: bool = True) -> TrainStatistics:
+  """Moments of every group of B (synced over axis_name) and, when
+  ``per_example`` (the auxiliary loss needs them), of every example.
+
+  Groups of B < batch reuse the per-example moments (one read of x); one
+  group of the whole batch takes BatchNorm's own arithmetic (see
+  ``batch_moments``).
+  """
   group_size = check_group_size(x.shape[0], group_size)
+  if group_size == x.shape[0]:
+    group_mean, group_var = batch_moments(x, feature_axes, use_fast_variance,
+                                          axis_name, axis_index_groups)
+    if not per_example:
+      return TrainStatistics(None, None, group_mean, group_var)
+    return TrainStatistics(*example_moments(x, feature_axes, use_fast_variance),
+                           group_mean, group_var)
   mu_i, var_i = example_moments(x, feature_axes, use_fast_variance)
   group_mean, group_var = group_moments(mu_i, var_i, group_size)
   if axis_name is not None:
@@ -380,7 +423,11 @@ class EvalNorm(Module):
     scale, bias = _affine_params(self, feature_shape)
     affine = [None if p is None else p.reshape(shape) for p in (scale, bias)]
     ab_shape = shape if self.per_channel else ()
-    alpha, beta = alpha.value.reshape(ab_shape), beta.value.reshape(ab_shape)
+    estimable = alpha is not None
+    if not estimable:  # a program that carries no evalnorm collection
+      alpha, beta = (jnp.full((), v, jnp.float32)
+                     for v in (self.alpha_init, self.beta_init))
+    alpha, beta = alpha.reshape(ab_shape), beta.reshape(ab_shape)
     x_stats = statistics_input(xb, self.dtype, self.force_float32_reductions)
 
     if use_running_average:
@@ -393,13 +440,16 @@ class EvalNorm(Module):
       y = normalize(xb, mean_e, var_e, *affine, self.epsilon)
     else:
       initializing = self.is_initializing()
+      sow_loss = (self.eval_stats == 'evalnorm' and estimable
+                  and not initializing
+                  and self.is_mutable_collection('aux_loss'))
       stats = train_statistics(
           x_stats, feature_axes, self.group_size, self.use_fast_variance,
-          None if initializing else self.axis_name, self.axis_index_groups)
+          None if initializing else self.axis_name, self.axis_index_groups,
+          per_example=sow_loss)
       y = normalize_groups(xb, stats.group_mean, stats.group_var, *affine,
                            self.epsilon)
-      if (self.eval_stats == 'evalnorm' and not initializing
-          and self.is_mutable_collection('aux_loss')):
+      if sow_loss:
         loss = layer_auxiliary_loss(
             x_stats, stats, ema_mean.value.reshape(shape),
             ema_var.value.reshape(shape), jnp.clip(alpha, 0, 1),
@@ -429,10 +479,53 @@ def _stored(value: Array, mdl: EvalNorm) -> Array:
 
 
 def _alpha_beta(mdl: EvalNorm, feature_shape):
-  shape = feature_shape if mdl.per_channel else ()
-  return tuple(
-      mdl.variable('evalnorm', name, jnp.full, shape, init, jnp.float32)
-      for name, init in (('alpha', mdl.alpha_init), ('beta', mdl.beta_init)))
+  """The layer's (alpha, beta) values, or (None, None) when the caller's
+  variables hold no ``evalnorm`` collection at all.
+
+  A program written for ``nn.BatchNorm`` carries only ``params`` and
+  ``batch_stats``: the layer then evaluates with alpha_init/beta_init (0:
+  exactly BatchNorm) and warns once. A collection that holds other layers'
+  alpha/beta but not this one's is an error: the variables belong to
+  another model.
+  """
+  names = ('alpha', 'beta')
+  if (mdl.is_mutable_collection('evalnorm')
+      or all(mdl.has_variable('evalnorm', name) for name in names)):
+    shape = feature_shape if mdl.per_channel else ()
+    return tuple(
+        mdl.variable('evalnorm', name, jnp.full, shape, init, jnp.float32).value
+        for name, init in zip(names, (mdl.alpha_init, mdl.beta_init)))
+  if not mdl.scope.is_collection_empty('evalnorm'):
+    raise ValueError(
+        f'EvalNorm layer {mdl.scope.path_text!r} has no alpha/beta in the '
+        "'evalnorm' collection, which holds other layers' alpha/beta: these "
+        'variables belong to another model (rebuild them with '
+        'evalnorm.batchnorm_to_evalnorm(variables, template=...))')
+  _warn_no_alpha_beta(mdl)
+  return None, None
+
+
+# The root scopes (one per traced init/apply) already warned about.
+_WARNED_SCOPES = weakref.WeakSet()
+
+
+def _warn_no_alpha_beta(mdl: EvalNorm) -> None:
+  """Warns once per traced call of the model, naming its first such layer
+  (a compiled step traces once, so this is not once per step)."""
+  root = mdl.scope.root
+  if root in _WARNED_SCOPES:
+    return
+  _WARNED_SCOPES.add(root)
+  same = ' (as nn.BatchNorm does)' if (mdl.alpha_init, mdl.beta_init) == (
+      0.0, 0.0) else ''
+  warnings.warn(
+      f'EvalNorm layer {mdl.scope.path_text!r} (and every other EvalNorm layer '
+      "called without one) has no 'evalnorm' collection, so it evaluates "
+      f'with its moving averages and alpha_init={mdl.alpha_init}, '
+      f'beta_init={mdl.beta_init}{same}. To evaluate with EvalNorm, carry '
+      "the 'evalnorm' collection that init returns along with 'params' and "
+      "'batch_stats', or estimate it for trained variables with "
+      'evalnorm.calibrate.', stacklevel=2)
 
 
 def _affine_params(mdl: EvalNorm, feature_shape):

@@ -155,10 +155,11 @@ class EvalNorm(nnx.Module):
 
   def _train(self, xb, x_stats, feature_axes, affine, mean_e, var_e, alpha,
              beta):
+    estimating = self.estimate and self.eval_stats == 'evalnorm'
     stats = layers.train_statistics(
         x_stats, feature_axes, self.group_size, self.use_fast_variance,
-        self.axis_name, self.axis_index_groups)
-    if self.estimate and self.eval_stats == 'evalnorm':
+        self.axis_name, self.axis_index_groups, per_example=estimating)
+    if estimating:
       self._record(layers.layer_auxiliary_loss(
           x_stats, stats, mean_e, var_e, alpha, beta, self.epsilon))
     if not self.freeze_batch_stats:

@@ -12,7 +12,7 @@ def _read(filename: str = 'README.md') -> str:
     return f.read()
 
 
-def _readme() -> str:
+def readme_text() -> str:
   return _read()
 
 
@@ -44,7 +44,7 @@ def readme_calibration_gains() -> dict[str, tuple[float, float]]:
   by API: {'linen': (low, high), 'NNX': (low, high)}."""
   match = re.search(r'beats the moving averages\s+by ([\d.]+)-([\d.]+) points '
                     r'of top-1 in linen and by ([\d.]+)-([\d.]+) in NNX',
-                    _readme())
+                    readme_text())
   assert match, 'README no longer quotes the calibration gains'
   low, high, nnx_low, nnx_high = map(float, match.groups())
   return {'linen': (low, high), 'NNX': (nnx_low, nnx_high)}
