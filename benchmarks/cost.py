@@ -123,8 +123,10 @@ class Variant:
   label: str
   norm: str
   group_size: int
-  # 'sgd': ``TrainPrograms.sgd`` (every step); 'alpha_beta': ``TrainPrograms.alpha_beta``,
-  # which estimating steps run before it.
+  # 'sgd': ``TrainPrograms.sgd`` (every step); 'alpha_beta':
+  # ``TrainPrograms.alpha_beta``, which separate estimation runs before it;
+  # 'sgd_estimating': ``TrainPrograms.sgd_estimating``, fused estimation's
+  # estimating step.
   program: str = 'sgd'
 
 
@@ -136,8 +138,11 @@ def train_variants(setup: Setup, ablate: bool) -> list[Variant]:
       Variant(f'evalnorm_B{small}', f'EvalNorm B={small}, SGD step',
               'evalnorm', small),
       Variant(f'evalnorm_B{small}_alpha_beta',
-              f'EvalNorm B={small}, alpha/beta step', 'evalnorm', small,
-              'alpha_beta'),
+              f'EvalNorm B={small}, alpha/beta step (separate)', 'evalnorm',
+              small, 'alpha_beta'),
+      Variant(f'evalnorm_B{small}_fused',
+              f'EvalNorm B={small}, SGD step with estimation (fused)',
+              'evalnorm', small, 'sgd_estimating'),
   ]
   if ablate:  # The alpha/beta pass at the large B too.
     variants.append(Variant(f'evalnorm_B{b}_alpha_beta',
@@ -149,8 +154,15 @@ def train_variants(setup: Setup, ablate: bool) -> list[Variant]:
 def amortized_ratio(sgd: float, alpha_beta: float, reference: float,
                     every: int) -> float:
   """Mean train-step time over k steps / reference: k SGD steps, one of them
-  preceded by the alpha/beta step."""
+  preceded by the alpha/beta step (separate estimation)."""
   return (sgd + alpha_beta / every) / reference
+
+
+def amortized_fused_ratio(sgd: float, estimating: float, reference: float,
+                          every: int) -> float:
+  """Mean train-step time over k steps / reference: k - 1 SGD steps and one
+  estimating SGD step (fused estimation)."""
+  return (sgd * (every - 1) + estimating) / every / reference
 
 
 def make_config(setup: Setup, norm: str, group_size: int,
@@ -235,12 +247,12 @@ def device_peak_bytes(device) -> float:
 
 
 class TrainRunner:
-  """Calls a compiled step on its own state, as train_loop does: the SGD step
-  replaces the (donated) state; the alpha/beta step only reads it."""
+  """Calls a compiled step on its own state, as train_loop does: the SGD
+  steps replace the (donated) state; the alpha/beta step only reads it."""
 
   def __init__(self, compiled, state, batch, program: str):
     self.compiled, self.state, self.batch = compiled, state, batch
-    self.replaces_state = program == 'sgd'
+    self.replaces_state = program != 'alpha_beta'
 
   def __call__(self):
     out = self.compiled(self.state, self.batch)
@@ -393,7 +405,7 @@ def run_setup(setup: Setup, repeats: int, warmup: int, half_precision: bool,
     # As trainer.TrainPrograms runs them: the SGD step donates the state; the
     # alpha/beta step reads it.
     steps = trainer.TrainPrograms(trainer.classifier_forward, devices=[device])
-    step = steps.sgd if v.program == 'sgd' else steps.alpha_beta
+    step = getattr(steps, v.program)
     train_lowered[v.key] = step.lower(state, batch)
     train_inputs[v.key] = (state, batch)
 
@@ -469,6 +481,13 @@ def run_setup(setup: Setup, repeats: int, warmup: int, half_precision: bool,
       f'train_B{small}_amortized': amortized_ratio(
           time_of(f'evalnorm_B{small}'),
           time_of(f'evalnorm_B{small}_alpha_beta'), reference, every),
+      # Fused estimation: the estimating step is one program; at k = 1 it is
+      # every step.
+      f'fused_B{small}_estimating': train_rows[f'evalnorm_B{small}_fused'][
+          'ratio_min'],
+      f'fused_B{small}_amortized': amortized_fused_ratio(
+          time_of(f'evalnorm_B{small}'), time_of(f'evalnorm_B{small}_fused'),
+          reference, every),
       'eval_evalnorm': eval_rows['evalnorm']['ratio_min'],
       'eval_ema': eval_rows['evalnorm_ema']['ratio_min'],
       f'train_peak_B{b}': _ratio(train_rows[f'evalnorm_B{b}']['peak'],
@@ -486,18 +505,22 @@ def run_setup(setup: Setup, repeats: int, warmup: int, half_precision: bool,
   checks = [
       (f'train step, EvalNorm B={b}', ratios[f'train_B{b}']),
       (f'train step, EvalNorm B={small}', ratios[f'train_B{small}']),
-      (f'train step, EvalNorm B={small} with estimation every {every} steps '
-       '(the default estimate_every_steps), amortized',
+      (f'train step, EvalNorm B={small} with separate estimation every '
+       f'{every} steps (the default estimate_every_steps), amortized',
        ratios[f'train_B{small}_amortized']),
+      (f'train step, EvalNorm B={small} with fused estimation every {every} '
+       'steps, amortized', ratios[f'fused_B{small}_amortized']),
+      (f'train step, EvalNorm B={small} with fused estimation at every step',
+       ratios[f'fused_B{small}_estimating']),
       ("evaluation, EvalNorm eval_stats='evalnorm'", ratios['eval_evalnorm']),
   ]
   for name, value in checks:
     verdict = ('meets the goal' if value <= GOAL else
                'within the ceiling' if value <= CEILING else 'ABOVE the ceiling')
     print(f'- {name}: {value:.3f}x flax BatchNorm ({verdict})')
-  print(f'- an estimating step (alpha/beta step + SGD step), EvalNorm '
-        f"B={small}: {ratios[f'train_B{small}_estimating']:.3f}x flax "
-        'BatchNorm')
+  print(f'- a separate estimating step (alpha/beta step + SGD step), '
+        f"EvalNorm B={small}: {ratios[f'train_B{small}_estimating']:.3f}x "
+        'flax BatchNorm')
   b2_vs_b = time_of(f'evalnorm_B{small}') / time_of(f'evalnorm_B{b}')
   print(f'- B={small} against B={b} (SGD steps): {b2_vs_b:.3f}x')
   ratios[f'train_B{small}_vs_B{b}'] = b2_vs_b

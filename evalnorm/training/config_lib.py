@@ -16,6 +16,11 @@ import re
 import ml_collections
 from ml_collections import config_dict
 
+# How online estimation runs (trainer.TrainPrograms): in the SGD step's own
+# forward pass, or in a pass of its own.
+ESTIMATION_PROGRAMS = ('fused', 'separate')
+
+
 class ConfigError(ValueError):
   """A config value that cannot work; the message is one line for the user."""
 
@@ -42,6 +47,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.renorm_warmup_steps = 5000       # steps over which r/d clips ramp from (1, 0)
   c.estimate_alpha_beta = True       # online estimation of alpha/beta (EvalNorm only)
   c.estimate_every_steps = 4         # k: alpha/beta step on steps 1, 1+k, ...; see experiments/results/estimate_every.md
+  c.estimation = 'separate'          # 'fused': the auxiliary loss in the SGD step's pass; 'separate': a pass of its own
   c.per_channel = False              # alpha/beta per channel instead of per layer
   c.alpha_init = 0.0                 # initial alpha (0 = plain EMA evaluation)
   c.beta_init = 0.0                  # initial beta
@@ -176,6 +182,8 @@ def validate_values(config: ml_collections.ConfigDict, num_devices: int,
   require(c.bn_epsilon > 0, 'bn_epsilon', c.bn_epsilon, 'must be positive')
   for key in ('alpha_init', 'beta_init'):
     require(0 <= c[key] <= 1, key, c[key], 'must be in [0, 1]')
+  require(c.estimation in ESTIMATION_PROGRAMS, 'estimation', c.estimation,
+          f'allowed: {ESTIMATION_PROGRAMS}')
   _validate_batches(c, num_devices, num_processes, whole_batch)
 
 

@@ -6,11 +6,14 @@ of ``norm_batch_size`` examples. The CIFAR "microbatch" setup is one device
 with groups of B; the ImageNet setup is 8 devices with B examples each. BN
 statistics never cross devices (no ``axis_name`` on the norm layers).
 
-Online estimation runs, every ``estimate_every_steps`` steps, a program of its
-own before the SGD step: a training forward pass whose auxiliary loss (every
-EvalNorm layer's) moves alpha/beta only, with their own optimizer, clipped to
-[0, 1]. The SGD step is the same program with estimation on or off, so
-training is bit-identical either way (see ``alpha_beta_step``).
+Online estimation, every ``estimate_every_steps`` steps, moves alpha/beta by
+the gradient of every EvalNorm layer's auxiliary loss, with their own
+optimizer, clipped to [0, 1], in one of two programs (``config.estimation``):
+``'fused'``, the paper's single step, adds the auxiliary loss to the SGD
+step's own forward pass (its gradient reaches alpha/beta only); ``'separate'``
+runs a forward pass of its own before the unchanged SGD step, so that
+training is bit-identical with estimation on or off (see
+``alpha_beta_step``).
 
 ``train_and_evaluate(config, workdir)`` is what ``python -m evalnorm.main``
 runs; tests and notebooks call it directly.
@@ -99,34 +102,61 @@ def cross_entropy(logits, labels):
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
-def sgd_step(state: TrainState, forward, update_batch_stats: bool = True):
+def training_loss(state: TrainState, forward, params, evalnorm,
+                  update_batch_stats: bool = True, estimate: bool = False):
+  """The loss the SGD step differentiates, with (batch_stats, metrics).
+
+  ``estimate``: the auxiliary loss is added, and reported in the metrics as
+  ``aux_loss``. Behind its stop-gradients it changes no gradient but
+  alpha/beta's.
+  """
+  variables = {'params': params, 'batch_stats': state.batch_stats,
+               'evalnorm': evalnorm}
+  mutable = ['batch_stats', 'aux_loss'] if estimate else ['batch_stats']
+  task_loss, new_vars, metrics = forward(variables, mutable)
+  # Frozen statistics: the layers' EMA update is computed and dropped, which
+  # works for every norm of the slot (flax's BatchNorm included).
+  batch_stats = (new_vars['batch_stats'] if update_batch_stats
+                 else state.batch_stats)
+  metrics = {'loss': task_loss, **metrics}
+  if not estimate:
+    return task_loss, (batch_stats, metrics)
+  metrics['aux_loss'] = total_aux_loss(new_vars['aux_loss'])
+  return task_loss + metrics['aux_loss'], (batch_stats, metrics)
+
+
+def sgd_step(state: TrainState, forward, update_batch_stats: bool = True,
+             estimate: bool = False):
   """One SGD step on one device; cross-device ops are explicit below.
 
   ``forward(variables, mutable)`` runs the model in training mode and returns
   (task loss, updated collections, metrics). ``update_batch_stats=False``
   (``config.freeze_batch_stats``): groups still normalize by their own
-  statistics, but the moving averages stay as they are. alpha/beta are not
-  touched: ``alpha_beta_step`` estimates them in a program of its own.
+  statistics, but the moving averages stay as they are. ``estimate``
+  (online estimation, fused): the same forward pass also gives the
+  auxiliary loss, whose gradient moves alpha/beta through their own
+  optimizer; without it alpha/beta are not touched.
   """
-  def loss_fn(params):
-    variables = {'params': params, 'batch_stats': state.batch_stats,
-                 'evalnorm': state.evalnorm}
-    task_loss, new_vars, metrics = forward(variables, ['batch_stats'])
-    # Frozen statistics: the layers' EMA update is computed and dropped, which
-    # works for every norm of the slot (flax's BatchNorm included).
-    batch_stats = (new_vars['batch_stats'] if update_batch_stats
-                   else state.batch_stats)
-    return task_loss, (batch_stats, metrics)
-
-  (task_loss, (batch_stats, metrics)), grads = jax.value_and_grad(
-      loss_fn, has_aux=True)(state.params)
+  argnums = (0, 1) if estimate else 0
+  (_, (batch_stats, metrics)), grads = jax.value_and_grad(
+      functools.partial(training_loss, state, forward,
+                        update_batch_stats=update_batch_stats,
+                        estimate=estimate),
+      argnums=argnums, has_aux=True)(state.params, state.evalnorm)
+  grads, alpha_beta_grads = grads if estimate else (grads, None)
   # Data parallelism: every replica applies the mean gradient.
   grads = lax.pmean(grads, parallel.PMAP_AXIS)
   # Statistics were computed per device (the point of the method); averaging
   # the EMAs keeps the replicas identical without mixing the normalization.
   batch_stats = lax.pmean(batch_stats, parallel.PMAP_AXIS)
   new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-  metrics = lax.pmean({'loss': task_loss, **metrics}, parallel.PMAP_AXIS)
+  if estimate:
+    evalnorm, opt_state = calibration.update_alpha_beta(
+        state.evalnorm_tx, lax.pmean(alpha_beta_grads, parallel.PMAP_AXIS),
+        state.evalnorm_opt_state, state.evalnorm)
+    new_state = new_state.replace(evalnorm=evalnorm,
+                                  evalnorm_opt_state=opt_state)
+  metrics = lax.pmean(metrics, parallel.PMAP_AXIS)
   metrics['grad_norm'] = optax.tree.norm(grads)
   return new_state, metrics
 
@@ -139,14 +169,14 @@ def alpha_beta_step(state: TrainState, forward):
   over alpha/beta only; the moving-average update is dropped. Returns the new
   (evalnorm, evalnorm_opt_state) and the loss.
 
-  A program of its own, not a term added to the SGD step's loss: its
-  gradient to the weights would be exactly zero, but XLA compiles a step with
-  the extra term differently, and the reductions the weights' update shares
-  with it change order in the last bits (measured on the quick start's
-  ResNet-8). Kept apart, the SGD step is the same executable with estimation
-  on or off, so training is bit-identical by construction. The price is a
-  second forward pass on estimating steps, amortized by
-  ``estimate_every_steps``.
+  The ``'separate'`` estimation program (and offline estimation's step): a
+  program of its own, not a term added to the SGD step's loss. The fused
+  term's gradient to the weights is exactly zero, but XLA compiles a step
+  with it differently, and the reductions the weights' update shares with
+  it change order in the last bits. Kept apart, the SGD step is the same
+  executable with estimation on or off, so training is bit-identical by
+  construction. The price is a second forward pass on estimating steps,
+  amortized by ``estimate_every_steps``.
   """
   def aux_loss_fn(evalnorm):
     variables = {'params': state.params, 'batch_stats': state.batch_stats,
@@ -173,21 +203,32 @@ def classifier_forward(state: TrainState, batch):
 
 
 class TrainPrograms:
-  """The train loop's two pmapped programs and how a step combines them.
+  """The train loop's pmapped programs and how a step combines them.
 
   ``forward_fn(state, batch)`` gives the task's ``forward`` (the classifier's
-  or the detector's). An estimating step runs ``alpha_beta_step`` on the
-  state before the update, then the same SGD step as every other step.
-  ``devices``: as ``jax.pmap``'s (default: all local devices).
+  or the detector's). An estimating step runs, with ``estimation='fused'``,
+  ``sgd_estimating`` (the SGD step with the auxiliary loss in its forward
+  pass); with ``'separate'``, ``alpha_beta_step`` on the state before the
+  update, then the same SGD step as every other step. ``devices``: as
+  ``jax.pmap``'s (default: all local devices).
   """
 
   def __init__(self, forward_fn, update_batch_stats: bool = True,
-               devices=None):
+               devices=None, estimation: str = 'separate'):
+    if estimation not in config_lib.ESTIMATION_PROGRAMS:
+      raise ValueError(f'estimation={estimation!r} is not one of '
+                       f'{config_lib.ESTIMATION_PROGRAMS}')
+    self.fused = estimation == 'fused'
     self._agreement = preemption.StopAgreement()
-    # With several processes the SGD step also sums their SIGTERM flags.
-    self.sgd = parallel.pmap(self._agreement.wrap(
-        lambda s, b: sgd_step(s, forward_fn(s, b), update_batch_stats)),
-                             devices=devices, donate_argnums=(0,))
+
+    def sgd_program(estimate):
+      # With several processes the SGD step also sums their SIGTERM flags.
+      return parallel.pmap(self._agreement.wrap(
+          lambda s, b: sgd_step(s, forward_fn(s, b), update_batch_stats,
+                                estimate)),
+                           devices=devices, donate_argnums=(0,))
+    self.sgd = sgd_program(estimate=False)
+    self.sgd_estimating = sgd_program(estimate=True)
     self.alpha_beta = parallel.pmap(
         lambda s, b: alpha_beta_step(s, forward_fn(s, b)), devices=devices)
 
@@ -203,6 +244,9 @@ class TrainPrograms:
     ``sigterm_received``: this process's flag; the answer is the same on
     every process (``StopAgreement``).
     """
+    if estimating and self.fused:
+      return self._agreement.step(self.sgd_estimating, state, batch,
+                                  sigterm_received)
     aux_loss = None
     if estimating:
       evalnorm, opt_state, aux_loss = self.alpha_beta(state, batch)
@@ -341,7 +385,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       state = train_loop(
           state, dataset,
           TrainPrograms(task.forward_fn,
-                        update_batch_stats=not config.freeze_batch_stats),
+                        update_batch_stats=not config.freeze_batch_stats,
+                        estimation=config.estimation),
           Schedule.from_config(config, total_steps, task.estimate), manager,
           checkpoint_meta(config, dataset.num_classes), writer, task.evaluator)
       sigterm.situation = (f'during the final evaluation: the checkpoint of '
