@@ -404,7 +404,8 @@ def run_setup(setup: Setup, repeats: int, warmup: int, half_precision: bool,
     batch = parallel.replicate({'image': images, 'label': labels_np}, [device])
     # As trainer.TrainPrograms runs them: the SGD step donates the state; the
     # alpha/beta step reads it.
-    steps = trainer.TrainPrograms(trainer.classifier_forward, devices=[device])
+    steps = trainer.TrainPrograms(trainer.classifier_forward,
+                                  devices=parallel.Pmap([device]))
     step = getattr(steps, v.program)
     train_lowered[v.key] = step.lower(state, batch)
     train_inputs[v.key] = (state, batch)

@@ -83,7 +83,7 @@ def worker(args) -> None:
       lambda s, b: trainer.sgd_step(s, trainer.classifier_forward(s, b)),
       donate_argnums=(0,))
   folded_steps = trainer.TrainPrograms(trainer.classifier_forward)  # with several processes
-  flags_sum = parallel.pmap(lambda flag: jax.lax.psum(flag, parallel.PMAP_AXIS))
+  flags_sum = parallel.pmap(lambda flag: jax.lax.psum(flag, parallel.DEVICE_AXIS))
   # On the devices beforehand: the variants time the step, not the input.
   batches = list(jax_utils.prefetch_to_device(
       (parallel.shard(next(dataset.train_batches(s))) for s in range(8)), 1))

@@ -54,9 +54,9 @@ def quick_start_run(num_steps: int, estimate: bool = True, steps=None,
 
 def quick_start_steps():
   """The train loop's programs on one device, as the quick start runs."""
-  from evalnorm.training import trainer
+  from evalnorm.training import parallel, trainer
   return trainer.TrainPrograms(trainer.classifier_forward,
-                               devices=jax.local_devices()[:1])
+                               devices=parallel.Pmap(jax.local_devices()[:1]))
 
 
 if __name__ == '__main__':

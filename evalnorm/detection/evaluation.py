@@ -23,7 +23,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from evalnorm.training import evaluation, files, parallel
+from evalnorm.training import evaluation, files
 
 METRICS = ('AP', 'AP50', 'AP75')  # COCOeval.stats[0:3], in percent
 
@@ -168,10 +168,13 @@ class DetectionEvaluator(evaluation.Evaluator):
     names = list(mode_variables)
     stacked = jax.tree_util.tree_map(lambda *v: np.stack(v),
                                      *mode_variables.values())
-    stacked, params = parallel.replicate((stacked, params))
+    stacked, params = self.devices.replicate((stacked, params))
     detections = {name: [] for name in names}
     for batch in dataset.eval_batches():
-      outputs = jax.device_get(self._step(params, stacked, parallel.shard(batch)))
+      # Every device's own detections (pmap's leading device axis), not one
+      # copy of a reduced value: jax.device_get, not devices.to_host.
+      outputs = jax.device_get(self._step(params, stacked,
+                                          self.devices.shard(batch)))
       real = batch['mask'] > 0
       image_ids = batch['image_id'][real]
       unshard = lambda x: x.reshape((-1,) + x.shape[2:])[real]

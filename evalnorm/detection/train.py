@@ -87,6 +87,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int,
   builders.lookup(MODELS, 'model', config.model).check(config)
   require(num_processes == 1, 'distributed', config.distributed,
           'detection evaluation gathers detections in one process')
+  require(config.parallelism == 'pmap', 'parallelism', config.parallelism,
+          "the detector runs under 'pmap' only (its evaluation reads every "
+          "device's own detections)")
   for key in ('canvas_size', 'num_eval_images', 'num_proposals',
               'rois_per_image', 'pre_nms_top_k', 'rpn_samples',
               'max_detections'):
@@ -165,7 +168,7 @@ def detector_forward(state: trainer.TrainState, batch, *, seed: int,
   """
   key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed),
                                               state.step),
-                           lax.axis_index(parallel.PMAP_AXIS))
+                           lax.axis_index(parallel.DEVICE_AXIS))
   rpn_key, roi_key = jax.random.split(key)
 
   def forward(variables, mutable):
@@ -221,7 +224,8 @@ def detection_task(config: ml_collections.ConfigDict, workdir: str
                               directory=files.path(workdir) / 'coco'),
       lambda results: {f'eval/{mode}_{name}': value
                        for mode, r in results.items()
-                       for name, value in r.items()})
+                       for name, value in r.items()},
+      evaluator.devices)
 
 
 def forward_fn(config):
@@ -274,15 +278,17 @@ def estimate_and_evaluate(config: ml_collections.ConfigDict,
       batch_stats=variables['batch_stats'], evalnorm=evalnorm,
       evalnorm_opt_state=alpha_beta_tx.init(evalnorm), evalnorm_tx=alpha_beta_tx)
   steps = trainer.TrainPrograms(forward_fn(config))
-  state = parallel.replicate(frozen)
+  devices = steps.devices
+  state = devices.replicate(frozen)
   for i, batch in enumerate(itertools.islice(
       dataset.train_batches(0), config.offline_estimation_steps), start=1):
     evalnorm, opt_state, aux_loss = steps.alpha_beta(state,
-                                                     parallel.shard(batch))
+                                                     devices.shard(batch))
     state = state.replace(evalnorm=evalnorm, evalnorm_opt_state=opt_state)
     if i % config.log_every_steps == 0:
-      calibration.log_progress(i, float(aux_loss[0]), parallel.to_host(evalnorm))
-  estimated = frozen.replace(evalnorm=parallel.to_host(state.evalnorm))
+      calibration.log_progress(i, float(devices.to_host(aux_loss)),
+                               devices.to_host(evalnorm))
+  estimated = frozen.replace(evalnorm=devices.to_host(state.evalnorm))
   evaluator = make_evaluator(
       config, dataset, model, model,
       evaluation.ModeSettings('evalnorm', config.norm_batch_size,

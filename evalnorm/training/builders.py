@@ -23,7 +23,7 @@ import ml_collections
 
 from evalnorm import baselines, calibration, data, models
 from evalnorm.layers import EvalNorm
-from evalnorm.training import config_lib, finetune
+from evalnorm.training import config_lib, finetune, parallel
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,7 +162,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int,
 def validate_shared(config: ml_collections.ConfigDict, num_devices: int,
                     num_processes: int = 1, training: bool = True) -> None:
   """The rules every task (classification, detection) shares: the norm
-  slot, alpha/beta's optimizer, the fine-tuning start, and
+  slot, alpha/beta's optimizer, the parallelism, the fine-tuning start, and
   ``config_lib.validate_values``.
 
   ``training=False`` (offline estimation and evaluation) lifts the rule that
@@ -171,6 +171,7 @@ def validate_shared(config: ml_collections.ConfigDict, num_devices: int,
   norm = lookup(NORMS, 'norm', config.norm)
   lookup(calibration.ALPHA_BETA_OPTIMIZERS, 'alpha_beta_optimizer',
          config.alpha_beta_optimizer)
+  lookup(parallel.PARALLELISMS, 'parallelism', config.parallelism)
   config_lib.require(config.init_norm in finetune.INIT_NORMS, 'init_norm',
                      config.init_norm, f'allowed: {finetune.INIT_NORMS}')
   config_lib.validate_values(config, num_devices, num_processes,

@@ -73,6 +73,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.async_checkpointing = True       # write checkpoints in a background thread
   c.eval_every_steps = 1000          # periodic evaluation (logged, not in eval.json)
   c.log_every_steps = 100            # loss, learning rate, mean alpha/beta, steps/s
+  c.parallelism = 'pmap'             # 'pmap' or 'shard_map' (jax.jit over a device mesh): the same computation
   c.distributed = False              # call jax.distributed.initialize() (multi-host)
   # With distributed: None leaves each to jax's cluster auto-detection (TPU, Slurm, MPI).
   c.coordinator_address = config_dict.placeholder(str)  # 'host:port' of process 0

@@ -88,7 +88,7 @@ def _sums(logits, batch):
   sums = {'correct': jnp.sum(mask * (jnp.argmax(logits, -1) == labels)),
           'correct_top5': jnp.sum(mask * _in_top_k(logits, labels, 5)),
           'loss': jnp.sum(mask * loss), 'count': jnp.sum(mask)}
-  return lax.psum(sums, parallel.PMAP_AXIS)
+  return lax.psum(sums, parallel.DEVICE_AXIS)
 
 
 def eval_step(params, stacked_modes, batch, apply_fn, train_stats: bool):
@@ -147,21 +147,24 @@ class ModeSettings:
 
 
 class Evaluator:
-  """Builds the eval model and its pmapped step once; call it on any state.
+  """Builds the eval model and its per-device step once; call it on any state.
 
   ``model`` is the trained model and ``evalnorm_model`` the same architecture
   with EvalNorm layers (groups of B), used for BatchNorm-family models.
-  ``step``: the per-device program (``eval_step`` or the detector's).
+  ``step``: the per-device program (``eval_step`` or the detector's);
+  ``devices``: the ``parallel.Pmap`` or ``parallel.ShardMap`` it runs on.
   """
 
   def __init__(self, model, evalnorm_model, settings: ModeSettings,
-               step: Callable = eval_step):
+               step: Callable = eval_step, devices=None):
     self.settings = settings
+    self.devices = devices or parallel.Pmap()
     self.uses_batch_statistics = builders.NORMS[settings.norm].batch_statistics
     eval_model = evalnorm_model if self.uses_batch_statistics else model
-    self._step = parallel.pmap(
+    self._step = self.devices.program(
         functools.partial(step, apply_fn=eval_model.apply,
-                          train_stats=self.uses_batch_statistics))
+                          train_stats=self.uses_batch_statistics),
+        kinds=(parallel.REPLICATED, parallel.REPLICATED, parallel.SHARDED))
 
   def alpha_beta(self, state) -> Any:
     """The state's ``evalnorm`` collection (zeros for a converted model)."""
@@ -191,9 +194,9 @@ class Evaluator:
     names = list(mode_variables)
     stacked = jax.tree_util.tree_map(lambda *v: np.stack(v),
                                      *mode_variables.values())
-    stacked, params = parallel.replicate((stacked, params))
+    stacked, params = self.devices.replicate((stacked, params))
     totals = parallel.sum_over_batches(
-        lambda batch: self._step(params, stacked, batch),
+        self.devices, lambda batch: self._step(params, stacked, batch),
         dataset.eval_batches())
     for i, name in enumerate(names):
       totals[name] = {k: v[i] for k, v in totals['modes'].items()}

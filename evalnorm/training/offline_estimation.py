@@ -27,31 +27,36 @@ from evalnorm.variables import (batchnorm_to_evalnorm, mean_alpha_beta,
 
 
 def estimate_offline(model, variables, batches: Iterable, tx,
-                     group_size: int, log_every_steps: int) -> dict:
+                     group_size: int, log_every_steps: int,
+                     devices=None) -> dict:
   """The ``evalnorm`` collection estimated from ``variables['evalnorm']``.
 
-  The library's calibration step under pmap, one step a batch of
-  ``batches``: each device cuts its share of the batch into groups of B
+  The library's calibration step on every device (``devices``: a
+  ``parallel.Pmap`` or ``parallel.ShardMap``, default pmap), one step a batch
+  of ``batches``: each device cuts its share of the batch into groups of B
   (``group_size``), and the alpha/beta gradients are averaged.
   """
-  step = parallel.pmap(functools.partial(
+  devices = devices or parallel.Pmap()
+  step = devices.program(functools.partial(
       calibration.calibration_step,
       apply_fn=functools.partial(model.apply, train=True), tx=tx,
-      group_size=group_size, axis_name=parallel.PMAP_AXIS))
-  frozen = parallel.replicate({'params': variables['params'],
-                               'batch_stats': variables['batch_stats']})
+      group_size=group_size, axis_name=parallel.DEVICE_AXIS),
+                         kinds=(parallel.REPLICATED,) * 3 + (parallel.SHARDED,))
+  frozen = devices.replicate({'params': variables['params'],
+                              'batch_stats': variables['batch_stats']})
   evalnorm = variables['evalnorm']
-  evalnorm, opt_state = parallel.replicate((evalnorm, tx.init(evalnorm)))
+  evalnorm, opt_state = devices.replicate((evalnorm, tx.init(evalnorm)))
   for i, batch in enumerate(batches, start=1):
     evalnorm, opt_state, loss = step(evalnorm, opt_state, frozen,
-                                     parallel.shard(batch)['image'])
+                                     devices.shard(batch['image']))
     if i % log_every_steps == 0:
-      calibration.log_progress(i, float(loss[0]), parallel.to_host(evalnorm))
-  return parallel.to_host(evalnorm)
+      calibration.log_progress(i, float(devices.to_host(loss)),
+                               devices.to_host(evalnorm))
+  return devices.to_host(evalnorm)
 
 
 def precise_batch_stats(model, variables, batches: Iterable,
-                        num_batches: int) -> dict:
+                        num_batches: int, devices=None) -> dict:
   """PreciseBN: batch_stats recomputed as the true mean of per-batch statistics.
 
   Each of the ``num_batches`` training batches of ``batches`` runs ``model``
@@ -61,13 +66,15 @@ def precise_batch_stats(model, variables, batches: Iterable,
   towards recent, older weights.
   """
   model = model.clone(norm=functools.partial(model.norm, momentum=0.0))
+  devices = devices or parallel.Pmap()
 
   def batch_statistics(batch):
     _, new_vars = model.apply(variables, batch['image'], train=True,
                               mutable=['batch_stats'])
-    return lax.pmean(new_vars['batch_stats'], parallel.PMAP_AXIS)
-  total = parallel.sum_over_batches(parallel.pmap(batch_statistics),
-                                    itertools.islice(batches, num_batches))
+    return lax.pmean(new_vars['batch_stats'], parallel.DEVICE_AXIS)
+  total = parallel.sum_over_batches(
+      devices, devices.program(batch_statistics, kinds=(parallel.SHARDED,)),
+      itertools.islice(batches, num_batches))
   return jax.tree_util.tree_map(lambda t: t / num_batches, total)
 
 
@@ -143,12 +150,13 @@ def estimate_and_evaluate(config, checkpoint_dir: str, workdir: str) -> dict:
                                     *builders.MODELS[config.model].keys)})
   start = {**variables, 'evalnorm': set_alpha_beta(
       variables['evalnorm'], config.alpha_init, config.beta_init)}
+  devices = parallel.PARALLELISMS[config.parallelism]()
   tx = calibration.alpha_beta_optimizer(config.alpha_beta_optimizer,
                                         config.alpha_beta_learning_rate)
   evalnorm = estimate_offline(
       model, start, itertools.islice(dataset.train_batches(0),
                                      config.offline_estimation_steps),
-      tx, config.norm_batch_size, config.log_every_steps)
+      tx, config.norm_batch_size, config.log_every_steps, devices)
   num_examples = config.offline_estimation_steps * config.batch_size
   logging.info('offline estimate from %d examples: mean alpha %.4f, mean '
                'beta %.4f (every layer\'s in eval.json)', num_examples,
@@ -162,11 +170,12 @@ def estimate_and_evaluate(config, checkpoint_dir: str, workdir: str) -> dict:
     mode_variables['precise_ema'] = {
         'batch_stats': precise_batch_stats(model, variables,
                                            dataset.train_batches(0),
-                                           config.precise_ema_batches),
+                                           config.precise_ema_batches, devices),
         'evalnorm': modes['ema']}
   evaluator = evaluation.Evaluator(
       trained_model, model,
-      evaluation.ModeSettings(config.norm, config.norm_batch_size))
+      evaluation.ModeSettings(config.norm, config.norm_batch_size),
+      devices=devices)
   results = evaluator(variables['params'], mode_variables, dataset)
   return summary.write_eval_json(
       workdir, config, meta.get('step'), dataset.num_eval_examples, results,

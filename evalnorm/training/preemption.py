@@ -79,7 +79,7 @@ class StopAgreement:
   One process: its own flag, no collective, the step as it is. Several:
   ``wrap`` adds the sum of the local flags over every device of the job to
   the train step's own program (a psum of one float32 per device;
-  PMAP_AXIS spans all processes), and ``step`` answers with the sum of the
+  DEVICE_AXIS spans all processes), and ``step`` answers with the sum of the
   previous step. Every process reads the same sum of the same step, so all
   stop after the same step, at most two steps after the first SIGTERM.
 
@@ -97,32 +97,42 @@ class StopAgreement:
   in C++, where SigtermFlag would never see it (evalnorm.training.cli).
   """
 
-  def __init__(self):
+  def __init__(self, devices=None):
+    """``devices``: the ``parallel.Pmap`` or ``parallel.ShardMap`` that runs
+    the step (default: pmap over the local devices)."""
+    self._devices = devices or parallel.Pmap()
     self._several = jax.process_count() > 1
     self._pending = None  # the flags' sum of the step dispatched last
 
+  @property
+  def kinds(self) -> tuple[str, ...]:
+    """The wrapped step's arguments, as ``devices.program`` takes them."""
+    flags = (parallel.SHARDED,) if self._several else ()
+    return (parallel.REPLICATED, parallel.SHARDED) + flags
+
   def wrap(self, step_fn):
-    """The per-device step to pmap: with several processes ``step_fn(state,
-    batch)`` plus the flags' sum, taking the local flag as a third input."""
+    """The per-device step: with several processes ``step_fn(state, batch)``
+    plus the flags' sum, taking this device's flag as a third input."""
     if not self._several:
       return step_fn
 
     def step_and_flags(state, batch, flag):
       state, metrics = step_fn(state, batch)
-      return state, metrics, lax.psum(flag, parallel.PMAP_AXIS)
+      return state, metrics, lax.psum(flag, parallel.DEVICE_AXIS)
     return step_and_flags
 
-  def step(self, pmapped_step, state, batch, received: bool):
+  def step(self, program, state, batch, received: bool):
     """Dispatches the step; (state, metrics, whether to stop after it)."""
     if not self._several:
-      state, metrics = pmapped_step(state, batch)
+      state, metrics = program(state, batch)
       return state, metrics, received
-    flags = np.full(jax.local_device_count(), received, np.float32)
+    flags = self._devices.shard(
+        np.full(self._devices.local_device_count, received, np.float32))
     previous = self._pending
-    state, metrics, self._pending = pmapped_step(state, batch, flags)
+    state, metrics, self._pending = program(state, batch, flags)
     if previous is None:
       return state, metrics, False
     # This process's own copy of the sum: indexing the global array
     # (previous[0]) would run a program on every process's devices.
     local_sum = np.asarray(previous.addressable_data(0))
-    return state, metrics, float(local_sum[0]) > 0
+    return state, metrics, float(local_sum.reshape(-1)[0]) > 0

@@ -33,7 +33,7 @@ import numpy as np
 import optax
 from absl import logging
 from clu import metric_writers, periodic_actions
-from flax import jax_utils, serialization
+from flax import serialization
 from flax.training import train_state
 from jax import lax
 
@@ -145,18 +145,18 @@ def sgd_step(state: TrainState, forward, update_batch_stats: bool = True,
       argnums=argnums, has_aux=True)(state.params, state.evalnorm)
   grads, alpha_beta_grads = grads if estimate else (grads, None)
   # Data parallelism: every replica applies the mean gradient.
-  grads = lax.pmean(grads, parallel.PMAP_AXIS)
+  grads = lax.pmean(grads, parallel.DEVICE_AXIS)
   # Statistics were computed per device (the point of the method); averaging
   # the EMAs keeps the replicas identical without mixing the normalization.
-  batch_stats = lax.pmean(batch_stats, parallel.PMAP_AXIS)
+  batch_stats = lax.pmean(batch_stats, parallel.DEVICE_AXIS)
   new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
   if estimate:
     evalnorm, opt_state = calibration.update_alpha_beta(
-        state.evalnorm_tx, lax.pmean(alpha_beta_grads, parallel.PMAP_AXIS),
+        state.evalnorm_tx, lax.pmean(alpha_beta_grads, parallel.DEVICE_AXIS),
         state.evalnorm_opt_state, state.evalnorm)
     new_state = new_state.replace(evalnorm=evalnorm,
                                   evalnorm_opt_state=opt_state)
-  metrics = lax.pmean(metrics, parallel.PMAP_AXIS)
+  metrics = lax.pmean(metrics, parallel.DEVICE_AXIS)
   metrics['grad_norm'] = optax.tree.norm(grads)
   return new_state, metrics
 
@@ -185,7 +185,7 @@ def alpha_beta_step(state: TrainState, forward):
     return total_aux_loss(new_vars['aux_loss'])
 
   aux_loss, grads = jax.value_and_grad(aux_loss_fn)(state.evalnorm)
-  grads, aux_loss = lax.pmean((grads, aux_loss), parallel.PMAP_AXIS)
+  grads, aux_loss = lax.pmean((grads, aux_loss), parallel.DEVICE_AXIS)
   evalnorm, opt_state = calibration.update_alpha_beta(
       state.evalnorm_tx, grads, state.evalnorm_opt_state, state.evalnorm)
   return evalnorm, opt_state, aux_loss
@@ -203,14 +203,15 @@ def classifier_forward(state: TrainState, batch):
 
 
 class TrainPrograms:
-  """The train loop's pmapped programs and how a step combines them.
+  """The train loop's per-device programs and how a step combines them.
 
   ``forward_fn(state, batch)`` gives the task's ``forward`` (the classifier's
   or the detector's). An estimating step runs, with ``estimation='fused'``,
   ``sgd_estimating`` (the SGD step with the auxiliary loss in its forward
   pass); with ``'separate'``, ``alpha_beta_step`` on the state before the
-  update, then the same SGD step as every other step. ``devices``: as
-  ``jax.pmap``'s (default: all local devices).
+  update, then the same SGD step as every other step. ``devices``: the
+  ``parallel.Pmap`` or ``parallel.ShardMap`` that runs them (default: pmap
+  over the local devices).
   """
 
   def __init__(self, forward_fn, update_batch_stats: bool = True,
@@ -219,18 +220,19 @@ class TrainPrograms:
       raise ValueError(f'estimation={estimation!r} is not one of '
                        f'{config_lib.ESTIMATION_PROGRAMS}')
     self.fused = estimation == 'fused'
-    self._agreement = preemption.StopAgreement()
+    self.devices = devices or parallel.Pmap()
+    self._agreement = preemption.StopAgreement(self.devices)
 
     def sgd_program(estimate):
       # With several processes the SGD step also sums their SIGTERM flags.
-      return parallel.pmap(self._agreement.wrap(
-          lambda s, b: sgd_step(s, forward_fn(s, b), update_batch_stats,
-                                estimate)),
-                           devices=devices, donate_argnums=(0,))
+      return self.devices.program(
+          self._agreement.wrap(lambda s, b: sgd_step(
+              s, forward_fn(s, b), update_batch_stats, estimate)),
+          self._agreement.kinds, donate=(0,))
     self.sgd = sgd_program(estimate=False)
     self.sgd_estimating = sgd_program(estimate=True)
-    self.alpha_beta = parallel.pmap(
-        lambda s, b: alpha_beta_step(s, forward_fn(s, b)), devices=devices)
+    self.alpha_beta = self.devices.program(
+        lambda s, b: alpha_beta_step(s, forward_fn(s, b)))
 
   def __call__(self, state: TrainState, batch, estimating: bool):
     """One step: (state, metrics)."""
@@ -327,7 +329,8 @@ class Task:
   estimate: alpha/beta are estimated online. forward_fn: as ``TrainPrograms``'.
   fine_tuning_start: as ``restore_or_create``'s. final_evaluation(state):
   the results of the trained state (on the host), {mode: {metric: value}};
-  final_scalars(results): what the metric writer gets of them.
+  final_scalars(results): what the metric writer gets of them. devices: the
+  ``parallel.Pmap`` or ``parallel.ShardMap`` every program runs on.
   """
   dataset: Any
   model: nn.Module
@@ -337,6 +340,7 @@ class Task:
   fine_tuning_start: Callable[[TrainState], TrainState] | None
   final_evaluation: Callable[[TrainState], dict]
   final_scalars: Callable[[dict], dict]
+  devices: Any
 
 
 def classification_task(config: ml_collections.ConfigDict, workdir: str
@@ -348,15 +352,17 @@ def classification_task(config: ml_collections.ConfigDict, workdir: str
   dataset = data.make_dataset(config)
   model = builders.build_model(config, dataset.num_classes)
   estimate = builders.estimates_online(config)
+  devices = parallel.PARALLELISMS[config.parallelism]()
   evaluator = evaluation.Evaluator(
       model, builders.build_model(config, dataset.num_classes, 'evalnorm'),
-      evaluation.ModeSettings.from_config(config, estimate))
+      evaluation.ModeSettings.from_config(config, estimate), devices=devices)
   return Task(
       dataset, model, evaluator, estimate, classifier_forward,
       fine_tuning_start(config, dataset.image_shape),
       lambda state: evaluator(state.params, evaluator.modes(state), dataset),
       lambda results: {f'eval/{mode}_top1': r['top1']
-                       for mode, r in results.items()})
+                       for mode, r in results.items()},
+      devices)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -386,13 +392,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           state, dataset,
           TrainPrograms(task.forward_fn,
                         update_batch_stats=not config.freeze_batch_stats,
-                        estimation=config.estimation),
+                        devices=task.devices, estimation=config.estimation),
           Schedule.from_config(config, total_steps, task.estimate), manager,
           checkpoint_meta(config, dataset.num_classes), writer, task.evaluator)
       sigterm.situation = (f'during the final evaluation: the checkpoint of '
                            f'step {total_steps} in {manager.directory} holds '
                            'the trained state')
-      state = parallel.to_host(state)
+      state = task.devices.to_host(state)
       results = task.final_evaluation(state)
     writer.write_scalars(total_steps, task.final_scalars(results))
     record = summary.write_eval_json(
@@ -412,28 +418,29 @@ def is_estimating_step(step: int, every: int) -> bool:
   return (step - 1) % every == 0
 
 
-def log_step(writer, step, state, metrics, learning_rate, estimate):
-  scalars = parallel.to_host(metrics)
+def log_step(writer, devices, step, state, metrics, learning_rate, estimate):
+  scalars = devices.to_host(metrics)
   check_finite(step, scalars)
   scalars = {k: float(v) for k, v in scalars.items()}
   scalars['learning_rate'] = float(learning_rate(step))
   if estimate:
     scalars['alpha'], scalars['beta'] = mean_alpha_beta(
-        parallel.to_host(state.evalnorm))
+        devices.to_host(state.evalnorm))
   writer.write_scalars(step, scalars)
 
 
-def save_checkpoint(manager, step, state, metrics, meta):
+def save_checkpoint(manager, devices, step, state, metrics, meta):
   # The saved arrays themselves are checked, not only the step's loss: the
   # loss is computed before the step's update, so an update that overflowed
   # would pass. Thus the latest checkpoint is always a good one to resume.
-  state = parallel.to_host(state)
-  check_finite(step, parallel.to_host(metrics), state)
+  # Host arrays: the checkpoint is the same whichever parallelism wrote it.
+  state = devices.to_host(state)
+  check_finite(step, devices.to_host(metrics), state)
   checkpoint.save(manager, state, meta)
 
 
-def evaluate_periodically(writer, evaluator, dataset, step, state):
-  current = parallel.to_host(state)
+def evaluate_periodically(writer, devices, evaluator, dataset, step, state):
+  current = devices.to_host(state)
   results = evaluator(current.params, evaluator.modes(current), dataset)
   # Every metric of every mode: top-1 and loss, or a detector's COCO APs.
   writer.write_scalars(step, {f'eval/{mode}_{name}': value
@@ -465,19 +472,20 @@ class Schedule:
                config.estimate_every_steps if estimate else None)
 
 
-def train_loop(state: TrainState, dataset, steps: TrainPrograms, schedule: Schedule,
-               manager, meta: dict, writer, evaluator) -> TrainState:
+def train_loop(state: TrainState, dataset, steps: TrainPrograms,
+               schedule: Schedule, manager, meta: dict, writer,
+               evaluator) -> TrainState:
   """Runs steps from ``state.step`` to ``schedule.total_steps``; returns the
-  replicated state.
+  state as ``steps.devices`` lays it out.
 
   Checkpoints go to ``manager`` with ``meta``; metrics and periodic
   evaluations (by ``evaluator``) to ``writer``.
   """
   start_step, total_steps = int(state.step), schedule.total_steps
   estimate = schedule.estimate_every_steps is not None
-  state = parallel.replicate(state)
-  batches = jax_utils.prefetch_to_device(
-      map(parallel.shard, dataset.train_batches(start_step)), 2)
+  devices = steps.devices
+  state = devices.replicate(state)
+  batches = devices.prefetch(dataset.train_batches(start_step))
   progress = periodic_actions.ReportProgress(
       num_train_steps=total_steps, writer=writer)
   with preemption.SigtermFlag() as sigterm:
@@ -490,14 +498,15 @@ def train_loop(state: TrainState, dataset, steps: TrainPrograms, schedule: Sched
       progress(step)
       is_last = step == total_steps
       if step % schedule.log_every_steps == 0 or is_last:
-        log_step(writer, step, state, metrics, schedule.learning_rate, estimate)
+        log_step(writer, devices, step, state, metrics, schedule.learning_rate,
+                 estimate)
       if step % schedule.checkpoint_every_steps == 0 or is_last or stop:
-        save_checkpoint(manager, step, state, metrics, meta)
+        save_checkpoint(manager, devices, step, state, metrics, meta)
       if stop:
         manager.wait_until_finished()
         raise preemption.Preempted(
             f'SIGTERM received: saved a checkpoint at step {step} in '
             f'{manager.directory}; rerun the same command to resume')
       if step % schedule.eval_every_steps == 0 and not is_last:
-        evaluate_periodically(writer, evaluator, dataset, step, state)
+        evaluate_periodically(writer, devices, evaluator, dataset, step, state)
   return state

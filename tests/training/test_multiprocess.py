@@ -76,14 +76,21 @@ def log_of(process):
     return f.read()
 
 
+# Every multi-process test runs on both ways of running the programs.
+PARALLELISMS = pytest.mark.parametrize('parallelism', ['pmap', 'shard_map'])
+
+
 @pytest.mark.slow  # 2 processes + a 1-process run: 3 min on 2 busy cores.
 @pytest.mark.xdist_group('multiprocess')
-def test_two_processes_train_as_one_process(tmp_path, processes):
+@PARALLELISMS
+def test_two_processes_train_as_one_process(tmp_path, processes, parallelism):
   job = processes(tmp_path / 'two', '--config.num_train_steps=6',
-                  '--config.checkpoint_every_steps=3')
+                  '--config.checkpoint_every_steps=3',
+                  f'--config.parallelism={parallelism}')
   assert [p.wait(timeout=600) for p in job] == [0, 0]
   two = read_eval(tmp_path / 'two')
   assert sorted(os.listdir(tmp_path / 'two' / 'checkpoints')) == ['3', '6']
+  # The reference is pmap on 8 devices in one process, whichever path ran.
   config = small_digits_config(num_train_steps=6, checkpoint_every_steps=3)
   one = trainer.train_and_evaluate(config, str(tmp_path / 'one'))  # 8 devices
   # train_stats normalizes groups of eval examples, and each process holds
@@ -106,11 +113,13 @@ def wait_for_checkpoint(workdir, step: int, process, timeout_s=400):
 
 @pytest.mark.slow  # two 2-process jobs: 7 min on 2 busy cores.
 @pytest.mark.xdist_group('multiprocess')
+@PARALLELISMS
 def test_a_dead_process_stops_the_other_and_the_job_resumes(tmp_path,
-                                                            processes):
+                                                            processes,
+                                                            parallelism):
   workdir = tmp_path / 'run'
   args = ('--config.num_train_steps=300', '--config.checkpoint_every_steps=20',
-          '--config.log_every_steps=20')
+          '--config.log_every_steps=20', f'--config.parallelism={parallelism}')
   job = processes(workdir, *args)
   wait_for_checkpoint(workdir, 20, job[0])
   job[1].send_signal(signal.SIGKILL)
@@ -177,13 +186,14 @@ def preempted_step(process) -> int:
 
 @pytest.mark.slow  # three 2-process jobs: ~6 min on 2 busy cores.
 @pytest.mark.xdist_group('multiprocess')
+@PARALLELISMS
 def test_sigterm_to_both_processes_saves_one_step_and_resumes_exactly(
-    tmp_path, processes):
+    tmp_path, processes, parallelism):
   """The notices arrive at different moments (process 1's first, then the
   coordinator's); both processes stop after the same step, save it once and
   exit 143; rerunning both ends where the uninterrupted job ends."""
   args = ('--config.num_train_steps=40', '--config.checkpoint_every_steps=5',
-          '--config.log_every_steps=5')
+          '--config.log_every_steps=5', f'--config.parallelism={parallelism}')
   start = functools.partial(processes, timeout_s=120)  # no process dies here
   reference = start(tmp_path / 'reference', *args, name='reference')
   assert [p.wait(timeout=600) for p in reference] == [0, 0]

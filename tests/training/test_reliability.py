@@ -17,8 +17,8 @@ import pytest
 from flax import jax_utils
 
 from evalnorm import data
-from evalnorm.training import (builders, checkpoint, evaluation, preemption,
-                               trainer)
+from evalnorm.training import (builders, checkpoint, evaluation, parallel,
+                               preemption, trainer)
 
 from training_helpers import ROOT, logged_steps, read_eval, small_digits_config
 
@@ -86,7 +86,8 @@ def test_a_non_finite_state_is_never_saved(tmp_path):
   metrics = {name: np.zeros(8) for name in ('loss', 'aux_loss', 'grad_norm')}
   manager = checkpoint.make_manager(str(tmp_path), asynchronous=False)
   with pytest.raises(trainer.TrainingDiverged, match='batch_stats/final_norm/var'):
-    trainer.save_checkpoint(manager, 1, jax_utils.replicate(state), metrics, {})
+    trainer.save_checkpoint(manager, parallel.Pmap(), 1,
+                            jax_utils.replicate(state), metrics, {})
   assert manager.latest_step() is None
 
 

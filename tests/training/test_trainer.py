@@ -111,7 +111,8 @@ def steps_on_devices(config, num_devices, num_steps):
       model, jax.random.PRNGKey(0), config.norm_batch_size,
       dataset.image_shape, trainer.Optimizers.from_config(config, 30))
   devices = jax.devices()[:num_devices]
-  steps = trainer.TrainPrograms(trainer.classifier_forward, devices=devices)
+  steps = trainer.TrainPrograms(trainer.classifier_forward,
+                                devices=parallel.Pmap(devices))
   state = jax_utils.replicate(state, devices=devices)
   batches = dataset.train_batches(0)
   for _ in range(num_steps):
