@@ -20,7 +20,7 @@ import numpy as np
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 
-from experiments import fig2_error_vs_b, runs  # noqa: E402
+from experiments import (command_line, fig2_error_vs_b, result_files, runner)  # noqa: E402
 
 NAME = 'fig3_alpha_beta'
 
@@ -30,7 +30,7 @@ def network_order(layers) -> list[str]:
   return sorted(layers, key=lambda name: (name == 'final_norm', name))
 
 
-def report(context: runs.Context, results: dict) -> dict[str, np.ndarray]:
+def report(context: command_line.Context, results: dict) -> dict[str, np.ndarray]:
   bs = context.scale.b_values
   estimates = {b: results[fig2_error_vs_b.evalnorm_run(context.scale, b).name][
       'alpha_beta'] for b in bs}
@@ -43,12 +43,12 @@ def report(context: runs.Context, results: dict) -> dict[str, np.ndarray]:
                  f'{values["alpha"][i].mean():.3f}', f'{values["beta"][i].mean():.3f}']
                 + [f'{values["alpha"][i, j]:.2f} / {values["beta"][i, j]:.2f}'
                    for j in range(len(layers))])
-  table = runs.markdown_table(
+  table = result_files.markdown_table(
       ['B', '1/B^2', 'mean alpha', 'mean beta'] + [f'`{l}` a / b' for l in layers],
       rows)
-  runs.write_markdown(
+  result_files.write_markdown(
       context.output(f'{NAME}.md'), 'Fig. 3: estimated alpha and beta per layer',
-      runs.scale_note(context),
+      result_files.scale_note(context),
       'Online estimates at the end of training (seed 0), per layer in network '
       'order. Per-channel estimates, if any, are averaged over channels.\n',
       table, f'![alpha and beta per layer]({NAME}.png)\n')
@@ -65,14 +65,14 @@ def report(context: runs.Context, results: dict) -> dict[str, np.ndarray]:
   axes[0].legend(ncol=min(len(bs), 7), fontsize=7)
   axes[1].set_xticks(positions, layers, rotation=30, ha='right', fontsize=8)
   axes[0].set_title(f'Estimated alpha/beta per layer ({context.scale.name} scale)')
-  runs.save_figure(figure, context.output(f'{NAME}.png'))
+  result_files.save_figure(figure, context.output(f'{NAME}.png'))
   plt.close(figure)
   return values
 
 
-def planned_runs(context: runs.Context) -> list[runs.Run]:
+def planned_runs(context: command_line.Context) -> list[runner.Run]:
   return fig2_error_vs_b.evalnorm_sweep(context.scale)
 
 
 if __name__ == '__main__':
-  runs.main(sys.modules[__name__])
+  command_line.main(sys.modules[__name__])

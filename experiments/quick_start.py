@@ -27,10 +27,10 @@ every mode per seed with the range over seeds, and the baselines.
 import sys
 
 from evalnorm.training import summary as run_report
-from experiments import runs
+from experiments import command_line, result_files, run_configs, runner, scales
 
 NAME = 'quick_start'
-FLAGS = runs.SEEDS_FLAG
+FLAGS = command_line.SEEDS_FLAG
 QUICK_START_CONFIG = 'configs/digits.py'
 SEED_MODES = ('ema', 'evalnorm', 'rule_of_thumb', 'one_over_b', 'train_stats')
 BASELINE_MODES = ('evalnorm', 'rule_of_thumb', 'one_over_b', 'fixed_0.05',
@@ -39,34 +39,34 @@ BASELINE_DEVICES = 8  # nn.BatchNorm at B=2 needs a per-device batch of 2
 OTHER_DEVICES = 8
 
 
-def quick_start_run(scale: runs.Scale, name: str, devices: int = 1,
-                    checkpoint: str | None = None, **overrides) -> runs.Run:
+def quick_start_run(scale: scales.Scale, name: str, devices: int = 1,
+                    checkpoint: str | None = None, **overrides) -> runner.Run:
   """A run of the quick start's command with ``overrides``."""
   if scale.name == 'smoke':
-    return runs.make_run(name, scale, devices, checkpoint,
+    return runner.make_run(name, scale, devices, checkpoint,
                          norm_batch_size=2, **overrides)
-  return runs.make_run(name, scale, devices, checkpoint,
+  return runner.make_run(name, scale, devices, checkpoint,
                        config=QUICK_START_CONFIG, norm_batch_size=2,
                        **overrides)
 
 
-def seed_run(scale: runs.Scale, seed: int) -> runs.Run:
+def seed_run(scale: scales.Scale, seed: int) -> runner.Run:
   return quick_start_run(scale, f'{NAME}_seed{seed}', seed=seed)
 
 
-def other_devices_run(scale: runs.Scale) -> runs.Run:
+def other_devices_run(scale: scales.Scale) -> runner.Run:
   """Seed 0 on 8 devices: the same groups of 2 and batch 128, another XLA
   program (per-device batches of 16), as another machine would compile."""
   return quick_start_run(scale, f'{NAME}_seed0_8devices', OTHER_DEVICES,
                          seed=0)
 
 
-def baseline_runs(scale: runs.Scale) -> dict[str, runs.Run]:
+def baseline_runs(scale: scales.Scale) -> dict[str, runner.Run]:
   """The baselines of the README's table, by row label."""
   batchnorm = dict(norm='batchnorm', batch_size=2 * BASELINE_DEVICES)
   trained = quick_start_run(scale, 'baseline_batchnorm', BASELINE_DEVICES,
                             **batchnorm)
-  renorm = runs.with_renorm_ramp(
+  renorm = run_configs.with_renorm_ramp(
       quick_start_run(scale, 'baseline_renorm', norm='renorm'), scale)
   return {
       'flax `nn.BatchNorm`, 8 devices x 2 (batch 16)': trained,
@@ -79,50 +79,50 @@ def baseline_runs(scale: runs.Scale) -> dict[str, runs.Run]:
   }
 
 
-def planned_runs(context: runs.Context) -> list[runs.Run]:
-  seeds = [seed_run(context.scale, s) for s in runs.seeds(context)]
+def planned_runs(context: command_line.Context) -> list[runner.Run]:
+  seeds = [seed_run(context.scale, s) for s in command_line.seeds(context)]
   return (seeds + [other_devices_run(context.scale)]
           + list(baseline_runs(context.scale).values()))
 
 
-def seed_rows(results: dict, seed_runs: list[runs.Run],
-              other_devices: runs.Run) -> list[list[str]]:
+def seed_rows(results: dict, seed_runs: list[runner.Run],
+              other_devices: runner.Run) -> list[list[str]]:
   """Top-1 of every mode per seed, the range over the seeds, and seed 0 on
   another device count."""
   def row(label, run):
-    return [label] + [f'{runs.top1(results[run.name], m):.2f}'
+    return [label] + [f'{runner.top1(results[run.name], m):.2f}'
                       for m in SEED_MODES]
   rows = [row(str(dict(r.overrides)['seed']), r) for r in seed_runs]
   ranges = []
   for mode in SEED_MODES:
-    values = [runs.top1(results[r.name], mode) for r in seed_runs]
+    values = [runner.top1(results[r.name], mode) for r in seed_runs]
     ranges.append(f'{min(values):.2f}-{max(values):.2f}')
   return rows + [['range'] + ranges,
                  row(f'0, on {other_devices.devices} devices', other_devices)]
 
 
-def baseline_rows(results: dict, baselines: dict[str, runs.Run]
+def baseline_rows(results: dict, baselines: dict[str, runner.Run]
                   ) -> list[list[str]]:
   """Top-1 of each baseline's own evaluation and of the modes it has."""
   from evalnorm.training import builders  # pylint: disable=g-import-not-at-top
   rows = []
   for label, run in baselines.items():
     result = results[run.name]
-    own = builders.NORMS[runs.load_config(run).norm].eval_mode or 'ema'
-    rows.append([label, f'{runs.top1(result, own):.2f} (`{own}`)'] + [
-        f'{runs.top1(result, m):.2f}' if m in result['eval'] else ''
+    own = builders.NORMS[run_configs.load_config(run).norm].eval_mode or 'ema'
+    rows.append([label, f'{runner.top1(result, own):.2f} (`{own}`)'] + [
+        f'{runner.top1(result, m):.2f}' if m in result['eval'] else ''
         for m in BASELINE_MODES])
   return rows
 
 
-def report(context: runs.Context, results: dict) -> None:
-  seed_runs = [seed_run(context.scale, s) for s in runs.seeds(context)]
+def report(context: command_line.Context, results: dict) -> None:
+  seed_runs = [seed_run(context.scale, s) for s in command_line.seeds(context)]
   baselines = baseline_runs(context.scale)
   first = results[seed_runs[0].name]
-  runs.write_markdown(
+  result_files.write_markdown(
       context.output(f'{NAME}.md'),
       'Quick start: every mode, seeds and baselines at B=2',
-      (runs.scale_note(context) if context.scale.name == 'smoke' else
+      (result_files.scale_note(context) if context.scale.name == 'smoke' else
        f'`{QUICK_START_CONFIG}` (noisy digits, 3000 steps), B=2: the '
        "README's first command.\n"),
       '## The quick start (seed 0)\n\n' + run_report.results_table(first) + '\n',
@@ -130,17 +130,17 @@ def report(context: runs.Context, results: dict) -> None:
       'The last row is seed 0 again, on 8 devices (per-device batches of 16, '
       'the same groups of 2): the same training compiled into another '
       'program, as on another machine.\n\n'
-      + runs.markdown_table(('seed',) + SEED_MODES,
+      + result_files.markdown_table(('seed',) + SEED_MODES,
                             seed_rows(results, seed_runs,
                                       other_devices_run(context.scale))),
       '## Baselines (seed 0, top-1 %)\n\n'
       'Each run\'s own evaluation (moving averages, or GroupNorm\'s '
       'per-example statistics), then the modes that blend statistics where '
       'the model has them (blank: it has none).\n\n'
-      + runs.markdown_table(
+      + result_files.markdown_table(
           ('run', 'own evaluation') + BASELINE_MODES,
           baseline_rows(results, baselines)))
 
 
 if __name__ == '__main__':
-  runs.main(sys.modules[__name__])
+  command_line.main(sys.modules[__name__])

@@ -26,8 +26,9 @@ import numpy as np
 
 from evalnorm.training import files, summary as run_report
 from evalnorm.training.summary import markdown_table
+from experiments import command_line, runner, scales
 from experiments import (estimate_every, fig2_error_vs_b, fig4_fixed_schedules,
-                         fig5_deeper_wider, quick_start, runs, seeds,
+                         fig5_deeper_wider, quick_start, seeds,
                          table1_imagenet, table2_detection, table2_transfer)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -48,11 +49,11 @@ class Sources:
   evals: dict[str, dict] = dataclasses.field(default_factory=dict)  # eval.json by run
   every_k: dict[str, dict] = dataclasses.field(default_factory=dict)  # k curve
   provenance: dict = dataclasses.field(default_factory=dict)
-  results_dir: str = runs.RESULTS_DIR
+  results_dir: str = runner.RESULTS_DIR
 
   @classmethod
   def load(cls, cost_dir: str = COST_DIR,
-           results_dir: str = runs.RESULTS_DIR) -> 'Sources':
+           results_dir: str = runner.RESULTS_DIR) -> 'Sources':
     archive = files.read_json(os.path.join(results_dir, 'runs.json'))
     return cls(load_cost(cost_dir), archive['eval'], archive['every_k'],
                files.read_json(os.path.join(results_dir, 'provenance.json')),
@@ -69,7 +70,7 @@ class Sources:
     raise KeyError(f'{filename}: no row starting {row_start}')
 
 
-SMALL = runs.SCALES['small']
+SMALL = scales.SCALES['small']
 
 
 def load_cost(cost_dir: str = COST_DIR) -> dict[tuple[str, str], dict]:
@@ -83,8 +84,8 @@ def load_cost(cost_dir: str = COST_DIR) -> dict[tuple[str, str], dict]:
   return cost
 
 
-def _top1(sources: Sources, run: runs.Run, mode: str) -> float:
-  return runs.top1(sources.evals[run.name], mode)
+def _top1(sources: Sources, run: runner.Run, mode: str) -> float:
+  return runner.top1(sources.evals[run.name], mode)
 
 
 def _span(values) -> str:
@@ -107,15 +108,15 @@ def quick_start_table(sources: Sources) -> str:
 def quick_start_seeds(sources: Sources) -> str:
   """Top-1 per seed, what is exact and what is a range."""
   from evalnorm.training import config_lib  # pylint: disable=g-import-not-at-top
-  seed_runs = [quick_start.seed_run(SMALL, s) for s in runs.DEFAULT_SEEDS]
+  seed_runs = [quick_start.seed_run(SMALL, s) for s in scales.DEFAULT_SEEDS]
   other = quick_start.other_devices_run(SMALL)
   table = markdown_table(('seed',) + quick_start.SEED_MODES,
                          quick_start.seed_rows(sources.evals, seed_runs, other))
   of = lambda mode: [_top1(sources, r, mode) for r in seed_runs]
   every = config_lib.base_config().estimate_every_steps
-  every_step = [runs.top1(sources.every_k[r.name]['1'], 'evalnorm')
+  every_step = [runner.top1(sources.every_k[r.name]['1'], 'evalnorm')
                 for r in estimate_every.planned_runs(
-                    runs.Context(SMALL, '', '', 1))]
+                    command_line.Context(SMALL, '', '', 1))]
   machine = sources.provenance['machine']
   versions = sources.provenance['packages']
   ema, evalnorm = of('ema'), of('evalnorm')
@@ -177,15 +178,15 @@ def baselines(sources: Sources) -> str:
 # The paper's figures and tables at the small scale.
 
 
-def _error(sources: Sources, run: runs.Run, mode: str) -> float:
-  return runs.error(sources.evals[run.name], mode)
+def _error(sources: Sources, run: runner.Run, mode: str) -> float:
+  return runner.error(sources.evals[run.name], mode)
 
 
 def _mean_alpha(result: dict) -> float:
   return estimate_every.mean_alpha_beta(result)[0]
 
 
-def _gains(sources: Sources, group: list[runs.Run]) -> list[float]:
+def _gains(sources: Sources, group: list[runner.Run]) -> list[float]:
   return [_top1(sources, r, 'evalnorm') - _top1(sources, r, 'ema')
           for r in group]
 
@@ -201,7 +202,7 @@ def fig2_cell(sources: Sources) -> str:
 
 
 def seeds_cell(sources: Sources) -> str:
-  groups = seeds.seed_runs(SMALL, runs.DEFAULT_SEEDS)
+  groups = seeds.seed_runs(SMALL, scales.DEFAULT_SEEDS)
   small, eight = _gains(sources, groups[('evalnorm', 2)]), _gains(
       sources, groups[('evalnorm', 8)])
   return (f'EvalNorm gain at B=2: {np.mean(small):+.1f} '
@@ -408,7 +409,7 @@ def reproduction_table(sources: Sources) -> str:
           for what, cell, paper, agrees in REPRODUCTION]
   table = markdown_table(('paper', 'small-scale result (top-1 or error, %)',
                           'paper', 'agrees?'), rows, align='llll')
-  at8 = _gains(sources, seeds.seed_runs(SMALL, runs.DEFAULT_SEEDS)[
+  at8 = _gains(sources, seeds.seed_runs(SMALL, scales.DEFAULT_SEEDS)[
       ('evalnorm', 8)])
   detector = [np.std(g, ddof=1) for p, g in _detection_gains(sources, 2).items()
               if p != FROZEN]
@@ -453,7 +454,7 @@ def detection_table(sources: Sources) -> str:
   return _paragraphs(table, text)
 
 
-def _detection_alphas(sources: Sources, run: runs.Run) -> tuple[float, float]:
+def _detection_alphas(sources: Sources, run: runner.Run) -> tuple[float, float]:
   """Mean alpha of the base network's norm layers and of the RCN's."""
   layers = sources.evals[run.name]['alpha_beta']
   part = lambda prefix: float(np.mean([np.mean(v['alpha']) for k, v in
@@ -483,7 +484,7 @@ def findings(sources: Sources) -> str:
   curves = fig2_error_vs_b.curves(SMALL, sources.evals)
   ema, en = curves['EMA (BatchNorm)'], curves['EvalNorm (online)']
   renorm = curves['Batch Renorm']
-  groups = seeds.seed_runs(SMALL, runs.DEFAULT_SEEDS)
+  groups = seeds.seed_runs(SMALL, scales.DEFAULT_SEEDS)
   gains2 = _gains(sources, groups[('evalnorm', 2)])
   gains8 = _gains(sources, groups[('evalnorm', 8)])
   top1 = lambda group, mode: [_top1(sources, r, mode) for r in group]
@@ -492,7 +493,7 @@ def findings(sources: Sources) -> str:
   layers2 = [float(np.mean(v['alpha'])) for v in sweep[0]['alpha_beta'].values()]
   falls = all(a >= b for a, b in zip(alphas, alphas[1:]))
   schedules = fig4_fixed_schedules.schedules(sweep[0])
-  fixed = {label: [runs.error(r, mode) for r in sweep] for label, mode in
+  fixed = {label: [runner.error(r, mode) for r in sweep] for label, mode in
            schedules.items() if label != 'estimated (EvalNorm)'}
   best_fixed = [min(v[i] for v in fixed.values()) for i in range(len(bs))]
   estimate_gap = max(e - b for e, b in zip(en[1:], best_fixed[1:]))
@@ -527,7 +528,7 @@ def findings(sources: Sources) -> str:
   t_frozen_ema, t_frozen_evalnorm = (
       [_top1(sources, transfer[(t_frozen, b)], mode)
        for b in SMALL.transfer_b_values] for mode in ('ema', 'evalnorm'))
-  n = len(runs.DEFAULT_SEEDS)
+  n = len(scales.DEFAULT_SEEDS)
   bullets_agree = [
       f'*Fig. 2 / seeds:* EMA evaluation breaks down at B=2 ({ema[0]:.1f}% '
       f'error against {min(ema[1:]):.1f}-{max(ema[1:]):.1f}% for B >= 4) and '
@@ -669,7 +670,7 @@ def _listing(items: list[str]) -> str:
 def runtimes_table(sources: Sources) -> str:
   """experiments/README: the table run_all writes to runtimes.md."""
   from experiments import run_all  # pylint: disable=g-import-not-at-top
-  return _paragraphs(*run_all.runtimes(runs.Context(SMALL, '', '', 1),
+  return _paragraphs(*run_all.runtimes(command_line.Context(SMALL, '', '', 1),
                                        sources.evals, sources.provenance))
 
 

@@ -23,11 +23,11 @@ import numpy as np
 
 from evalnorm.training import files
 from evalnorm.training.summary import markdown_table
-from experiments import (estimate_every, fig1_histograms, fig2_error_vs_b,
-                         fig3_alpha_beta, fig4_fixed_schedules,
-                         fig5_deeper_wider, provenance, quick_start, runs,
-                         seeds, table1_imagenet, table2_detection,
-                         table2_transfer)
+from experiments import (command_line, estimate_every, fig1_histograms,
+                         fig2_error_vs_b, fig3_alpha_beta, fig4_fixed_schedules,
+                         fig5_deeper_wider, provenance, quick_start,
+                         result_files, run_configs, runner, seeds,
+                         table1_imagenet, table2_detection, table2_transfer)
 
 SCRIPTS = (quick_start, fig2_error_vs_b, fig1_histograms, fig3_alpha_beta,
            fig4_fixed_schedules, seeds, fig5_deeper_wider, table1_imagenet,
@@ -48,7 +48,7 @@ def script_arguments(args) -> list[str]:
   return argv
 
 
-def dry_run_listing(context: runs.Context) -> str:
+def dry_run_listing(context: command_line.Context) -> str:
   """Markdown: per script, the runs it adds to those of the scripts before."""
   seen, sections = set(), []
   for script in SCRIPTS:
@@ -59,7 +59,7 @@ def dry_run_listing(context: runs.Context) -> str:
     reused = len(planned) - len(new)
     note = f', reuses {reused} of the scripts above' if reused else ''
     sections.append(f'## {name}: {len(new)} new runs{note}\n\n'
-                    + (runs.listing(new) if new else ''))
+                    + (run_configs.listing(new) if new else ''))
   header = (f'# Every `{context.scale.name}` run ({len(seen)} in all), in the '
             'order `run_all` starts them\n\n'
             'Steps of an offline run are its estimation batches; its lr is '
@@ -68,17 +68,17 @@ def dry_run_listing(context: runs.Context) -> str:
 
 
 def main(argv=None):
-  parser = runs.argument_parser(__doc__)
+  parser = command_line.argument_parser(__doc__)
   parser.add_argument('--dry_run', action='store_true',
                       help='print every run (dataset, model, B, batch, '
                       'devices, steps, lr) and run nothing')
   args = parser.parse_args(argv)
-  context = runs.context_from_args(args)
+  context = command_line.context_from_args(args)
   if args.dry_run:
     listing = dry_run_listing(context)
     print(listing)
     return listing
-  invocation = provenance.start(runs.ROOT, args.scale, args.jobs,
+  invocation = provenance.start(runner.ROOT, args.scale, args.jobs,
                                 context.workdir_root)
   seconds = {}
   for script in SCRIPTS:
@@ -86,19 +86,19 @@ def main(argv=None):
     print(f'== {name}', flush=True)
     started = time.time()
     # A script with a main of its own (estimate_every trains in its own way).
-    getattr(script, 'main', functools.partial(runs.main, script))(
+    getattr(script, 'main', functools.partial(command_line.main, script))(
         script_arguments(args))
     seconds[name] = round(time.time() - started, 1)
     provenance.script_done(context.workdir_root, invocation, name,
                            seconds[name])
   archive = write_archive(context)
-  record = provenance.finish(context.workdir_root, runs.machine_gpus(),
+  record = provenance.finish(context.workdir_root, runner.machine_gpus(),
                              context.output('provenance.json'))
   write_runtimes(context, args, record, archive['eval'])
   return seconds
 
 
-def write_archive(context: runs.Context) -> dict:
+def write_archive(context: command_line.Context) -> dict:
   """runs.json: the eval.json of every run the scripts used, by run name,
   and the k curve's per-seed results: what the tables and the README's
   numbers are computed from, committed beside them."""
@@ -106,7 +106,7 @@ def write_archive(context: runs.Context) -> dict:
   # The k curve's trainings write every_k.json, not eval.json.
   for script in (s for s in SCRIPTS if s is not estimate_every):
     for run in script.planned_runs(context):
-      archive['eval'][run.name] = runs.read_eval(context.workdir(run))
+      archive['eval'][run.name] = runner.read_eval(context.workdir(run))
   for run in estimate_every.planned_runs(context):
     archive['every_k'][run.name] = files.read_json(
         estimate_every.result_path(context.workdir_root, run))
@@ -114,12 +114,12 @@ def write_archive(context: runs.Context) -> dict:
   return archive
 
 
-def write_runtimes(context: runs.Context, args, record: dict,
+def write_runtimes(context: command_line.Context, args, record: dict,
                    evals: dict[str, dict]) -> None:
   """runtimes.md: per script, the runs it adds and their minutes."""
-  runs.write_markdown(
+  result_files.write_markdown(
       context.output('runtimes.md'), 'Runtimes of the last regeneration',
-      runs.scale_note(context),
+      result_files.scale_note(context),
       f'`python -m experiments.run_all --scale={args.scale} --jobs={args.jobs}`'
       ' runs the scripts in this order; runs that an earlier script made are '
       "reused. `provenance.json` has each invocation's commit and wall "
@@ -127,7 +127,7 @@ def write_runtimes(context: runs.Context, args, record: dict,
                                  runtimes(context, evals, record)))
 
 
-def runtimes(context: runs.Context, evals: dict[str, dict],
+def runtimes(context: command_line.Context, evals: dict[str, dict],
              record: dict) -> tuple[str, str]:
   """(text, markdown table): per script, the runs it adds to those of the
   scripts before it, their median and summed minutes. From each run's own

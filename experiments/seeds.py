@@ -13,14 +13,15 @@ import sys
 
 import numpy as np
 
-from experiments import fig2_error_vs_b, runs
+from experiments import (command_line, fig2_error_vs_b, result_files, runner,
+                         scales)
 
 NAME = 'seeds'
-FLAGS = runs.SEEDS_FLAG
+FLAGS = command_line.SEEDS_FLAG
 EVALNORM_MODES = ('ema', 'evalnorm', 'rule_of_thumb', 'one_over_b', 'train_stats')
 
 
-def seed_runs(scale: runs.Scale, seeds) -> dict[tuple[str, int], list[runs.Run]]:
+def seed_runs(scale: scales.Scale, seeds) -> dict[tuple[str, int], list[runner.Run]]:
   """(method, B) -> the runs over seeds."""
   small_b = min(scale.b_values)
   groups = {('evalnorm', b): [fig2_error_vs_b.evalnorm_run(scale, b, s)
@@ -31,11 +32,11 @@ def seed_runs(scale: runs.Scale, seeds) -> dict[tuple[str, int], list[runs.Run]]
   return groups
 
 
-def groups_of(context: runs.Context) -> dict[tuple[str, int], list[runs.Run]]:
-  return seed_runs(context.scale, runs.seeds(context))
+def groups_of(context: command_line.Context) -> dict[tuple[str, int], list[runner.Run]]:
+  return seed_runs(context.scale, command_line.seeds(context))
 
 
-def planned_runs(context: runs.Context) -> list[runs.Run]:
+def planned_runs(context: command_line.Context) -> list[runner.Run]:
   return [r for group in groups_of(context).values() for r in group]
 
 
@@ -45,26 +46,26 @@ def stats_row(label: str, values: list[float]) -> list[str]:
           ' / '.join(f'{v:.2f}' for v in values)]
 
 
-def report(context: runs.Context, results: dict) -> list[list[str]]:
+def report(context: command_line.Context, results: dict) -> list[list[str]]:
   groups = groups_of(context)
   rows = []
   for (method, b), group in groups.items():
     modes = EVALNORM_MODES if method == 'evalnorm' else ('ema',)
     for mode in modes:
-      values = [runs.top1(results[r.name], mode) for r in group]
+      values = [runner.top1(results[r.name], mode) for r in group]
       label = f'B={b}, {method} run, `{mode}`'
       rows.append(stats_row(label, values))
     if method == 'evalnorm':
-      gains = [runs.top1(results[r.name], 'evalnorm')
-               - runs.top1(results[r.name], 'ema') for r in group]
+      gains = [runner.top1(results[r.name], 'evalnorm')
+               - runner.top1(results[r.name], 'ema') for r in group]
       rows.append(stats_row(f'B={b}, EvalNorm gain over EMA (points)', gains))
   seeds = [r.overrides for r in next(iter(groups.values()))]
   seed_list = ', '.join(str(dict(o)['seed']) for o in seeds)
-  table = runs.markdown_table(['top-1 (%)', 'mean', 'std (n-1)',
+  table = result_files.markdown_table(['top-1 (%)', 'mean', 'std (n-1)',
                                f'seeds {seed_list}'], rows)
-  runs.write_markdown(
+  result_files.write_markdown(
       context.output(f'{NAME}.md'), 'Seeds: mean and spread',
-      runs.scale_note(context),
+      result_files.scale_note(context),
       'Each seed changes the initialization, the data order and the '
       'augmentation. A difference is real when it is several standard '
       'deviations and has the same sign for every seed.\n', table)
@@ -72,4 +73,4 @@ def report(context: runs.Context, results: dict) -> list[list[str]]:
 
 
 if __name__ == '__main__':
-  runs.main(sys.modules[__name__])
+  command_line.main(sys.modules[__name__])

@@ -32,27 +32,28 @@ import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 
-from experiments import runs, table1_imagenet, table2_transfer  # noqa: E402
+from experiments import (command_line, result_files, runner, scales,
+                         table1_imagenet, table2_transfer)  # noqa: E402
 
 NAME = 'table2_detection'
 MODES = ('ema', 'evalnorm', 'rule_of_thumb')
 PARADIGMS = table2_transfer.PARADIGMS  # the same four initializations
 
 
-def pretrain_run(scale: runs.Scale) -> runs.Run:
+def pretrain_run(scale: scales.Scale) -> runner.Run:
   """The classifier whose weights paradigms (b)-(d) start from."""
   steps = scale.detection.pretrain_steps
   if steps is None:  # Table 1's ImageNet model at its largest B (8 devices x 32).
     return table1_imagenet.column_runs(scale, max(scale.table1_b_values))[
         'evalnorm']
-  return runs.make_run(
+  return runner.make_run(
       'detection_pretrain_noisy_digits', scale, config='configs/digits.py',
       dataset='noisy_digits', norm_batch_size=128, batch_size=128,
       num_train_steps=steps, checkpoint_every_steps=steps,
       eval_every_steps=steps)
 
 
-def detection_runs(scale: runs.Scale, pretrain_dir: str) -> dict:
+def detection_runs(scale: scales.Scale, pretrain_dir: str) -> dict:
   """(paradigm, N, seed) -> run."""
   grid = scale.detection
   result = {}
@@ -61,7 +62,7 @@ def detection_runs(scale: runs.Scale, pretrain_dir: str) -> dict:
     for n in grid.n_values:
       steps = max(1, grid.images // n)
       for seed in grid.seeds if n == 2 else grid.seeds[:1]:
-        result[(paradigm, n, seed)] = runs.make_run(
+        result[(paradigm, n, seed)] = runner.make_run(
             f'detection_{"abcd"[index]}_n{n}_seed{seed}', scale,
             config=grid.config, batch_size=n,
             norm_batch_size=n, seed=seed, num_train_steps=steps,
@@ -70,11 +71,11 @@ def detection_runs(scale: runs.Scale, pretrain_dir: str) -> dict:
   return result
 
 
-def grid_of(context: runs.Context) -> dict:
+def grid_of(context: command_line.Context) -> dict:
   return detection_runs(context.scale, context.workdir(pretrain_run(context.scale)))
 
 
-def planned_runs(context: runs.Context) -> list[runs.Run]:
+def planned_runs(context: command_line.Context) -> list[runner.Run]:
   return [pretrain_run(context.scale)] + list(grid_of(context).values())
 
 
@@ -96,7 +97,7 @@ def _gain(results, grid, paradigm, n, seeds) -> str:
   return f'{statistics.mean(gains):+.1f} ± {statistics.stdev(gains):.1f}'
 
 
-def report(context: runs.Context, results: dict) -> None:
+def report(context: command_line.Context, results: dict) -> None:
   grid = grid_of(context)
   ns, seeds = context.scale.detection.n_values, context.scale.detection.seeds
   rows = []
@@ -111,7 +112,7 @@ def report(context: runs.Context, results: dict) -> None:
   headers = ['paradigm', 'N', 'seeds'] + [f'{m} {metric}' for m in MODES
                                           for metric in ('AP', 'AP50', 'AP75')]
   headers.append('EvalNorm - EMA (AP)')
-  runs.write_markdown(
+  result_files.write_markdown(
       context.output(f'{NAME}.md'),
       'Table 2: Faster R-CNN, training paradigms, EMA against EvalNorm',
       f'Scale `{context.scale.name}`: `{context.scale.detection.config}`, '
@@ -120,7 +121,7 @@ def report(context: runs.Context, results: dict) -> None:
       'mean ± standard deviation over seeds where there are several.\n',
       'Paper (COCO, ResNet-50): EvalNorm over EMA by +1.5 to +7.0 AP across '
       'paradigms and N.\n',
-      runs.markdown_table(headers, rows),
+      result_files.markdown_table(headers, rows),
       f'![AP per paradigm]({NAME}.png)\n')
   _plot(context, grid, results, ns)
 
@@ -138,9 +139,9 @@ def _plot(context, grid, results, ns) -> None:
     ax.set_xlabel('images per batch N')
   axes[0][0].set_ylabel('COCO AP (%)')
   axes[0][0].legend(fontsize=8)
-  runs.save_figure(figure, context.output(f'{NAME}.png'))
+  result_files.save_figure(figure, context.output(f'{NAME}.png'))
   plt.close(figure)
 
 
 if __name__ == '__main__':
-  runs.main(sys.modules[__name__])
+  command_line.main(sys.modules[__name__])

@@ -28,7 +28,7 @@ by +1.5 to +7.0 AP, most where BN statistics are trained from small batches.
 
 import sys
 
-from experiments import runs
+from experiments import command_line, result_files, runner, scales
 
 NAME = 'table2_transfer'
 PARADIGMS = {
@@ -40,18 +40,18 @@ PARADIGMS = {
 }
 
 
-def fine_tune_steps(scale: runs.Scale) -> int:
+def fine_tune_steps(scale: scales.Scale) -> int:
   steps = scale.overrides.get('num_train_steps', 64_000)
   return max(1, steps // 2)
 
 
-def pretrain_run(scale: runs.Scale) -> runs.Run:
+def pretrain_run(scale: scales.Scale) -> runner.Run:
   source = scale.transfer_datasets[0]
-  return runs.make_run(f'transfer_pretrain_{source}', scale, dataset=source,
+  return runner.make_run(f'transfer_pretrain_{source}', scale, dataset=source,
                        norm_batch_size=scale.transfer_pretrain_b)
 
 
-def fine_tune_runs(scale: runs.Scale, pretrain_dir: str) -> dict:
+def fine_tune_runs(scale: scales.Scale, pretrain_dir: str) -> dict:
   """(paradigm, B) -> run."""
   target = scale.transfer_datasets[1]
   steps = fine_tune_steps(scale)
@@ -59,7 +59,7 @@ def fine_tune_runs(scale: runs.Scale, pretrain_dir: str) -> dict:
   for index, (paradigm, overrides) in enumerate(PARADIGMS.items()):
     for b in scale.transfer_b_values:
       init = dict(init_from=pretrain_dir) if overrides else {}
-      result[(paradigm, b)] = runs.make_run(
+      result[(paradigm, b)] = runner.make_run(
           f'transfer_{"abcd"[index]}_b{b}', scale, dataset=target,
           norm_batch_size=b, num_train_steps=steps,
           checkpoint_every_steps=steps, eval_every_steps=steps,
@@ -67,15 +67,15 @@ def fine_tune_runs(scale: runs.Scale, pretrain_dir: str) -> dict:
   return result
 
 
-def grid_of(context: runs.Context) -> dict:
+def grid_of(context: command_line.Context) -> dict:
   return fine_tune_runs(context.scale, context.workdir(pretrain_run(context.scale)))
 
 
-def planned_runs(context: runs.Context) -> list[runs.Run]:
+def planned_runs(context: command_line.Context) -> list[runner.Run]:
   return [pretrain_run(context.scale)] + list(grid_of(context).values())
 
 
-def report(context: runs.Context, results: dict) -> dict:
+def report(context: command_line.Context, results: dict) -> dict:
   grid = grid_of(context)
   bs = context.scale.transfer_b_values
   rows, values = [], {}
@@ -83,24 +83,24 @@ def report(context: runs.Context, results: dict) -> dict:
     cells = []
     for b in bs:
       result = results[grid[(paradigm, b)].name]
-      ema, en = runs.top1(result, 'ema'), runs.top1(result, 'evalnorm')
+      ema, en = runner.top1(result, 'ema'), runner.top1(result, 'evalnorm')
       values[(paradigm, b)] = (ema, en)
       cells.append(f'{ema:.2f} / {en:.2f} ({en - ema:+.2f})')
     rows.append([paradigm] + cells)
   source, target = context.scale.transfer_datasets
   pretrain = results[pretrain_run(context.scale).name]
-  runs.write_markdown(
+  result_files.write_markdown(
       context.output(f'{NAME}.md'),
       'Table 2 analog: initialization paradigms, EMA against EvalNorm',
-      runs.scale_note(context),
+      result_files.scale_note(context),
       f'**An analog, not the paper\'s COCO detection experiment.** Source '
       f'`{source}` pre-trained at B={context.scale.transfer_pretrain_b} (EMA top-1 '
-      f'{runs.top1(pretrain, "ema"):.2f}), fine-tuned on `{target}` for '
+      f'{runner.top1(pretrain, "ema"):.2f}), fine-tuned on `{target}` for '
       f'{fine_tune_steps(context.scale)} steps; top-1 (%) as EMA / EvalNorm '
       '(gain), one seed.\n',
-      runs.markdown_table(['initialization'] + [f'B={b}' for b in bs], rows),
+      result_files.markdown_table(['initialization'] + [f'B={b}' for b in bs], rows),
       f'![initialization paradigms]({NAME}.png)\n')
-  runs.plot_ema_against_evalnorm(
+  result_files.plot_ema_against_evalnorm(
       context.output(f'{NAME}.png'),
       {f'fine-tuned at B={b}': {p[:3]: values[(p, b)] for p in PARADIGMS}
        for b in bs}, 'top-1 (%)', panel_width=4.2, height=3.8, sharey=True)
@@ -108,4 +108,4 @@ def report(context: runs.Context, results: dict) -> dict:
 
 
 if __name__ == '__main__':
-  runs.main(sys.modules[__name__])
+  command_line.main(sys.modules[__name__])

@@ -1,10 +1,10 @@
 """experiments/table2_detection.py: the runs it plans (running them is slow)."""
 
-from experiments import runs, table2_detection
+from experiments import command_line, scales, table2_detection
 
 
 def test_the_grid_is_four_paradigms_by_n_with_three_seeds_at_n2():
-  context = runs.Context(runs.SCALES['small'], '/tmp/work', '/tmp/results', 1)
+  context = command_line.Context(scales.SCALES['small'], '/tmp/work', '/tmp/results', 1)
   planned = table2_detection.planned_runs(context)
   pretrain, grid = planned[0], planned[1:]
   # 4 paradigms x (N=2 with 3 seeds + N=4 + N=8).
@@ -21,7 +21,7 @@ def test_the_grid_is_four_paradigms_by_n_with_three_seeds_at_n2():
 
 
 def test_the_report_gives_each_cell_and_evalnorms_gain_over_ema(tmp_path):
-  context = runs.Context(runs.SCALES['small'], str(tmp_path / 'work'),
+  context = command_line.Context(scales.SCALES['small'], str(tmp_path / 'work'),
                          str(tmp_path / 'results'), 1)
   grid = table2_detection.grid_of(context)
   results = {}

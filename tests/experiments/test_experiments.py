@@ -19,10 +19,11 @@ import numpy as np
 import pytest
 
 from training_helpers import ROOT
-from experiments import (estimate_every, fig1_histograms, fig2_error_vs_b,
-                         fig3_alpha_beta, fig4_fixed_schedules,
+from experiments import (command_line, estimate_every, fig1_histograms,
+                         fig2_error_vs_b, fig3_alpha_beta, fig4_fixed_schedules,
                          fig5_deeper_wider, provenance, quick_start, run_all,
-                         runs, seeds, table1_imagenet, table2_transfer)
+                         run_configs, runner, scales, seeds, table1_imagenet,
+                         table2_transfer)
 
 MODES = ('ema', 'evalnorm', 'rule_of_thumb', 'one_over_b', 'train_stats',
          'fixed_0.05', 'fixed_0.5', 'groupnorm')
@@ -59,7 +60,7 @@ class FakeResults(dict):
 
 @pytest.fixture
 def context(tmp_path):
-  return runs.Context(runs.SCALES['small'], str(tmp_path / 'work'),
+  return command_line.Context(scales.SCALES['small'], str(tmp_path / 'work'),
                       str(tmp_path / 'results'), jobs=1)
 
 
@@ -90,7 +91,7 @@ def test_fig2_report_puts_each_error_in_its_cell(context):
 
 
 def test_fig2_full_scale_has_a_cifar100_and_a_cifar10_panel(tmp_path):
-  context = runs.Context(runs.SCALES['full'], str(tmp_path / 'work'),
+  context = command_line.Context(scales.SCALES['full'], str(tmp_path / 'work'),
                          str(tmp_path / 'results'), jobs=1)
   errors = fig2_error_vs_b.report(context, FakeResults())
   assert errors['EMA (BatchNorm)'][0] == pytest.approx(
@@ -187,7 +188,7 @@ def test_estimate_every_report_and_its_reference_check(context):
     assert 'DIFFERS' in read(context, 'estimate_every.md')
     by_k[4]['eval'][mode][metric] -= 1e-7
   # At the full scale the curve trains on CIFAR: no quick start to check.
-  assert estimate_every.reference_run(runs.SCALES['full'], 1) is None
+  assert estimate_every.reference_run(scales.SCALES['full'], 1) is None
 
 
 def test_quick_start_runs_are_the_readme_command_and_report(context):
@@ -301,7 +302,7 @@ def test_table2_paradigms(context):
 
 
 def test_finished_runs_are_reused(context):
-  run = runs.Run('done', 'configs/does_not_exist.py', ())
+  run = runner.Run('done', 'configs/does_not_exist.py', ())
   os.makedirs(os.path.join(context.workdir_root, 'done'))
   with open(os.path.join(context.workdir_root, 'done', 'eval.json'), 'w') as f:
     json.dump({'eval': {}, 'marker': 1}, f)
@@ -318,25 +319,25 @@ def test_failed_run_reports_its_log(context, monkeypatch):
     assert env['XLA_FLAGS'].endswith('--xla_force_host_platform_device_count=8')
     stdout.write("error: config.norm='layernorm' is invalid: allowed: ...\n")
     return 2
-  monkeypatch.setattr(runs.subprocess, 'call', failing_call)
-  run = runs.make_run('bad', context.scale, devices=8, norm='layernorm')
-  with pytest.raises(runs.RunFailed, match=r"(?s)bad exited with status 2.*"
+  monkeypatch.setattr(runner.subprocess, 'call', failing_call)
+  run = runner.make_run('bad', context.scale, devices=8, norm='layernorm')
+  with pytest.raises(runner.RunFailed, match=r"(?s)bad exited with status 2.*"
                      r"config.norm='layernorm' is invalid"):
     context.execute([run])
-  assert runs.read_eval(os.path.join(context.workdir_root, 'bad')) is None
+  assert runner.read_eval(os.path.join(context.workdir_root, 'bad')) is None
 
 
 def test_command_is_the_users_command_line(context):
-  run = runs.make_run('x', context.scale, norm_batch_size=4,
+  run = runner.make_run('x', context.scale, norm_batch_size=4,
                       fixed_alpha_beta=(0.1, 0.2))
-  args = runs.command(run, '/w')
+  args = runner.command(run, '/w')
   assert args[1:5] == ['-m', 'evalnorm.main', '--config=configs/digits.py',
                        '--workdir=/w/x']
   assert '--config.norm_batch_size=4' in args
   assert '--config.fixed_alpha_beta=(0.1,0.2,)' in args
-  offline = runs.Run('y', 'configs/digits.py', (), checkpoint='x')
-  assert runs.command(offline, '/w')[2] == 'evalnorm.estimate'
-  assert '--checkpoint=/w/x' in runs.command(offline, '/w')
+  offline = runner.Run('y', 'configs/digits.py', (), checkpoint='x')
+  assert runner.command(offline, '/w')[2] == 'evalnorm.estimate'
+  assert '--checkpoint=/w/x' in runner.command(offline, '/w')
 
 
 def test_eval_json_has_top1_and_top5_of_every_mode(trained_run):
@@ -355,13 +356,13 @@ def test_fig1_layer_outputs(trained_run, tmp_path):
   config, workdir, _ = trained_run
   overrides = {k: config[k] for k in ('dataset', 'stem_strides', 'batch_size',
                                       'eval_batch_size', 'norm_batch_size')}
-  run = runs.Run(os.path.basename(workdir), 'configs/digits.py',
+  run = runner.Run(os.path.basename(workdir), 'configs/digits.py',
                  tuple(overrides.items()))
   layer = 'stage1_block0/norm2'
   outputs = fig1_histograms.layer_outputs(run, os.path.dirname(workdir), layer,
                                           num_examples=64)
   assert set(outputs) == set(fig1_histograms.MODES)
-  _, _, _, variables = runs.load_trained(run, os.path.dirname(workdir))
+  _, _, _, variables = run_configs.load_trained(run, os.path.dirname(workdir))
   params = variables['params']['stage1_block0']['norm2']
   train_out = outputs['training statistics']
   assert train_out.shape[0] == 64 and train_out.shape[-1] == params['bias'].shape[0]
@@ -406,8 +407,8 @@ def test_run_all_at_smoke_scale(tmp_path):
   archive = json.loads((tmp_path / 'r' / 'runs.json').read_text())
   planned = {r.name for script in run_all.SCRIPTS
              if script is not estimate_every
-             for r in script.planned_runs(runs.Context(
-                 runs.SCALES['smoke'], f'{tmp_path}/w', f'{tmp_path}/r', 2))}
+             for r in script.planned_runs(command_line.Context(
+                 scales.SCALES['smoke'], f'{tmp_path}/w', f'{tmp_path}/r', 2))}
   assert set(archive['eval']) == planned
   assert all(archive['eval'][name]['eval'] for name in planned)
   assert set(archive['every_k']) == {'estimate_every_seed0',
@@ -434,7 +435,7 @@ def listed_runs(text: str) -> dict[str, dict[str, str]]:
   for line in text.splitlines():
     cells = [c.strip() for c in line.strip('|').split('|')]
     if line.startswith('| ') and cells[0] != 'run':
-      rows[cells[0]] = dict(zip(runs.LISTING_HEADERS, cells))
+      rows[cells[0]] = dict(zip(run_configs.LISTING_HEADERS, cells))
   return rows
 
 
@@ -466,7 +467,7 @@ def test_full_scale_cifar_runs_are_the_papers_setup(full_listing):
   # depth 20, each at B = 4 and 8.
   fig5 = {(r['model'], int(r['B'])) for n, r in cifar.items()
           if n in [x.name for x in fig5_deeper_wider.all_runs(
-              runs.SCALES['full'])]}
+              scales.SCALES['full'])]}
   models = {f'ResNet-{d} v2 x1' for d in (20, 56, 110, 254)} | {
       f'ResNet-20 v2 x{w}' for w in (1, 2, 4, 8)}
   assert fig5 == {(m, b) for m in models for b in (4, 8)}
@@ -492,7 +493,7 @@ def test_full_scale_table1_runs_are_the_papers_setup(full_listing):
 
 def test_gpus_are_handed_out_one_run_at_a_time(context, monkeypatch):
   """On a GPU machine each run sees its own GPUs, never all of them."""
-  monkeypatch.setattr(runs, 'machine_gpus', lambda: ('0', '1'))
+  monkeypatch.setattr(runner, 'machine_gpus', lambda: ('0', '1'))
   seen, lock = {}, threading.Lock()
   both_running = threading.Barrier(2, timeout=30)
 
@@ -507,11 +508,11 @@ def test_gpus_are_handed_out_one_run_at_a_time(context, monkeypatch):
     with open(os.path.join(workdir, 'eval.json'), 'w') as f:
       json.dump({'eval': {}}, f)
     return 0
-  monkeypatch.setattr(runs.subprocess, 'call', fake_call)
-  one_device = [runs.make_run(f'one_{i}', context.scale) for i in range(2)]
-  runs.execute(one_device, context.workdir_root, jobs=2)
+  monkeypatch.setattr(runner.subprocess, 'call', fake_call)
+  one_device = [runner.make_run(f'one_{i}', context.scale) for i in range(2)]
+  runner.execute(one_device, context.workdir_root, jobs=2)
   assert sorted(seen.values()) == ['0', '1']
-  runs.execute([runs.make_run('eight', context.scale, devices=8)],
+  runner.execute([runner.make_run('eight', context.scale, devices=8)],
                context.workdir_root)
   assert seen['eight'] == '0,1'  # all there are: groups of B on fewer devices
 
@@ -519,10 +520,10 @@ def test_gpus_are_handed_out_one_run_at_a_time(context, monkeypatch):
 def test_a_run_waits_for_the_runs_it_reads(context):
   pretrain = table2_transfer.pretrain_run(context.scale)
   grid = table2_transfer.grid_of(context)
-  assert runs.prerequisites(grid[('(b) pre-trained, BN reset', 2)],
+  assert runner.prerequisites(grid[('(b) pre-trained, BN reset', 2)],
                             context.workdir_root) == {pretrain.name}
-  assert runs.prerequisites(grid[('(a) random init', 2)],
+  assert runner.prerequisites(grid[('(a) random init', 2)],
                             context.workdir_root) == set()
   _, offline = table1_imagenet.table_runs(context.scale)
-  assert runs.prerequisites(offline[0], context.workdir_root) == {
+  assert runner.prerequisites(offline[0], context.workdir_root) == {
       'imagenet_evalnorm_b2'}

@@ -7,7 +7,8 @@ import zlib
 import numpy as np
 import pytest
 
-from experiments import quick_start, readme_numbers as readme, run_all, runs
+from experiments import (command_line, quick_start, readme_numbers as readme,
+                         run_all, scales)
 
 
 def test_every_readme_block_is_rendered_from_the_committed_results():
@@ -152,7 +153,7 @@ def test_runtimes_count_each_run_once_with_its_median(made_up_sources):
   del made_up_sources.evals['detection_a_n2_seed2']['wall_seconds']
   text = readme.runtimes_table(made_up_sources)
   names = [r.name for r in quick_start.planned_runs(
-      runs.Context(runs.SCALES['small'], '', '', 1))]
+      command_line.Context(scales.SCALES['small'], '', '', 1))]
   median = np.median([made_up(n, 'wall') for n in names])
   total = sum(made_up(n, 'wall') for n in names)
   assert (f'| `quick_start.py` | {len(names)} | {median:.1f} | {total:.0f} |'
