@@ -43,7 +43,7 @@ def seed_run(scale: scales.Scale, seed: int) -> runner.Run:
   if scale.name != 'full':  # The quick start, as its README command runs it.
     return quick_start.quick_start_run(scale, name, seed=seed)
   return runner.make_run(name, scale, seed=seed,
-                       norm_batch_size=min(scale.b_values))
+                         norm_batch_size=min(scale.b_values))
 
 
 def reference_run(scale: scales.Scale, seed: int) -> runner.Run | None:
@@ -133,7 +133,7 @@ def execute(context: command_line.Context, seed_runs: list[runner.Run], ks
             env=runner._environment(run.devices, ()))  # pylint: disable=protected-access
       if status:
         raise runner.RunFailed(f'{run.name} exited with status {status}; see '
-                             f'{path.parent / "log.txt"}')
+                               f'{path.parent / "log.txt"}')
     return {int(k): v for k, v in files.read_json(path).items()}
   with concurrent.futures.ThreadPoolExecutor(max(1, context.jobs)) as pool:
     return dict(zip([r.name for r in seed_runs], pool.map(one, seed_runs)))
@@ -201,6 +201,15 @@ def reference_check(context: command_line.Context, seed_runs, results) -> str:
           'column, in every mode.\n')
 
 
+def headlines(context: command_line.Context, results: dict) -> dict:
+  """``summarize`` by k (as a JSON key) of {run: {k: result}} (k an int, or
+  its string as runs.json keeps it)."""
+  by_k = {name: {int(k): result for k, result in by_k.items()}
+          for name, by_k in results.items()}
+  summary = summarize(by_k, context.scale.estimate_every_ks)
+  return {'by_k': {str(k): row for k, row in summary.items()}}
+
+
 def report(context: command_line.Context, seed_runs, results: dict, ks) -> dict:
   summary = summarize(results, ks)
   rows = [[str(k), f"{row['mean']:.2f}", f"{row['std']:.2f}",
@@ -230,7 +239,7 @@ def report(context: command_line.Context, seed_runs, results: dict, ks) -> dict:
       'deviations.\n', table,
       f'![k curve]({NAME}.png)\n')
   plot(context, summary)
-  return summary
+  return headlines(context, results)
 
 
 def plot(context: command_line.Context, summary: dict) -> None:

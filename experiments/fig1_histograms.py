@@ -78,6 +78,32 @@ def summary_rows(b: int, outputs: dict[str, np.ndarray]) -> list[list[str]]:
           for mode, values in outputs.items()]
 
 
+# The headlines' names of the modes whose distance to training they give.
+DISTANCE_KEYS = {'EMA statistics': 'ema', 'EvalNorm statistics': 'evalnorm'}
+
+
+def distances(outputs: dict[int, dict[str, np.ndarray]]) -> dict:
+  """Per trained B, each mode's mean absolute distance to the training
+  activations, at the table's 3 decimals (as ``headlines`` reads them back)."""
+  return {'distance': {str(b): {
+      key: float(f"{np.abs(out[mode] - out['training statistics']).mean():.3f}")
+      for mode, key in DISTANCE_KEYS.items()} for b, out in outputs.items()}}
+
+
+def headlines(context: command_line.Context, results: dict) -> dict:
+  """``distances`` as the committed table gives them: they come from the
+  checkpoints, which a rebuild from runs.json does not have."""
+  del results  # not in eval.json
+  found = {}
+  with open(context.output(f'{NAME}.md')) as f:
+    for line in f:
+      cells = [c.strip() for c in line.strip().strip('|').split('|')]
+      if cells[0].startswith('B=') and cells[1] in DISTANCE_KEYS:
+        found.setdefault(cells[0][2:], {})[DISTANCE_KEYS[cells[1]]] = float(
+            cells[-1])
+  return {'distance': found}
+
+
 def write_report(context: command_line.Context, layer: str,
                  outputs: dict[int, dict]) -> None:
   rows = [row for b, out in outputs.items() for row in summary_rows(b, out)]
@@ -128,14 +154,14 @@ def planned_runs(context: command_line.Context) -> list[runner.Run]:
   return list(trained_runs(context.scale).values())
 
 
-def report(context: command_line.Context, results: dict) -> dict[int, dict]:
+def report(context: command_line.Context, results: dict) -> dict:
   """Captures the layer in each trained run and writes the figure."""
   del results  # the runs' checkpoints are read, not their eval.json
   layer = context.options.get('layer', DEFAULT_LAYER)
   outputs = {b: layer_outputs(run, context.workdir_root, layer)
              for b, run in trained_runs(context.scale).items()}
   write_report(context, layer, outputs)
-  return outputs
+  return distances(outputs)
 
 
 if __name__ == '__main__':

@@ -30,13 +30,30 @@ def network_order(layers) -> list[str]:
   return sorted(layers, key=lambda name: (name == 'final_norm', name))
 
 
-def report(context: command_line.Context, results: dict) -> dict[str, np.ndarray]:
+def estimates(scale, results: dict) -> tuple[list[str], dict[str, np.ndarray]]:
+  """(layers in network order, {'alpha'|'beta': [B, layer] array}) of the
+  Fig. 2 EvalNorm runs (per-channel estimates averaged over channels)."""
+  by_b = {b: results[fig2_error_vs_b.evalnorm_run(scale, b).name]['alpha_beta']
+          for b in scale.b_values}
+  layers = network_order(by_b[scale.b_values[0]])
+  return layers, {p: np.array([[float(np.mean(by_b[b][layer][p]))
+                                for layer in layers] for b in scale.b_values])
+                  for p in ('alpha', 'beta')}
+
+
+def headlines(context: command_line.Context, results: dict) -> dict:
+  """Per B: the mean alpha and beta over layers, and each layer's alpha."""
+  layers, values = estimates(context.scale, results)
+  bs = [str(b) for b in context.scale.b_values]
+  return {f'mean_{p}': dict(zip(bs, values[p].mean(axis=1).tolist()))
+          for p in values} | {'layer_alpha': {
+              b: dict(zip(layers, row.tolist()))
+              for b, row in zip(bs, values['alpha'])}}
+
+
+def report(context: command_line.Context, results: dict) -> dict:
   bs = context.scale.b_values
-  estimates = {b: results[fig2_error_vs_b.evalnorm_run(context.scale, b).name][
-      'alpha_beta'] for b in bs}
-  layers = network_order(estimates[bs[0]])
-  values = {p: np.array([[float(np.mean(estimates[b][layer][p])) for layer in layers]
-                         for b in bs]) for p in ('alpha', 'beta')}
+  layers, values = estimates(context.scale, results)
   rows = []
   for i, b in enumerate(bs):
     rows.append([f'B={b}', f'{1 / b**2:.4f}',
@@ -67,7 +84,7 @@ def report(context: command_line.Context, results: dict) -> dict[str, np.ndarray
   axes[0].set_title(f'Estimated alpha/beta per layer ({context.scale.name} scale)')
   result_files.save_figure(figure, context.output(f'{NAME}.png'))
   plt.close(figure)
-  return values
+  return headlines(context, results)
 
 
 def planned_runs(context: command_line.Context) -> list[runner.Run]:

@@ -43,31 +43,47 @@ def planned_runs(context: command_line.Context) -> list[runner.Run]:
   return all_runs(context.scale)
 
 
+def errors(scale, results: dict) -> dict[tuple[int, int, int], tuple]:
+  """(depth, width, B) -> (EMA's error, EvalNorm's error)."""
+  return {(d, w, b): tuple(runner.error(results[model_run(scale, d, w, b).name],
+                                        mode) for mode in ('ema', 'evalnorm'))
+          for d, w in model_grid(scale) for b in scale.fig5_b_values}
+
+
+def label(depth: int, width: int) -> str:
+  return f'depth {depth}, width x{width}'
+
+
+def headlines(context: command_line.Context, results: dict) -> dict:
+  """Per model and B: EMA's and EvalNorm's error, and EvalNorm's gain
+  (EMA's error minus EvalNorm's)."""
+  by_model = {}
+  for (d, w, b), (ema, en) in errors(context.scale, results).items():
+    by_model.setdefault(label(d, w), {})[str(b)] = {
+        'ema_error': ema, 'evalnorm_error': en, 'gain': ema - en}
+  return {'by_model': by_model}
+
+
 def report(context: command_line.Context, results: dict) -> dict:
   scale = context.scale
   bs = scale.fig5_b_values
   grid = model_grid(scale)
-  rows, errors = [], {}
-  for depth, width in grid:
-    cells = []
-    for b in bs:
-      result = results[model_run(scale, depth, width, b).name]
-      ema, en = runner.error(result, 'ema'), runner.error(result, 'evalnorm')
-      errors[(depth, width, b)] = (ema, en)
-      cells += [f'{ema:.2f}', f'{en:.2f}']
-    rows.append([f'depth {depth}, width x{width}'] + cells)
+  values = errors(scale, results)
+  rows = [[label(d, w)] + [f'{e:.2f}' for b in bs for e in values[(d, w, b)]]
+          for d, w in grid]
   headers = ['model'] + [f'B={b} {m}' for b in bs for m in ('EMA', 'EvalNorm')]
   result_files.write_markdown(
       context.output(f'{NAME}.md'), 'Fig. 5: deeper and wider models',
       result_files.scale_note(context),
       'Test error (%), one seed (0). Each EvalNorm run gives both columns '
       '(EMA is the same network evaluated with the moving averages).\n',
-      result_files.markdown_table(headers, rows), f'![deeper and wider]({NAME}.png)\n')
+      result_files.markdown_table(headers, rows),
+      f'![deeper and wider]({NAME}.png)\n')
   result_files.plot_ema_against_evalnorm(
       context.output(f'{NAME}.png'),
-      {f'B={b}': {f'd{d}\nx{w}': errors[(d, w, b)] for d, w in grid}
+      {f'B={b}': {f'd{d}\nx{w}': values[(d, w, b)] for d, w in grid}
        for b in bs}, 'test error (%)', panel_width=5, height=3.6)
-  return errors
+  return headlines(context, results)
 
 
 if __name__ == '__main__':

@@ -111,7 +111,8 @@ def quick_start_seeds(sources: Sources) -> str:
   seed_runs = [quick_start.seed_run(SMALL, s) for s in scales.DEFAULT_SEEDS]
   other = quick_start.other_devices_run(SMALL)
   table = markdown_table(('seed',) + quick_start.SEED_MODES,
-                         quick_start.seed_rows(sources.evals, seed_runs, other))
+                         quick_start.seed_rows(quick_start.headlines(
+                             command_line.Context(SMALL, '', runner.RESULTS_DIR, 1), sources.evals)))
   of = lambda mode: [_top1(sources, r, mode) for r in seed_runs]
   every = config_lib.base_config().estimate_every_steps
   every_step = [runner.top1(sources.every_k[r.name]['1'], 'evalnorm')
@@ -155,8 +156,8 @@ def _paragraphs(*parts: str) -> str:
 
 def baselines(sources: Sources) -> str:
   """The baselines table and what offline estimation gains."""
-  rows = quick_start.baseline_rows(sources.evals,
-                                   quick_start.baseline_runs(SMALL))
+  rows = quick_start.baseline_rows(quick_start.headlines(
+      command_line.Context(SMALL, '', runner.RESULTS_DIR, 1), sources.evals))
   table = markdown_table(
       ('run (seed 0, top-1 %)', 'own evaluation')
       + quick_start.BASELINE_MODES, rows)
@@ -427,12 +428,13 @@ def detection_table(sources: Sources) -> str:
   seeds_n2 = SMALL.detection.seeds
   later = SMALL.detection.n_values[1:]
   rows = []
+  numbers = table2_detection.headlines(command_line.Context(SMALL, '', runner.RESULTS_DIR, 1), sources.evals)['by_paradigm']
   for paradigm in table2_detection.PARADIGMS:
-    cell = lambda mode: table2_detection._cell(  # pylint: disable=protected-access
-        sources.evals, grid, paradigm, 2, seeds_n2, mode)
-    gain = table2_detection._gain(sources.evals, grid, paradigm, 2, seeds_n2)  # pylint: disable=protected-access
-    others = ' / '.join(table2_detection._gain(  # pylint: disable=protected-access
-        sources.evals, grid, paradigm, n, seeds_n2[:1]) for n in later)
+    at = numbers[paradigm]
+    cell = lambda mode: table2_detection.mean_std(at['2']['AP'][mode])
+    gain = table2_detection.mean_std(at['2']['gain'], '+')
+    others = ' / '.join(table2_detection.mean_std(at[str(n)]['gain'], '+')
+                        for n in later)
     rows.append([paradigm, cell('ema'), cell('evalnorm'), gain, others])
   table = markdown_table(
       ('paradigm', 'EMA AP', 'EvalNorm AP', 'gain',
@@ -670,8 +672,21 @@ def _listing(items: list[str]) -> str:
 def runtimes_table(sources: Sources) -> str:
   """experiments/README: the table run_all writes to runtimes.md."""
   from experiments import run_all  # pylint: disable=g-import-not-at-top
-  return _paragraphs(*run_all.runtimes(command_line.Context(SMALL, '', '', 1),
-                                       sources.evals, sources.provenance))
+  record = sources.provenance
+  k_curve = record['minutes_per_script'].get('estimate_every')
+  text = (
+      'Per script: the runs it adds to those of the scripts before it, the '
+      'median minutes of one such run, and their sum (`--jobs '
+      f"{'/'.join(map(str, sorted({i['jobs'] for i in record['invocations']})))}` on "
+      f"{record['machine']['cpu_cores']} cores runs that many at a time, so "
+      'the wall time is about the sum divided by the jobs). A run\'s minutes '
+      'include any time the machine was shared or the regeneration paused; '
+      'the median is the steadier figure. `estimate_every.py` trains in its '
+      'own processes, one per seed'
+      + (f' ({k_curve:.0f} wall minutes for the three)' if k_curve else '')
+      + '.')
+  return _paragraphs(text, run_all.runtimes_table(run_all.runtimes(
+      command_line.Context(SMALL, '', '', 1), sources.evals)))
 
 
 # ---------------------------------------------------------------------------

@@ -50,17 +50,17 @@ def column_runs(scale: scales.Scale, b: int) -> dict[str, runner.Run]:
   config = scale.imagenet_config
   overrides = per_device_overrides(scale, b)
   evalnorm = runner.make_run(f'imagenet_evalnorm_b{b}', scale, DEVICES,
-                           config=config, **overrides)
+                             config=config, **overrides)
   return {
       'evalnorm': evalnorm,
       'renorm': run_configs.with_renorm_ramp(runner.make_run(
           f'imagenet_renorm_b{b}', scale, DEVICES, config=config,
           norm='renorm', **overrides), scale),
       'groupnorm': runner.make_run(f'imagenet_groupnorm_b{b}', scale, DEVICES,
-                                 config=config, norm='groupnorm', **overrides),
+                                   config=config, norm='groupnorm', **overrides),
       'offline': runner.make_run(f'imagenet_offline_b{b}', scale, DEVICES,
-                               checkpoint=evalnorm.name, config=config,
-                               **overrides),
+                                 checkpoint=evalnorm.name, config=config,
+                                 **overrides),
   }
 
 
@@ -94,7 +94,8 @@ def rows_by_method(scale: scales.Scale, results: dict,
 def full_scale_commands() -> str:
   trained, offline = table_runs(scales.SCALES['full'])
   root = '/tmp/evalnorm_table1'
-  lines = [' '.join(['python'] + runner.command(r, root)[1:]) for r in trained + offline]
+  lines = [' '.join(['python'] + runner.command(r, root)[1:])
+           for r in trained + offline]
   return ('Full scale (ImageNet prepared in tfds, 8 accelerators; offline '
           'runs after their training run):\n\n```\n' + '\n'.join(lines)
           + '\n```\n')
@@ -112,13 +113,31 @@ def metric_table(scale: scales.Scale, results: dict, metric, label: str) -> str:
       rows)
 
 
-def report(context: command_line.Context, results: dict) -> dict[str, list[float]]:
-  """Writes the Prec@1 and Recall@5 tables; returns the Prec@1 rows."""
+def steps_by_b(scale: scales.Scale, results: dict) -> dict[int, int]:
+  """The SGD steps of each B column (its EvalNorm run's)."""
+  return {b: results[column_runs(scale, b)['evalnorm'].name]['step']
+          for b in scale.table1_b_values}
+
+
+def headlines(context: command_line.Context, results: dict) -> dict:
+  """Top-1 (Prec@1) of every row by B, EvalNorm's gain over EMA, the steps
+  of each column and the paper's B=2 figures."""
+  bs = [str(b) for b in context.scale.table1_b_values]
+  table = rows_by_method(context.scale, results)
+  return {'top1': {row: dict(zip(bs, values)) for row, values in table.items()},
+          'gain': dict(zip(bs, (e - m for e, m in zip(
+              table['EvalNorm (online)'], table['EMA'])))),
+          'steps': {str(b): s for b, s in
+                    steps_by_b(context.scale, results).items()},
+          'paper_b2': PAPER_B2}
+
+
+def report(context: command_line.Context, results: dict) -> dict:
+  """Writes the Prec@1 and Recall@5 tables; returns the headlines."""
   scale = context.scale
   bs = scale.table1_b_values
   table = rows_by_method(scale, results)
-  steps = {b: results[column_runs(scale, b)['evalnorm'].name]['step']
-           for b in bs}
+  steps = steps_by_b(scale, results)
   devices = 'accelerators' if scale.name == 'full' else 'fake CPU devices'
   result_files.write_markdown(
       context.output(f'{NAME}.md'),
@@ -141,7 +160,7 @@ def report(context: command_line.Context, results: dict) -> dict[str, list[float
       f'Table 1 rows ({context.scale.name} scale)',
       xlabel=f'per-device batch B ({DEVICES} devices)',
       highlight='EvalNorm (online)')
-  return table
+  return headlines(context, results)
 
 
 if __name__ == '__main__':

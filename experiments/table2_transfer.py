@@ -48,7 +48,7 @@ def fine_tune_steps(scale: scales.Scale) -> int:
 def pretrain_run(scale: scales.Scale) -> runner.Run:
   source = scale.transfer_datasets[0]
   return runner.make_run(f'transfer_pretrain_{source}', scale, dataset=source,
-                       norm_batch_size=scale.transfer_pretrain_b)
+                         norm_batch_size=scale.transfer_pretrain_b)
 
 
 def fine_tune_runs(scale: scales.Scale, pretrain_dir: str) -> dict:
@@ -75,18 +75,33 @@ def planned_runs(context: command_line.Context) -> list[runner.Run]:
   return [pretrain_run(context.scale)] + list(grid_of(context).values())
 
 
-def report(context: command_line.Context, results: dict) -> dict:
+def top1(context: command_line.Context, results: dict
+         ) -> dict[tuple[str, int], tuple[float, float]]:
+  """(paradigm, B) -> (EMA's top-1, EvalNorm's)."""
   grid = grid_of(context)
+  return {key: tuple(runner.top1(results[run.name], mode)
+                     for mode in ('ema', 'evalnorm'))
+          for key, run in grid.items()}
+
+
+def headlines(context: command_line.Context, results: dict) -> dict:
+  """Per initialization and B: EMA's and EvalNorm's top-1 and EvalNorm's
+  gain; the source model's top-1."""
+  by_paradigm = {}
+  for (paradigm, b), (ema, en) in top1(context, results).items():
+    by_paradigm.setdefault(paradigm, {})[str(b)] = {
+        'ema': ema, 'evalnorm': en, 'gain': en - ema}
+  pretrain = results[pretrain_run(context.scale).name]
+  return {'by_paradigm': by_paradigm,
+          'pretrain_top1': runner.top1(pretrain, 'ema')}
+
+
+def report(context: command_line.Context, results: dict) -> dict:
   bs = context.scale.transfer_b_values
-  rows, values = [], {}
-  for paradigm in PARADIGMS:
-    cells = []
-    for b in bs:
-      result = results[grid[(paradigm, b)].name]
-      ema, en = runner.top1(result, 'ema'), runner.top1(result, 'evalnorm')
-      values[(paradigm, b)] = (ema, en)
-      cells.append(f'{ema:.2f} / {en:.2f} ({en - ema:+.2f})')
-    rows.append([paradigm] + cells)
+  values = top1(context, results)
+  rows = [[paradigm] + [f'{ema:.2f} / {en:.2f} ({en - ema:+.2f})'
+                        for ema, en in (values[(paradigm, b)] for b in bs)]
+          for paradigm in PARADIGMS]
   source, target = context.scale.transfer_datasets
   pretrain = results[pretrain_run(context.scale).name]
   result_files.write_markdown(
@@ -94,17 +109,18 @@ def report(context: command_line.Context, results: dict) -> dict:
       'Table 2 analog: initialization paradigms, EMA against EvalNorm',
       result_files.scale_note(context),
       f'**An analog, not the paper\'s COCO detection experiment.** Source '
-      f'`{source}` pre-trained at B={context.scale.transfer_pretrain_b} (EMA top-1 '
-      f'{runner.top1(pretrain, "ema"):.2f}), fine-tuned on `{target}` for '
+      f'`{source}` pre-trained at B={context.scale.transfer_pretrain_b} '
+      f'(EMA top-1 {runner.top1(pretrain, "ema"):.2f}), fine-tuned on `{target}` for '
       f'{fine_tune_steps(context.scale)} steps; top-1 (%) as EMA / EvalNorm '
       '(gain), one seed.\n',
-      result_files.markdown_table(['initialization'] + [f'B={b}' for b in bs], rows),
+      result_files.markdown_table(
+          ['initialization'] + [f'B={b}' for b in bs], rows),
       f'![initialization paradigms]({NAME}.png)\n')
   result_files.plot_ema_against_evalnorm(
       context.output(f'{NAME}.png'),
       {f'fine-tuned at B={b}': {p[:3]: values[(p, b)] for p in PARADIGMS}
        for b in bs}, 'top-1 (%)', panel_width=4.2, height=3.8, sharey=True)
-  return values
+  return headlines(context, results)
 
 
 if __name__ == '__main__':

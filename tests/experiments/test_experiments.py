@@ -61,7 +61,7 @@ class FakeResults(dict):
 @pytest.fixture
 def context(tmp_path):
   return command_line.Context(scales.SCALES['small'], str(tmp_path / 'work'),
-                      str(tmp_path / 'results'), jobs=1)
+                              str(tmp_path / 'results'), jobs=1)
 
 
 def read(context, filename):
@@ -77,12 +77,16 @@ def assert_plot(context, filename):
 
 def test_fig2_report_puts_each_error_in_its_cell(context):
   results = FakeResults()
-  errors = fig2_error_vs_b.report(context, results)
+  numbers = fig2_error_vs_b.report(context, results)
   bs = context.scale.b_values
-  assert errors['EMA (BatchNorm)'] == [
-      pytest.approx(100 - fake_top1(f'evalnorm_b{b}_seed0', 'ema')) for b in bs]
-  assert errors['Batch Renorm'][0] == pytest.approx(
+  assert numbers['error']['EMA (BatchNorm)'] == {
+      str(b): pytest.approx(100 - fake_top1(f'evalnorm_b{b}_seed0', 'ema'))
+      for b in bs}
+  assert numbers['error']['Batch Renorm']['2'] == pytest.approx(
       100 - fake_top1('renorm_b2_seed0', 'ema'))
+  assert numbers['gain']['4'] == pytest.approx(
+      fake_top1('evalnorm_b4_seed0', 'evalnorm')
+      - fake_top1('evalnorm_b4_seed0', 'ema'))
   text = read(context, 'fig2_error_vs_b.md')
   row = next(l for l in text.splitlines() if l.startswith('| EvalNorm'))
   want = [f'{100 - fake_top1(f"evalnorm_b{b}_seed0", "evalnorm"):.2f}' for b in bs]
@@ -92,9 +96,9 @@ def test_fig2_report_puts_each_error_in_its_cell(context):
 
 def test_fig2_full_scale_has_a_cifar100_and_a_cifar10_panel(tmp_path):
   context = command_line.Context(scales.SCALES['full'], str(tmp_path / 'work'),
-                         str(tmp_path / 'results'), jobs=1)
-  errors = fig2_error_vs_b.report(context, FakeResults())
-  assert errors['EMA (BatchNorm)'][0] == pytest.approx(
+                                 str(tmp_path / 'results'), jobs=1)
+  numbers = fig2_error_vs_b.report(context, FakeResults())
+  assert numbers['error']['EMA (BatchNorm)']['2'] == pytest.approx(
       100 - fake_top1('evalnorm_b2_seed0', 'ema'))  # the test-bed's runs
   text = read(context, 'fig2_error_vs_b.md')
   assert text.index('## `cifar100`') < text.index('## `cifar10`')
@@ -107,23 +111,43 @@ def test_fig2_full_scale_has_a_cifar100_and_a_cifar10_panel(tmp_path):
 
 
 def test_fig3_report_orders_layers_and_averages(context):
-  values = fig3_alpha_beta.report(context, FakeResults())
+  numbers = fig3_alpha_beta.report(context, FakeResults())
   assert fig3_alpha_beta.network_order(
       ['final_norm', 'stage2_block0/norm1', 'stage1_block0/norm2']) == [
           'stage1_block0/norm2', 'stage2_block0/norm1', 'final_norm']
-  assert values['alpha'].shape == (len(context.scale.b_values), len(LAYERS))
-  assert values['beta'][0, 1] == pytest.approx(
-      fake_top1('evalnorm_b2_seed0', 'final_normb') / 100)
+  assert list(numbers['layer_alpha']['2']) == list(LAYERS)
+  assert numbers['layer_alpha']['4']['final_norm'] == pytest.approx(
+      fake_top1('evalnorm_b4_seed0', 'final_norma') / 100)
+  assert numbers['mean_beta']['2'] == pytest.approx(np.mean(
+      [fake_top1('evalnorm_b2_seed0', l + 'b') / 100 for l in LAYERS]))
   assert '| B=2 | 0.2500 |' in read(context, 'fig3_alpha_beta.md')
   assert_plot(context, 'fig3_alpha_beta.png')
 
 
+def test_fig1_headlines_are_read_back_from_its_table(context):
+  """A rebuild from runs.json has no checkpoints: it reads Fig. 1's
+  distances from the table the report wrote, and gets what it returned."""
+  rng = np.random.default_rng(0)
+  outputs = {b: {mode: rng.normal(size=(8, 4, 4, 3)) for mode in
+                 fig1_histograms.MODES} for b in (128, 2)}
+  fig1_histograms.write_report(context, 'some/norm', outputs)
+  numbers = fig1_histograms.distances(outputs)
+  train = outputs[2]['training statistics']
+  assert numbers['distance']['2']['ema'] == float(
+      f"{np.abs(outputs[2]['EMA statistics'] - train).mean():.3f}")
+  assert fig1_histograms.headlines(context, results=None) == numbers
+
+
 def test_fig4_report_has_every_schedule(context):
-  errors = fig4_fixed_schedules.report(context, FakeResults())
+  numbers = fig4_fixed_schedules.report(context, FakeResults())
+  errors = numbers['error']
   assert list(errors) == ['alpha = beta = 0 (EMA)', '1/B^2', '1/B',
                           'constant 0.05', 'constant 0.5', 'estimated (EvalNorm)']
-  assert errors['1/B'][-1] == pytest.approx(
+  assert errors['1/B']['128'] == pytest.approx(
       100 - fake_top1('evalnorm_b128_seed0', 'one_over_b'))
+  fixed = [100 - fake_top1('evalnorm_b128_seed0', m) for m in (
+      'ema', 'rule_of_thumb', 'one_over_b', 'fixed_0.05', 'fixed_0.5')]
+  assert numbers['best_fixed']['128'] == pytest.approx(min(fixed))
   assert_plot(context, 'fig4_fixed_schedules.png')
 
 
@@ -131,22 +155,29 @@ def test_fig5_grid_reuses_the_sweep_and_reports(context):
   names = [r.name for r in fig5_deeper_wider.all_runs(context.scale)]
   assert 'evalnorm_b4_seed0' in names  # the depth-8, width-1 model of Fig. 2
   assert 'evalnorm_d20_w1_b8_seed0' in names and len(names) == len(set(names))
-  errors = fig5_deeper_wider.report(context, FakeResults())
-  assert errors[(14, 1, 4)] == pytest.approx(
-      (100 - fake_top1('evalnorm_d14_w1_b4_seed0', 'ema'),
-       100 - fake_top1('evalnorm_d14_w1_b4_seed0', 'evalnorm')))
+  numbers = fig5_deeper_wider.report(context, FakeResults())
+  cell = numbers['by_model']['depth 14, width x1']['4']
+  ema, en = (100 - fake_top1('evalnorm_d14_w1_b4_seed0', m)
+             for m in ('ema', 'evalnorm'))
+  assert (cell['ema_error'], cell['evalnorm_error'], cell['gain']) == (
+      pytest.approx(ema), pytest.approx(en), pytest.approx(ema - en))
   assert_plot(context, 'fig5_deeper_wider.png')
 
 
 def test_seeds_mean_and_spread(context):
-  results = FakeResults()
-  rows = seeds.report(context, results)
-  row = next(r for r in rows if r[0] == 'B=2, evalnorm run, `ema`')
+  numbers = seeds.report(context, FakeResults())
   values = [fake_top1(f'evalnorm_b2_seed{s}', 'ema') for s in range(3)]
-  assert row[1] == f'{np.mean(values):.2f}'
-  assert row[2] == f'{np.std(values, ddof=1):.2f}'
-  gain = next(r for r in rows if r[0].startswith('B=8, EvalNorm gain'))
-  assert gain[1] == f'{np.mean([fake_top1(f"evalnorm_b8_seed{s}", "evalnorm") - fake_top1(f"evalnorm_b8_seed{s}", "ema") for s in range(3)]):.2f}'
+  assert numbers['top1']['evalnorm']['2']['ema'] == {
+      'mean': pytest.approx(np.mean(values)),
+      'std': pytest.approx(np.std(values, ddof=1)), 'seeds': values}
+  gains = [fake_top1(f'evalnorm_b8_seed{s}', 'evalnorm')
+           - fake_top1(f'evalnorm_b8_seed{s}', 'ema') for s in range(3)]
+  assert numbers['gain']['8']['mean'] == pytest.approx(np.mean(gains))
+  assert list(numbers['top1']['renorm']['2']) == ['ema']
+  row = next(l for l in read(context, 'seeds.md').splitlines()
+             if l.startswith('| B=8, EvalNorm gain'))
+  assert row.split(' | ')[1:3] == [f'{np.mean(gains):.2f}',
+                                   f'{np.std(gains, ddof=1):.2f}']
 
 
 def test_estimate_every_report_and_its_reference_check(context):
@@ -155,13 +186,13 @@ def test_estimate_every_report_and_its_reference_check(context):
   ks = context.scale.estimate_every_ks
   results = {r.name: {k: fake_result(f'{r.name}_k{k}') for k in ks}
              for r in seed_runs}
-  summary = estimate_every.report(context, seed_runs, results, ks)
+  summary = estimate_every.report(context, seed_runs, results, ks)['by_k']
   top1 = [fake_top1(f'{r.name}_k4', 'evalnorm') for r in seed_runs]
-  assert summary[4]['mean'] == pytest.approx(np.mean(top1))
-  assert summary[4]['std'] == pytest.approx(np.std(top1, ddof=1))
+  assert summary['4']['mean'] == pytest.approx(np.mean(top1))
+  assert summary['4']['std'] == pytest.approx(np.std(top1, ddof=1))
   alphas = [np.mean([fake_top1(f'{r.name}_k4', l + 'a') / 100 for l in LAYERS])
             for r in seed_runs]
-  assert summary[4]['alpha'] == pytest.approx(np.mean(alphas))
+  assert summary['4']['alpha'] == pytest.approx(np.mean(alphas))
   text = read(context, 'estimate_every.md')
   assert f"| 4 | {np.mean(top1):.2f} |" in text and '(No quick start run' in text
   assert_plot(context, 'estimate_every.png')
@@ -202,7 +233,8 @@ def test_quick_start_runs_are_the_readme_command_and_report(context):
   assert planned['baseline_batchnorm_offline'].checkpoint == batchnorm.name
   assert dict(planned['baseline_renorm'].overrides)['renorm_warmup_steps'] == 1000
   results = FakeResults()
-  quick_start.report(context, results)
+  numbers = quick_start.report(context, results)
+  assert numbers['baselines']['GroupNorm (batch 128)']['own'] == 'groupnorm'
   text = read(context, 'quick_start.md')
   assert f"| ema | {fake_top1('quick_start_seed0', 'ema'):.2f} |" in text
   ema = [fake_top1(f'quick_start_seed{s}', 'ema') for s in range(3)]
@@ -274,9 +306,13 @@ def test_table1_per_device_setup_and_report(context):
   groupnorm = {r.name: dict(r.overrides) for r in trained
                if dict(r.overrides).get('norm') == 'groupnorm'}
   assert {o['batch_size'] for o in groupnorm.values()} == {16, 32, 64, 128, 256}
-  table = table1_imagenet.report(context, FakeResults())
-  assert table['EvalNorm offline'][0] == fake_top1('imagenet_offline_b2', 'evalnorm')
-  assert table['GroupNorm'][-1] == fake_top1('imagenet_groupnorm_b32', 'groupnorm')
+  numbers = table1_imagenet.report(context, FakeResults())
+  table = numbers['top1']
+  assert table['EvalNorm offline']['2'] == fake_top1('imagenet_offline_b2',
+                                                     'evalnorm')
+  assert table['GroupNorm']['32'] == fake_top1('imagenet_groupnorm_b32',
+                                               'groupnorm')
+  assert numbers['steps'] == {str(b): 7 for b in (2, 4, 8, 16, 32)}
   text = read(context, 'table1_imagenet.md')
   assert 'configs/imagenet.py' in text and '64.80' in text
   recall = text[text.index('## Recall@5'):].splitlines()
@@ -295,9 +331,11 @@ def test_table2_paradigms(context):
   assert c['freeze_batch_stats'] and c['init_norm'] == 'pretrained'
   assert d['init_norm'] == 'pretrained' and 'freeze_batch_stats' not in d
   assert {s['dataset'] for s in settings.values()} == {'noisy_digits'}
-  values = table2_transfer.report(context, FakeResults())
-  assert values[('(a) random init', 8)][1] == fake_top1('transfer_a_b8',
-                                                        'evalnorm')
+  numbers = table2_transfer.report(context, FakeResults())
+  cell = numbers['by_paradigm']['(a) random init']['8']
+  assert cell['evalnorm'] == fake_top1('transfer_a_b8', 'evalnorm')
+  assert cell['gain'] == pytest.approx(
+      cell['evalnorm'] - fake_top1('transfer_a_b8', 'ema'))
   assert 'not the paper' in read(context, 'table2_transfer.md')
 
 
@@ -329,7 +367,7 @@ def test_failed_run_reports_its_log(context, monkeypatch):
 
 def test_command_is_the_users_command_line(context):
   run = runner.make_run('x', context.scale, norm_batch_size=4,
-                      fixed_alpha_beta=(0.1, 0.2))
+                        fixed_alpha_beta=(0.1, 0.2))
   args = runner.command(run, '/w')
   assert args[1:5] == ['-m', 'evalnorm.main', '--config=configs/digits.py',
                        '--workdir=/w/x']
@@ -357,7 +395,7 @@ def test_fig1_layer_outputs(trained_run, tmp_path):
   overrides = {k: config[k] for k in ('dataset', 'stem_strides', 'batch_size',
                                       'eval_batch_size', 'norm_batch_size')}
   run = runner.Run(os.path.basename(workdir), 'configs/digits.py',
-                 tuple(overrides.items()))
+                   tuple(overrides.items()))
   layer = 'stage1_block0/norm2'
   outputs = fig1_histograms.layer_outputs(run, os.path.dirname(workdir), layer,
                                           num_examples=64)
@@ -423,6 +461,14 @@ def test_run_all_at_smoke_scale(tmp_path):
                 f'--results_dir={tmp_path}/r', '--jobs=2'])
   record = json.loads((tmp_path / 'r' / 'provenance.json').read_text())
   assert len(record['invocations']) == 2
+  # headlines.json holds every script's report and is rebuilt, without the
+  # workdirs, from runs.json and provenance.json alone.
+  written = (tmp_path / 'r' / 'headlines.json').read_text()
+  assert set(json.loads(written)) == set(seconds) | {'provenance', 'runtimes'}
+  os.rename(tmp_path / 'w', tmp_path / 'gone')
+  run_all.main(['--scale=smoke', f'--results_dir={tmp_path}/r',
+                f'--workdir_root={tmp_path}/w', '--headlines_only'])
+  assert (tmp_path / 'r' / 'headlines.json').read_text() == written
 
 
 # ---------------------------------------------------------------------------
@@ -513,7 +559,7 @@ def test_gpus_are_handed_out_one_run_at_a_time(context, monkeypatch):
   runner.execute(one_device, context.workdir_root, jobs=2)
   assert sorted(seen.values()) == ['0', '1']
   runner.execute([runner.make_run('eight', context.scale, devices=8)],
-               context.workdir_root)
+                 context.workdir_root)
   assert seen['eight'] == '0,1'  # all there are: groups of B on fewer devices
 
 
@@ -521,9 +567,9 @@ def test_a_run_waits_for_the_runs_it_reads(context):
   pretrain = table2_transfer.pretrain_run(context.scale)
   grid = table2_transfer.grid_of(context)
   assert runner.prerequisites(grid[('(b) pre-trained, BN reset', 2)],
-                            context.workdir_root) == {pretrain.name}
+                              context.workdir_root) == {pretrain.name}
   assert runner.prerequisites(grid[('(a) random init', 2)],
-                            context.workdir_root) == set()
+                              context.workdir_root) == set()
   _, offline = table1_imagenet.table_runs(context.scale)
   assert runner.prerequisites(offline[0], context.workdir_root) == {
       'imagenet_evalnorm_b2'}

@@ -2,13 +2,14 @@
 
 import copy
 import dataclasses
+import json
 import zlib
 
 import numpy as np
 import pytest
 
 from experiments import (command_line, quick_start, readme_numbers as readme,
-                         run_all, scales)
+                         run_all, runner, scales)
 
 
 def test_every_readme_block_is_rendered_from_the_committed_results():
@@ -202,3 +203,12 @@ def test_provenance_names_the_commits_in_the_order_they_ran(made_up_sources):
   assert ('by 2 invocations of `run_all`' in text
           and 'at commits aaaaaaa and bbbbbbb in that order, each on a clean '
           'tree, on Some CPU (2 cores)' in text), text
+
+
+def test_the_committed_headlines_are_rebuilt_from_runs_json():
+  context = command_line.Context(scales.SCALES['small'], '', runner.RESULTS_DIR,
+                                 1)
+  with open(f'{runner.RESULTS_DIR}/{run_all.HEADLINES}') as f:
+    committed = json.load(f)
+  rebuilt = json.loads(json.dumps(run_all.rebuilt_headlines(context)))
+  assert rebuilt == committed

@@ -97,7 +97,7 @@ def test_coco_files_in_a_bucket_score_as_written(bucket):
 def test_experiment_runs_and_results_in_a_bucket(bucket, monkeypatch):
   """A run's log and eval.json, a finished run's reuse, the results files."""
   context = command_line.Context(scales.SCALES['small'], 'gs://bucket/work',
-                         'gs://bucket/results', jobs=1)
+                                 'gs://bucket/results', jobs=1)
 
   def fake_run(args, cwd, stdout, stderr, env):
     del cwd, stderr, env
