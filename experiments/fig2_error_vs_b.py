@@ -82,8 +82,8 @@ def headlines(context: command_line.Context, results: dict) -> dict:
   bs = [str(b) for b in context.scale.b_values]
   errors = curves(context.scale, results)
   return {'error': {name: dict(zip(bs, errs)) for name, errs in errors.items()},
-          'gain': dict(zip(bs, (m - e for m, e in zip(
-              errors['EMA (BatchNorm)'], errors['EvalNorm (online)']))))}
+          'gain': {'seed 0': dict(zip(bs, (m - e for m, e in zip(
+              errors['EMA (BatchNorm)'], errors['EvalNorm (online)']))))}}
 
 
 def report(context: command_line.Context, results: dict) -> dict:

@@ -57,11 +57,12 @@ def label(depth: int, width: int) -> str:
 def headlines(context: command_line.Context, results: dict) -> dict:
   """Per model and B: EMA's and EvalNorm's error, and EvalNorm's gain
   (EMA's error minus EvalNorm's)."""
-  by_model = {}
+  numbers = {'error': {}, 'gain': {}}
   for (d, w, b), (ema, en) in errors(context.scale, results).items():
-    by_model.setdefault(label(d, w), {})[str(b)] = {
-        'ema_error': ema, 'evalnorm_error': en, 'gain': ema - en}
-  return {'by_model': by_model}
+    numbers['error'].setdefault(label(d, w), {})[str(b)] = {
+        'ema': ema, 'evalnorm': en}
+    numbers['gain'].setdefault(label(d, w), {})[str(b)] = ema - en
+  return numbers
 
 
 def report(context: command_line.Context, results: dict) -> dict:

@@ -47,8 +47,8 @@ def stats(values: list[float]) -> dict:
 
 
 def headlines(context: command_line.Context, results: dict) -> dict:
-  """Over the seeds: top-1 of each mode by method and B, and at each B of
-  the EvalNorm runs the gain of EvalNorm over EMA (points)."""
+  """Over the seeds: top-1 of each mode by method and B; at each B of the
+  EvalNorm runs the gain of EvalNorm over EMA (points), and its mean."""
   top1, gain = {}, {}
   for (method, b), group in groups_of(context).items():
     runs = [results[r.name] for r in group]
@@ -58,7 +58,9 @@ def headlines(context: command_line.Context, results: dict) -> dict:
     if method == 'evalnorm':
       gain[str(b)] = stats([runner.top1(r, 'evalnorm') - runner.top1(r, 'ema')
                             for r in runs])
-  return {'top1': top1, 'gain': gain}
+  return {'top1': top1, 'gain_over_seeds': gain, 'gain': {
+      f'mean of {len(command_line.seeds(context))}': {
+          b: g['mean'] for b, g in gain.items()}}}
 
 
 def stats_row(label: str, values: dict) -> list[str]:
@@ -76,7 +78,7 @@ def report(context: command_line.Context, results: dict) -> dict:
                for mode, values in by_mode.items()]
       if method == 'evalnorm':
         rows.append(stats_row(f'B={b}, EvalNorm gain over EMA (points)',
-                              numbers['gain'][b]))
+                              numbers['gain_over_seeds'][b]))
   seed_list = ', '.join(map(str, command_line.seeds(context)))
   table = result_files.markdown_table(['top-1 (%)', 'mean', 'std (n-1)',
                                        f'seeds {seed_list}'], rows)

@@ -125,8 +125,9 @@ def headlines(context: command_line.Context, results: dict) -> dict:
   bs = [str(b) for b in context.scale.table1_b_values]
   table = rows_by_method(context.scale, results)
   return {'top1': {row: dict(zip(bs, values)) for row, values in table.items()},
-          'gain': dict(zip(bs, (e - m for e, m in zip(
-              table['EvalNorm (online)'], table['EMA'])))),
+          'gain': {f'{DEVICES} devices x B': dict(zip(bs, (
+              e - m for e, m in zip(table['EvalNorm (online)'],
+                                    table['EMA']))))},
           'steps': {str(b): s for b, s in
                     steps_by_b(context.scale, results).items()},
           'paper_b2': PAPER_B2}

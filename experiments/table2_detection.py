@@ -115,7 +115,8 @@ def run_seeds(scale: scales.Scale, n: int) -> tuple[int, ...]:
 
 def headlines(context: command_line.Context, results: dict) -> dict:
   """Per paradigm and N, over its seeds: the AP of each mode and EvalNorm's
-  gain over EMA; per paradigm, the mean alpha at N=2 (first seed)."""
+  gain over EMA, and the gain's mean alone; per paradigm, the mean alpha at
+  N=2 (first seed)."""
   grid = grid_of(context)
   by_paradigm, alpha = {}, {}
   for paradigm in PARADIGMS:
@@ -127,7 +128,9 @@ def headlines(context: command_line.Context, results: dict) -> dict:
           'gain': stats(_gain)}
     first = grid[(paradigm, 2, context.scale.detection.seeds[0])]
     alpha[paradigm] = mean_alpha(results[first.name])
-  return {'by_paradigm': by_paradigm, 'mean_alpha': alpha}
+  return {'by_paradigm': by_paradigm, 'mean_alpha': alpha, 'gain': {
+      p: {n: at['gain']['mean'] for n, at in by_n.items()}
+      for p, by_n in by_paradigm.items()}}
 
 
 def report(context: command_line.Context, results: dict) -> dict:

@@ -87,13 +87,13 @@ def top1(context: command_line.Context, results: dict
 def headlines(context: command_line.Context, results: dict) -> dict:
   """Per initialization and B: EMA's and EvalNorm's top-1 and EvalNorm's
   gain; the source model's top-1."""
-  by_paradigm = {}
+  numbers = {'top1': {}, 'gain': {}}
   for (paradigm, b), (ema, en) in top1(context, results).items():
-    by_paradigm.setdefault(paradigm, {})[str(b)] = {
-        'ema': ema, 'evalnorm': en, 'gain': en - ema}
+    numbers['top1'].setdefault(paradigm, {})[str(b)] = {
+        'ema': ema, 'evalnorm': en}
+    numbers['gain'].setdefault(paradigm, {})[str(b)] = en - ema
   pretrain = results[pretrain_run(context.scale).name]
-  return {'by_paradigm': by_paradigm,
-          'pretrain_top1': runner.top1(pretrain, 'ema')}
+  return numbers | {'pretrain_top1': runner.top1(pretrain, 'ema')}
 
 
 def report(context: command_line.Context, results: dict) -> dict:

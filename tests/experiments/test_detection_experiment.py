@@ -42,6 +42,7 @@ def test_the_report_gives_each_cell_and_evalnorms_gain_over_ema(tmp_path):
   assert cell['AP']['ema'] == {'mean': 21.0, 'std': 1.0,
                                'seeds': [20.0, 21.0, 22.0]}
   assert cell['gain']['seeds'] == [1.0, 2.0, 3.0]
+  assert numbers['gain']['(a) random init'] == {'2': 2.0, '4': 1.0, '8': 1.0}
   # Mean alpha of the base network's layers and of the RCN's, N=2, seed 0.
   assert numbers['mean_alpha']['(b) pre-trained, BN reset'] == {
       'base': pytest.approx(0.4), 'rcn': pytest.approx(0.1)}

@@ -84,7 +84,7 @@ def test_fig2_report_puts_each_error_in_its_cell(context):
       for b in bs}
   assert numbers['error']['Batch Renorm']['2'] == pytest.approx(
       100 - fake_top1('renorm_b2_seed0', 'ema'))
-  assert numbers['gain']['4'] == pytest.approx(
+  assert numbers['gain']['seed 0']['4'] == pytest.approx(
       fake_top1('evalnorm_b4_seed0', 'evalnorm')
       - fake_top1('evalnorm_b4_seed0', 'ema'))
   text = read(context, 'fig2_error_vs_b.md')
@@ -156,11 +156,11 @@ def test_fig5_grid_reuses_the_sweep_and_reports(context):
   assert 'evalnorm_b4_seed0' in names  # the depth-8, width-1 model of Fig. 2
   assert 'evalnorm_d20_w1_b8_seed0' in names and len(names) == len(set(names))
   numbers = fig5_deeper_wider.report(context, FakeResults())
-  cell = numbers['by_model']['depth 14, width x1']['4']
   ema, en = (100 - fake_top1('evalnorm_d14_w1_b4_seed0', m)
              for m in ('ema', 'evalnorm'))
-  assert (cell['ema_error'], cell['evalnorm_error'], cell['gain']) == (
-      pytest.approx(ema), pytest.approx(en), pytest.approx(ema - en))
+  assert numbers['error']['depth 14, width x1']['4'] == {
+      'ema': pytest.approx(ema), 'evalnorm': pytest.approx(en)}
+  assert numbers['gain']['depth 14, width x1']['4'] == pytest.approx(ema - en)
   assert_plot(context, 'fig5_deeper_wider.png')
 
 
@@ -172,7 +172,9 @@ def test_seeds_mean_and_spread(context):
       'std': pytest.approx(np.std(values, ddof=1)), 'seeds': values}
   gains = [fake_top1(f'evalnorm_b8_seed{s}', 'evalnorm')
            - fake_top1(f'evalnorm_b8_seed{s}', 'ema') for s in range(3)]
-  assert numbers['gain']['8']['mean'] == pytest.approx(np.mean(gains))
+  assert numbers['gain_over_seeds']['8']['mean'] == pytest.approx(
+      np.mean(gains))
+  assert numbers['gain']['mean of 3']['8'] == pytest.approx(np.mean(gains))
   assert list(numbers['top1']['renorm']['2']) == ['ema']
   row = next(l for l in read(context, 'seeds.md').splitlines()
              if l.startswith('| B=8, EvalNorm gain'))
@@ -332,10 +334,10 @@ def test_table2_paradigms(context):
   assert d['init_norm'] == 'pretrained' and 'freeze_batch_stats' not in d
   assert {s['dataset'] for s in settings.values()} == {'noisy_digits'}
   numbers = table2_transfer.report(context, FakeResults())
-  cell = numbers['by_paradigm']['(a) random init']['8']
-  assert cell['evalnorm'] == fake_top1('transfer_a_b8', 'evalnorm')
-  assert cell['gain'] == pytest.approx(
-      cell['evalnorm'] - fake_top1('transfer_a_b8', 'ema'))
+  cell = numbers['top1']['(a) random init']['8']
+  assert cell == {m: fake_top1('transfer_a_b8', m) for m in ('ema', 'evalnorm')}
+  assert numbers['gain']['(a) random init']['8'] == pytest.approx(
+      cell['evalnorm'] - cell['ema'])
   assert 'not the paper' in read(context, 'table2_transfer.md')
 
 
