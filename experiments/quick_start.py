@@ -36,6 +36,7 @@ SEED_MODES = ('ema', 'evalnorm', 'rule_of_thumb', 'one_over_b', 'train_stats')
 BASELINE_MODES = ('evalnorm', 'rule_of_thumb', 'one_over_b', 'fixed_0.05',
                   'fixed_0.1', 'fixed_0.5')
 BASELINE_DEVICES = 8  # nn.BatchNorm at B=2 needs a per-device batch of 2
+RENORM = 'Batch Renorm (batch 128, groups of 2)'  # its baseline's label
 OTHER_DEVICES = 8
 
 
@@ -73,7 +74,7 @@ def baseline_runs(scale: scales.Scale) -> dict[str, runner.Run]:
       'the same model after `evalnorm.estimate` (offline)': quick_start_run(
           scale, 'baseline_batchnorm_offline', BASELINE_DEVICES,
           checkpoint=trained.name, **batchnorm),
-      'Batch Renorm (batch 128, groups of 2)': renorm,
+      RENORM: renorm,
       'GroupNorm (batch 128)': quick_start_run(scale, 'baseline_groupnorm',
                                                norm='groupnorm'),
   }
