@@ -1,4 +1,4 @@
-"""What every experiment script shares: its command line, and where results go."""
+"""What every experiment script shares: its command line, where results go."""
 
 import argparse
 import dataclasses
@@ -51,7 +51,8 @@ class Context:
 
 def context_from_args(args: argparse.Namespace) -> Context:
   scale = SCALES[args.scale]
-  workdir_root = args.workdir_root or files.join(runner.WORKDIR_ROOT, scale.name)
+  workdir_root = args.workdir_root or files.join(runner.WORKDIR_ROOT,
+                                                 scale.name)
   results_dir = args.results_dir or (
       runner.RESULTS_DIR if scale.name == 'small'
       else files.join(runner.RESULTS_DIR, scale.name))

@@ -223,7 +223,8 @@ def report(context: command_line.Context, seed_runs, results: dict, ks) -> dict:
       ['k', 'EvalNorm top-1 mean', 'std (n-1)', f'seeds {seeds}',
        'mean alpha (std)', 'mean beta (std)', 'within spread of k=1'], rows)
   ema = [runner.top1(results[r.name][1], 'ema') for r in seed_runs]
-  setting = (result_files.scale_note(context) if context.scale.name != 'small' else
+  setting = (result_files.scale_note(context)
+             if context.scale.name != 'small' else
              'Scale `small`: the quick start (`configs/digits.py`, noisy '
              'digits, B=2, 3000 steps).\n')
   result_files.write_markdown(
@@ -269,7 +270,8 @@ def plot(context: command_line.Context, summary: dict) -> None:
 
 def planned_runs(context: command_line.Context, seeds=None) -> list[runner.Run]:
   """The trainings (one per seed; ``run_all --dry_run`` lists them)."""
-  return [seed_run(context.scale, s) for s in seeds or command_line.seeds(context)]
+  return [seed_run(context.scale, s)
+          for s in seeds or command_line.seeds(context)]
 
 
 def main(argv=None):

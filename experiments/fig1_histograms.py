@@ -44,7 +44,8 @@ MODES = ('training statistics', 'EMA statistics', 'EvalNorm statistics')
 def layer_outputs(run: runner.Run, workdir_root: str, layer: str,
                   num_examples: int = 256) -> dict[str, np.ndarray]:
   """The layer's outputs for the first eval examples, per statistics mode."""
-  config, dataset, model, variables = run_configs.load_trained(run, workdir_root)
+  config, dataset, model, variables = run_configs.load_trained(run,
+                                                               workdir_root)
   batch = next(iter(dataset.eval_batches()))
   count = min(num_examples, len(batch['image']))
   count -= count % config.norm_batch_size

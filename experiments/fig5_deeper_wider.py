@@ -27,7 +27,8 @@ def model_grid(scale: scales.Scale) -> list[tuple[int, int]]:
   return grid + [(depths[0], w) for w in widths if w != 1]
 
 
-def model_run(scale: scales.Scale, depth: int, width: int, b: int) -> runner.Run:
+def model_run(scale: scales.Scale, depth: int, width: int,
+              b: int) -> runner.Run:
   if (depth, width) == (scale.fig5_models[0][0], 1):
     return fig2_error_vs_b.evalnorm_run(scale, b)  # shared with Fig. 2
   run = fig2_error_vs_b.evalnorm_run(scale, b, depth=depth, width=width)

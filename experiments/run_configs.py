@@ -1,4 +1,4 @@
-"""In-process access to a planned run: its config, its listing row, its weights."""
+"""In-process access to a planned run: its config, listing row and weights."""
 
 import dataclasses
 import os

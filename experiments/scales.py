@@ -1,4 +1,4 @@
-"""The scales the experiments run at: each script's config, training length and grid.
+"""The scales the experiments run at: configs, training lengths, every grid.
 
 ``smoke`` (seconds, for tests), ``small`` (this 2-core machine, built-in digits
 data; the committed results) and ``full`` (the paper's CIFAR/ImageNet configs,

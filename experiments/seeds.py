@@ -21,7 +21,8 @@ FLAGS = command_line.SEEDS_FLAG
 EVALNORM_MODES = ('ema', 'evalnorm', 'rule_of_thumb', 'one_over_b', 'train_stats')
 
 
-def seed_runs(scale: scales.Scale, seeds) -> dict[tuple[str, int], list[runner.Run]]:
+def seed_runs(scale: scales.Scale, seeds
+              ) -> dict[tuple[str, int], list[runner.Run]]:
   """(method, B) -> the runs over seeds."""
   small_b = min(scale.b_values)
   groups = {('evalnorm', b): [fig2_error_vs_b.evalnorm_run(scale, b, s)
@@ -32,7 +33,8 @@ def seed_runs(scale: scales.Scale, seeds) -> dict[tuple[str, int], list[runner.R
   return groups
 
 
-def groups_of(context: command_line.Context) -> dict[tuple[str, int], list[runner.Run]]:
+def groups_of(context: command_line.Context
+              ) -> dict[tuple[str, int], list[runner.Run]]:
   return seed_runs(context.scale, command_line.seeds(context))
 
 

@@ -64,7 +64,8 @@ def column_runs(scale: scales.Scale, b: int) -> dict[str, runner.Run]:
   }
 
 
-def table_runs(scale: scales.Scale) -> tuple[list[runner.Run], list[runner.Run]]:
+def table_runs(scale: scales.Scale
+               ) -> tuple[list[runner.Run], list[runner.Run]]:
   """(training runs, offline estimation runs that read their checkpoints)."""
   columns = [column_runs(scale, b) for b in scale.table1_b_values]
   return ([c[k] for c in columns for k in ('evalnorm', 'renorm', 'groupnorm')],

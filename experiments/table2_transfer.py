@@ -110,8 +110,9 @@ def report(context: command_line.Context, results: dict) -> dict:
       result_files.scale_note(context),
       f'**An analog, not the paper\'s COCO detection experiment.** Source '
       f'`{source}` pre-trained at B={context.scale.transfer_pretrain_b} '
-      f'(EMA top-1 {runner.top1(pretrain, "ema"):.2f}), fine-tuned on `{target}` for '
-      f'{fine_tune_steps(context.scale)} steps; top-1 (%) as EMA / EvalNorm '
+      f'(EMA top-1 {runner.top1(pretrain, "ema"):.2f}), fine-tuned on '
+      f'`{target}` for {fine_tune_steps(context.scale)} steps; top-1 (%) as '
+      'EMA / EvalNorm '
       '(gain), one seed.\n',
       result_files.markdown_table(
           ['initialization'] + [f'B={b}' for b in bs], rows),

@@ -220,6 +220,17 @@ def test_findings_and_runtimes_take_each_number_from_its_run(made_up_sources):
   assert runtimes['`fig1_histograms.py`']['run-minutes'] == ''
 
 
+def test_runtimes_leave_out_a_run_without_its_time():
+  """A run whose eval.json was written just as run_all was killed has no wall
+  time: it is counted as a run, not in the minutes."""
+  context = command_line.Context(SMALL, '', '', 1)
+  evals = {r.name: {'wall_seconds': 60.0} for s in run_all.SCRIPTS
+           for r in s.planned_runs(context)}
+  del evals['detection_a_n2_seed2']['wall_seconds']
+  detection = run_all.runtimes(context, evals)['by_script']['table2_detection']
+  assert (detection['new_runs'], detection['run_minutes']) == (21, 20.0)
+
+
 def test_cost_tables_take_each_number_from_its_record(made_up_sources):
   cost = copy.deepcopy(made_up_sources.cost)
   setup = next(iter(cost[('resnet50', 'eigen')]['setups'].values()))
