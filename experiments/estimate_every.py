@@ -31,21 +31,22 @@ import sys
 import numpy as np
 
 from evalnorm.training import files
-from experiments import quick_start, runs
+from experiments import (command_line, quick_start, result_files, run_configs,
+                         runner, scales)
 
 NAME = 'estimate_every'
 
 
-def seed_run(scale: runs.Scale, seed: int) -> runs.Run:
+def seed_run(scale: scales.Scale, seed: int) -> runner.Run:
   """The training of one seed (its config and overrides; k is set per k)."""
   name = f'{NAME}_seed{seed}'
   if scale.name != 'full':  # The quick start, as its README command runs it.
     return quick_start.quick_start_run(scale, name, seed=seed)
-  return runs.make_run(name, scale, seed=seed,
-                       norm_batch_size=min(scale.b_values))
+  return runner.make_run(name, scale, seed=seed,
+                         norm_batch_size=min(scale.b_values))
 
 
-def reference_run(scale: runs.Scale, seed: int) -> runs.Run | None:
+def reference_run(scale: scales.Scale, seed: int) -> runner.Run | None:
   """The quick start run of ``seed`` when it is this script's training with
   the default k (``experiments/quick_start.py`` runs it), else None."""
   reference = quick_start.seed_run(scale, seed)
@@ -55,7 +56,7 @@ def reference_run(scale: runs.Scale, seed: int) -> runs.Run | None:
   return reference
 
 
-def train_every_k(run: runs.Run, ks) -> dict[int, dict]:
+def train_every_k(run: runner.Run, ks) -> dict[int, dict]:
   """{k: eval.json-like {'eval': ..., 'alpha_beta': ...}} from one training.
 
   Every k is evaluated in every mode, in one pass like
@@ -70,7 +71,7 @@ def train_every_k(run: runs.Run, ks) -> dict[int, dict]:
                                  trainer)
   from evalnorm.variables import alpha_beta_by_layer
   # pylint: enable=g-import-not-at-top
-  config = runs.load_config(run)
+  config = run_configs.load_config(run)
   builders.validate(config, jax.device_count())
   dataset = data.make_dataset(config)
   total_steps = config_lib.num_train_steps(config, dataset.num_train_examples)
@@ -109,11 +110,11 @@ def train_every_k(run: runs.Run, ks) -> dict[int, dict]:
   return out
 
 
-def result_path(workdir_root: str, run: runs.Run):
+def result_path(workdir_root: str, run: runner.Run):
   return files.path(workdir_root) / run.name / 'every_k.json'
 
 
-def execute(context: runs.Context, seed_runs: list[runs.Run], ks
+def execute(context: command_line.Context, seed_runs: list[runner.Run], ks
             ) -> dict[str, dict[int, dict]]:
   """{run name: {k: result}}; each seed trains in a process of its own (one
   CPU device, as the quick start), ``context.jobs`` at a time; finished
@@ -122,17 +123,17 @@ def execute(context: runs.Context, seed_runs: list[runs.Run], ks
     path = result_path(context.workdir_root, run)
     if not path.exists():
       path.parent.mkdir(parents=True, exist_ok=True)
-      with runs.appending(path.parent / 'log.txt') as log:
+      with runner.appending(path.parent / 'log.txt') as log:
         status = subprocess.call(
             [sys.executable, '-m', 'experiments.estimate_every',
              f'--train={run.name}', f"--seeds={dict(run.overrides)['seed']}",
              f'--scale={context.scale.name}',
              f'--workdir_root={context.workdir_root}'],
-            cwd=runs.ROOT, stdout=log, stderr=subprocess.STDOUT,
-            env=runs._environment(run.devices, ()))  # pylint: disable=protected-access
+            cwd=runner.ROOT, stdout=log, stderr=subprocess.STDOUT,
+            env=runner._environment(run.devices, ()))  # pylint: disable=protected-access
       if status:
-        raise runs.RunFailed(f'{run.name} exited with status {status}; see '
-                             f'{path.parent / "log.txt"}')
+        raise runner.RunFailed(f'{run.name} exited with status {status}; see '
+                               f'{path.parent / "log.txt"}')
     return {int(k): v for k, v in files.read_json(path).items()}
   with concurrent.futures.ThreadPoolExecutor(max(1, context.jobs)) as pool:
     return dict(zip([r.name for r in seed_runs], pool.map(one, seed_runs)))
@@ -154,7 +155,7 @@ def summarize(results: dict[str, dict[int, dict]], ks) -> dict[int, dict]:
   out = {}
   for k in ks:
     per_seed = [by_k[k] for by_k in results.values()]
-    top1 = [runs.top1(r, 'evalnorm') for r in per_seed]
+    top1 = [runner.top1(r, 'evalnorm') for r in per_seed]
     alpha_beta = np.array([mean_alpha_beta(r) for r in per_seed])
     out[k] = {'top1': top1, 'mean': float(np.mean(top1)), 'std': spread(top1),
               'alpha': float(np.mean(alpha_beta[:, 0])),
@@ -173,7 +174,7 @@ def within_spread(row: dict, reference: dict) -> bool:
                                      ('beta', 'beta_std')))
 
 
-def reference_check(context: runs.Context, seed_runs, results) -> str:
+def reference_check(context: command_line.Context, seed_runs, results) -> str:
   """A sentence comparing the quick start runs found with their k's column."""
   compared, differing, k = [], [], None
   for run in seed_runs:
@@ -181,8 +182,8 @@ def reference_check(context: runs.Context, seed_runs, results) -> str:
     quick = reference_run(context.scale, seed)
     if quick is None:
       continue
-    reference = runs.read_eval(context.workdir(quick))
-    k = runs.load_config(quick).estimate_every_steps
+    reference = runner.read_eval(context.workdir(quick))
+    k = run_configs.load_config(quick).estimate_every_steps
     if reference is None or k not in results[run.name]:
       continue
     compared.append(str(seed))
@@ -200,7 +201,16 @@ def reference_check(context: runs.Context, seed_runs, results) -> str:
           'column, in every mode.\n')
 
 
-def report(context: runs.Context, seed_runs, results: dict, ks) -> dict:
+def headlines(context: command_line.Context, results: dict) -> dict:
+  """``summarize`` by k (as a JSON key) of {run: {k: result}} (k an int, or
+  its string as runs.json keeps it)."""
+  by_k = {name: {int(k): result for k, result in by_k.items()}
+          for name, by_k in results.items()}
+  summary = summarize(by_k, context.scale.estimate_every_ks)
+  return {'by_k': {str(k): row for k, row in summary.items()}}
+
+
+def report(context: command_line.Context, seed_runs, results: dict, ks) -> dict:
   summary = summarize(results, ks)
   rows = [[str(k), f"{row['mean']:.2f}", f"{row['std']:.2f}",
            ' / '.join(f'{v:.2f}' for v in row['top1']),
@@ -209,14 +219,15 @@ def report(context: runs.Context, seed_runs, results: dict, ks) -> dict:
            'yes' if within_spread(row, summary[1]) else 'NO']
           for k, row in summary.items()]
   seeds = ', '.join(str(dict(r.overrides)['seed']) for r in seed_runs)
-  table = runs.markdown_table(
+  table = result_files.markdown_table(
       ['k', 'EvalNorm top-1 mean', 'std (n-1)', f'seeds {seeds}',
        'mean alpha (std)', 'mean beta (std)', 'within spread of k=1'], rows)
-  ema = [runs.top1(results[r.name][1], 'ema') for r in seed_runs]
-  setting = (runs.scale_note(context) if context.scale.name != 'small' else
+  ema = [runner.top1(results[r.name][1], 'ema') for r in seed_runs]
+  setting = (result_files.scale_note(context)
+             if context.scale.name != 'small' else
              'Scale `small`: the quick start (`configs/digits.py`, noisy '
              'digits, B=2, 3000 steps).\n')
-  runs.write_markdown(
+  result_files.write_markdown(
       context.output(f'{NAME}.md'),
       'Online estimation every k steps: EvalNorm top-1 and alpha/beta',
       setting,
@@ -229,10 +240,10 @@ def report(context: runs.Context, seed_runs, results: dict, ks) -> dict:
       'deviations.\n', table,
       f'![k curve]({NAME}.png)\n')
   plot(context, summary)
-  return summary
+  return headlines(context, results)
 
 
-def plot(context: runs.Context, summary: dict) -> None:
+def plot(context: command_line.Context, summary: dict) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -253,23 +264,24 @@ def plot(context: runs.Context, summary: dict) -> None:
   top.set_title(f'Estimating every k steps ({context.scale.name} scale)')
   for axes in (top, bottom):
     axes.grid(alpha=0.3)
-  runs.save_figure(figure, context.output(f'{NAME}.png'))
+  result_files.save_figure(figure, context.output(f'{NAME}.png'))
   plt.close(figure)
 
 
-def planned_runs(context: runs.Context, seeds=None) -> list[runs.Run]:
+def planned_runs(context: command_line.Context, seeds=None) -> list[runner.Run]:
   """The trainings (one per seed; ``run_all --dry_run`` lists them)."""
-  return [seed_run(context.scale, s) for s in seeds or runs.seeds(context)]
+  return [seed_run(context.scale, s)
+          for s in seeds or command_line.seeds(context)]
 
 
 def main(argv=None):
-  parser = runs.argument_parser(__doc__)
-  parser.add_argument('--seeds', **runs.SEEDS_FLAG['--seeds'])
+  parser = command_line.argument_parser(__doc__)
+  parser.add_argument('--seeds', **command_line.SEEDS_FLAG['--seeds'])
   parser.add_argument('--train', default=None,
                       help='(internal) train this seed run and write its '
                       'every_k.json')
   args = parser.parse_args(argv)
-  context = runs.context_from_args(args)
+  context = command_line.context_from_args(args)
   ks = context.scale.estimate_every_ks
   seed_runs = planned_runs(context, args.seeds)
   if args.train:

@@ -31,7 +31,8 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 
 from evalnorm.variables import set_alpha_beta  # noqa: E402
-from experiments import fig2_error_vs_b, runs  # noqa: E402
+from experiments import (command_line, fig2_error_vs_b, result_files,
+                         run_configs, runner, scales)  # noqa: E402
 
 NAME = 'fig1_histograms'
 DEFAULT_LAYER = 'stage2_block0/norm2'
@@ -40,10 +41,11 @@ FLAGS = {'--layer': dict(default=DEFAULT_LAYER, help='norm layer path in the '
 MODES = ('training statistics', 'EMA statistics', 'EvalNorm statistics')
 
 
-def layer_outputs(run: runs.Run, workdir_root: str, layer: str,
+def layer_outputs(run: runner.Run, workdir_root: str, layer: str,
                   num_examples: int = 256) -> dict[str, np.ndarray]:
   """The layer's outputs for the first eval examples, per statistics mode."""
-  config, dataset, model, variables = runs.load_trained(run, workdir_root)
+  config, dataset, model, variables = run_configs.load_trained(run,
+                                                               workdir_root)
   batch = next(iter(dataset.eval_batches()))
   count = min(num_examples, len(batch['image']))
   count -= count % config.norm_batch_size
@@ -77,16 +79,42 @@ def summary_rows(b: int, outputs: dict[str, np.ndarray]) -> list[list[str]]:
           for mode, values in outputs.items()]
 
 
-def write_report(context: runs.Context, layer: str,
+# The headlines' names of the modes whose distance to training they give.
+DISTANCE_KEYS = {'EMA statistics': 'ema', 'EvalNorm statistics': 'evalnorm'}
+
+
+def distances(outputs: dict[int, dict[str, np.ndarray]]) -> dict:
+  """Per trained B, each mode's mean absolute distance to the training
+  activations, at the table's 3 decimals (as ``headlines`` reads them back)."""
+  return {'distance': {str(b): {
+      key: float(f"{np.abs(out[mode] - out['training statistics']).mean():.3f}")
+      for mode, key in DISTANCE_KEYS.items()} for b, out in outputs.items()}}
+
+
+def headlines(context: command_line.Context, results: dict) -> dict:
+  """``distances`` as the committed table gives them: they come from the
+  checkpoints, which a rebuild from runs.json does not have."""
+  del results  # not in eval.json
+  found = {}
+  with open(context.output(f'{NAME}.md')) as f:
+    for line in f:
+      cells = [c.strip() for c in line.strip().strip('|').split('|')]
+      if cells[0].startswith('B=') and cells[1] in DISTANCE_KEYS:
+        found.setdefault(cells[0][2:], {})[DISTANCE_KEYS[cells[1]]] = float(
+            cells[-1])
+  return {'distance': found}
+
+
+def write_report(context: command_line.Context, layer: str,
                  outputs: dict[int, dict]) -> None:
   rows = [row for b, out in outputs.items() for row in summary_rows(b, out)]
-  table = runs.markdown_table(
+  table = result_files.markdown_table(
       ['trained at', 'statistics', 'mean', 'std', 'mean abs. distance to training'],
       rows)
-  runs.write_markdown(
+  result_files.write_markdown(
       context.output(f'{NAME}.md'),
       f'Fig. 1: activations of `{layer}` under three kinds of statistics',
-      runs.scale_note(context),
+      result_files.scale_note(context),
       'Layer output (after scale and bias, before the ReLU) for the same '
       'evaluation examples, from the Fig. 2 models trained at the largest and '
       'smallest B. Top row: the histograms; bottom row: each element\'s '
@@ -113,29 +141,29 @@ def write_report(context: runs.Context, layer: str,
                            linewidth=1.6, label=f'{mode} - training')
     axes[1, column].set_xlabel('difference to the training-statistics output')
     axes[1, column].legend(fontsize=8)
-  runs.save_figure(figure, context.output(f'{NAME}.png'))
+  result_files.save_figure(figure, context.output(f'{NAME}.png'))
   plt.close(figure)
 
 
-def trained_runs(scale: runs.Scale) -> dict[int, runs.Run]:
+def trained_runs(scale: scales.Scale) -> dict[int, runner.Run]:
   """The Fig. 2 runs at the largest and the smallest B."""
   chosen = sorted({max(scale.b_values), min(scale.b_values)}, reverse=True)
   return {b: fig2_error_vs_b.evalnorm_run(scale, b) for b in chosen}
 
 
-def planned_runs(context: runs.Context) -> list[runs.Run]:
+def planned_runs(context: command_line.Context) -> list[runner.Run]:
   return list(trained_runs(context.scale).values())
 
 
-def report(context: runs.Context, results: dict) -> dict[int, dict]:
+def report(context: command_line.Context, results: dict) -> dict:
   """Captures the layer in each trained run and writes the figure."""
   del results  # the runs' checkpoints are read, not their eval.json
   layer = context.options.get('layer', DEFAULT_LAYER)
   outputs = {b: layer_outputs(run, context.workdir_root, layer)
              for b, run in trained_runs(context.scale).items()}
   write_report(context, layer, outputs)
-  return outputs
+  return distances(outputs)
 
 
 if __name__ == '__main__':
-  runs.main(sys.modules[__name__])
+  command_line.main(sys.modules[__name__])

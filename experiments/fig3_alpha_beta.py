@@ -20,7 +20,7 @@ import numpy as np
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 
-from experiments import fig2_error_vs_b, runs  # noqa: E402
+from experiments import (command_line, fig2_error_vs_b, result_files, runner)  # noqa: E402
 
 NAME = 'fig3_alpha_beta'
 
@@ -30,25 +30,42 @@ def network_order(layers) -> list[str]:
   return sorted(layers, key=lambda name: (name == 'final_norm', name))
 
 
-def report(context: runs.Context, results: dict) -> dict[str, np.ndarray]:
+def estimates(scale, results: dict) -> tuple[list[str], dict[str, np.ndarray]]:
+  """(layers in network order, {'alpha'|'beta': [B, layer] array}) of the
+  Fig. 2 EvalNorm runs (per-channel estimates averaged over channels)."""
+  by_b = {b: results[fig2_error_vs_b.evalnorm_run(scale, b).name]['alpha_beta']
+          for b in scale.b_values}
+  layers = network_order(by_b[scale.b_values[0]])
+  return layers, {p: np.array([[float(np.mean(by_b[b][layer][p]))
+                                for layer in layers] for b in scale.b_values])
+                  for p in ('alpha', 'beta')}
+
+
+def headlines(context: command_line.Context, results: dict) -> dict:
+  """Per B: the mean alpha and beta over layers, and each layer's alpha."""
+  layers, values = estimates(context.scale, results)
+  bs = [str(b) for b in context.scale.b_values]
+  return {f'mean_{p}': dict(zip(bs, values[p].mean(axis=1).tolist()))
+          for p in values} | {'layer_alpha': {
+              b: dict(zip(layers, row.tolist()))
+              for b, row in zip(bs, values['alpha'])}}
+
+
+def report(context: command_line.Context, results: dict) -> dict:
   bs = context.scale.b_values
-  estimates = {b: results[fig2_error_vs_b.evalnorm_run(context.scale, b).name][
-      'alpha_beta'] for b in bs}
-  layers = network_order(estimates[bs[0]])
-  values = {p: np.array([[float(np.mean(estimates[b][layer][p])) for layer in layers]
-                         for b in bs]) for p in ('alpha', 'beta')}
+  layers, values = estimates(context.scale, results)
   rows = []
   for i, b in enumerate(bs):
     rows.append([f'B={b}', f'{1 / b**2:.4f}',
                  f'{values["alpha"][i].mean():.3f}', f'{values["beta"][i].mean():.3f}']
                 + [f'{values["alpha"][i, j]:.2f} / {values["beta"][i, j]:.2f}'
                    for j in range(len(layers))])
-  table = runs.markdown_table(
+  table = result_files.markdown_table(
       ['B', '1/B^2', 'mean alpha', 'mean beta'] + [f'`{l}` a / b' for l in layers],
       rows)
-  runs.write_markdown(
+  result_files.write_markdown(
       context.output(f'{NAME}.md'), 'Fig. 3: estimated alpha and beta per layer',
-      runs.scale_note(context),
+      result_files.scale_note(context),
       'Online estimates at the end of training (seed 0), per layer in network '
       'order. Per-channel estimates, if any, are averaged over channels.\n',
       table, f'![alpha and beta per layer]({NAME}.png)\n')
@@ -65,14 +82,14 @@ def report(context: runs.Context, results: dict) -> dict[str, np.ndarray]:
   axes[0].legend(ncol=min(len(bs), 7), fontsize=7)
   axes[1].set_xticks(positions, layers, rotation=30, ha='right', fontsize=8)
   axes[0].set_title(f'Estimated alpha/beta per layer ({context.scale.name} scale)')
-  runs.save_figure(figure, context.output(f'{NAME}.png'))
+  result_files.save_figure(figure, context.output(f'{NAME}.png'))
   plt.close(figure)
-  return values
+  return headlines(context, results)
 
 
-def planned_runs(context: runs.Context) -> list[runs.Run]:
+def planned_runs(context: command_line.Context) -> list[runner.Run]:
   return fig2_error_vs_b.evalnorm_sweep(context.scale)
 
 
 if __name__ == '__main__':
-  runs.main(sys.modules[__name__])
+  command_line.main(sys.modules[__name__])

@@ -20,11 +20,12 @@ much of the gap; a constant that helps at B=2 hurts at large B.
 
 import sys
 
-from experiments import fig2_error_vs_b, runs
+from experiments import command_line, fig2_error_vs_b, result_files, runner
 
 NAME = 'fig4_fixed_schedules'
 SCHEDULES = {'alpha = beta = 0 (EMA)': 'ema', '1/B^2': 'rule_of_thumb',
              '1/B': 'one_over_b'}
+ESTIMATED = 'estimated (EvalNorm)'
 
 
 def schedules(result: dict) -> dict[str, str]:
@@ -33,33 +34,48 @@ def schedules(result: dict) -> dict[str, str]:
   constants = sorted((m for m in result['eval'] if m.startswith('fixed_')),
                      key=lambda m: float(m.split('_', 1)[1]))
   labels.update({f'constant {m.split("_", 1)[1]}': m for m in constants})
-  labels['estimated (EvalNorm)'] = 'evalnorm'
+  labels[ESTIMATED] = 'evalnorm'
   return labels
 
 
-def report(context: runs.Context, results: dict) -> dict[str, list[float]]:
+def errors_by_schedule(scale, results: dict) -> dict[str, list[float]]:
+  """Test error of every schedule, one per B."""
+  by_b = [results[run.name] for run in fig2_error_vs_b.evalnorm_sweep(scale)]
+  return {label: [runner.error(r, mode) for r in by_b]
+          for label, mode in schedules(by_b[0]).items()}
+
+
+def headlines(context: command_line.Context, results: dict) -> dict:
+  """Every schedule's error by B, and the lowest of the fixed ones."""
+  bs = [str(b) for b in context.scale.b_values]
+  errors = errors_by_schedule(context.scale, results)
+  fixed = [errs for label, errs in errors.items() if label != ESTIMATED]
+  return {'error': {label: dict(zip(bs, errs))
+                    for label, errs in errors.items()},
+          'best_fixed': dict(zip(bs, map(min, zip(*fixed))))}
+
+
+def report(context: command_line.Context, results: dict) -> dict:
   bs = context.scale.b_values
-  by_b = [results[run.name] for run in fig2_error_vs_b.evalnorm_sweep(context.scale)]
-  labels = schedules(by_b[0])
-  errors = {label: [runs.error(r, mode) for r in by_b]
-            for label, mode in labels.items()}
+  errors = errors_by_schedule(context.scale, results)
   rows = [[label] + [f'{e:.2f}' for e in errs] for label, errs in errors.items()]
-  table = runs.markdown_table(['test error (%)'] + [f'B={b}' for b in bs], rows)
-  runs.write_markdown(
+  table = result_files.markdown_table(
+      ['test error (%)'] + [f'B={b}' for b in bs], rows)
+  result_files.write_markdown(
       context.output(f'{NAME}.md'), 'Fig. 4: fixed schedules against estimated',
-      runs.scale_note(context),
+      result_files.scale_note(context),
       'Each row evaluates the same trained network (seed 0) with another '
       'alpha = beta schedule.\n', table, f'![schedules]({NAME}.png)\n')
-  runs.plot_against_b(
+  result_files.plot_against_b(
       context.output(f'{NAME}.png'), bs, errors, 'test error (%)',
       f'Fixed alpha = beta schedules ({context.scale.name} scale)',
-      highlight='estimated (EvalNorm)')
-  return errors
+      highlight=ESTIMATED)
+  return headlines(context, results)
 
 
-def planned_runs(context: runs.Context) -> list[runs.Run]:
+def planned_runs(context: command_line.Context) -> list[runner.Run]:
   return fig2_error_vs_b.evalnorm_sweep(context.scale)
 
 
 if __name__ == '__main__':
-  runs.main(sys.modules[__name__])
+  command_line.main(sys.modules[__name__])

@@ -122,3 +122,13 @@ def minutes_per_script(invocations: list[dict]) -> dict[str, float]:
     for name, seconds in invocation['seconds'].items():
       total[name] = total.get(name, 0.0) + seconds / 60
   return {name: round(minutes, 1) for name, minutes in total.items()}
+
+
+def headlines(record: dict) -> dict:
+  """What the README shows of a record: the commits in the order they ran,
+  whether every tree was clean, the machine and the package versions."""
+  invocations = sorted(record['invocations'], key=lambda i: i['started'])
+  return {'commits': list(dict.fromkeys(i['commit'][:7] for i in invocations
+                                        if i['commit'])),
+          'clean': record['clean'], 'machine': record['machine'],
+          'packages': record['packages']}

@@ -5,11 +5,19 @@ r"""Regenerates every figure and table of the paper at one scale.
 Runs the scripts in an order that lets later ones reuse earlier runs (Fig. 2's
 sweep feeds Fig. 1, 3, 4, 5 and the seeds; the quick start runs are the k
 curve's check), then writes runs.json (every run's eval.json) and
-runtimes.md (per script, its runs' minutes). Finished runs (an
-``eval.json`` in their workdir) are reused, so an interrupted regeneration continues where it
-stopped; delete ``experiments/workdirs/<scale>`` to start afresh. Also writes
-provenance.json: the commit and tree state of every invocation over that
-workdir root, package versions, the machine (``experiments/provenance.py``).
+runtimes.md (per script, its runs' minutes). Finished runs (an ``eval.json``
+in their workdir) are reused, so an interrupted regeneration continues where
+it stopped; delete ``experiments/workdirs/<scale>`` to start afresh. Also
+writes provenance.json: the commit and tree state of every invocation over
+that workdir root, package versions, the machine
+(``experiments/provenance.py``); and headlines.json: what each script's
+report returned (the numbers the READMEs' tables show, by script name), the
+provenance's short form and the runtimes.
+
+``--headlines_only`` runs nothing: it rebuilds headlines.json from the
+runs.json and provenance.json in the results directory, through each
+script's ``headlines``, so that the READMEs' tables can be regenerated
+without the runs' workdirs (which are not committed).
 
 ``--dry_run`` runs nothing: it prints every run each script needs (dataset,
 model, B, SGD batch, devices, steps, learning rate), in the order they would
@@ -23,12 +31,13 @@ import numpy as np
 
 from evalnorm.training import files
 from evalnorm.training.summary import markdown_table
-from experiments import (estimate_every, fig1_histograms, fig2_error_vs_b,
-                         fig3_alpha_beta, fig4_fixed_schedules,
-                         fig5_deeper_wider, provenance, quick_start, runs,
-                         seeds, table1_imagenet, table2_detection,
-                         table2_transfer)
+from experiments import (command_line, estimate_every, fig1_histograms,
+                         fig2_error_vs_b, fig3_alpha_beta, fig4_fixed_schedules,
+                         fig5_deeper_wider, provenance, quick_start,
+                         result_files, run_configs, runner, seeds,
+                         table1_imagenet, table2_detection, table2_transfer)
 
+HEADLINES = 'headlines.json'
 SCRIPTS = (quick_start, fig2_error_vs_b, fig1_histograms, fig3_alpha_beta,
            fig4_fixed_schedules, seeds, fig5_deeper_wider, table1_imagenet,
            table2_transfer, table2_detection, estimate_every)
@@ -48,7 +57,7 @@ def script_arguments(args) -> list[str]:
   return argv
 
 
-def dry_run_listing(context: runs.Context) -> str:
+def dry_run_listing(context: command_line.Context) -> str:
   """Markdown: per script, the runs it adds to those of the scripts before."""
   seen, sections = set(), []
   for script in SCRIPTS:
@@ -59,7 +68,7 @@ def dry_run_listing(context: runs.Context) -> str:
     reused = len(planned) - len(new)
     note = f', reuses {reused} of the scripts above' if reused else ''
     sections.append(f'## {name}: {len(new)} new runs{note}\n\n'
-                    + (runs.listing(new) if new else ''))
+                    + (run_configs.listing(new) if new else ''))
   header = (f'# Every `{context.scale.name}` run ({len(seen)} in all), in the '
             'order `run_all` starts them\n\n'
             'Steps of an offline run are its estimation batches; its lr is '
@@ -68,37 +77,70 @@ def dry_run_listing(context: runs.Context) -> str:
 
 
 def main(argv=None):
-  parser = runs.argument_parser(__doc__)
+  parser = command_line.argument_parser(__doc__)
   parser.add_argument('--dry_run', action='store_true',
                       help='print every run (dataset, model, B, batch, '
                       'devices, steps, lr) and run nothing')
+  parser.add_argument('--headlines_only', action='store_true',
+                      help='run nothing: rebuild headlines.json from the '
+                      'runs.json and provenance.json of --results_dir')
   args = parser.parse_args(argv)
-  context = runs.context_from_args(args)
+  context = command_line.context_from_args(args)
   if args.dry_run:
     listing = dry_run_listing(context)
     print(listing)
     return listing
-  invocation = provenance.start(runs.ROOT, args.scale, args.jobs,
+  if args.headlines_only:
+    return write_headlines(context, rebuilt_headlines(context))
+  invocation = provenance.start(runner.ROOT, args.scale, args.jobs,
                                 context.workdir_root)
-  seconds = {}
+  seconds, numbers = {}, {}
   for script in SCRIPTS:
     name = script_name(script)
     print(f'== {name}', flush=True)
     started = time.time()
     # A script with a main of its own (estimate_every trains in its own way).
-    getattr(script, 'main', functools.partial(runs.main, script))(
-        script_arguments(args))
+    numbers[name] = getattr(
+        script, 'main', functools.partial(command_line.main, script))(
+            script_arguments(args))
     seconds[name] = round(time.time() - started, 1)
     provenance.script_done(context.workdir_root, invocation, name,
                            seconds[name])
   archive = write_archive(context)
-  record = provenance.finish(context.workdir_root, runs.machine_gpus(),
+  record = provenance.finish(context.workdir_root, runner.machine_gpus(),
                              context.output('provenance.json'))
   write_runtimes(context, args, record, archive['eval'])
+  write_headlines(context, numbers | own_headlines(context, archive['eval'],
+                                                   record))
   return seconds
 
 
-def write_archive(context: runs.Context) -> dict:
+def rebuilt_headlines(context: command_line.Context) -> dict:
+  """headlines.json from the results directory's runs.json and
+  provenance.json: each script's ``headlines`` of its runs' results."""
+  archive = files.read_json(context.output('runs.json'))
+  record = files.read_json(context.output('provenance.json'))
+  # The k curve's trainings keep their results in every_k, not eval.
+  numbers = {script_name(s): s.headlines(
+      context, archive['every_k' if s is estimate_every else 'eval'])
+             for s in SCRIPTS}
+  return numbers | own_headlines(context, archive['eval'], record)
+
+
+def own_headlines(context: command_line.Context, evals: dict[str, dict],
+                  record: dict) -> dict:
+  """What run_all adds to the scripts' headlines: provenance and runtimes."""
+  return {'provenance': provenance.headlines(record),
+          'runtimes': runtimes(context, evals)}
+
+
+def write_headlines(context: command_line.Context, numbers: dict) -> dict:
+  files.write_json(context.output(HEADLINES), numbers, indent=1)
+  print(f'wrote {context.output(HEADLINES)}')
+  return numbers
+
+
+def write_archive(context: command_line.Context) -> dict:
   """runs.json: the eval.json of every run the scripts used, by run name,
   and the k curve's per-seed results: what the tables and the README's
   numbers are computed from, committed beside them."""
@@ -106,7 +148,7 @@ def write_archive(context: runs.Context) -> dict:
   # The k curve's trainings write every_k.json, not eval.json.
   for script in (s for s in SCRIPTS if s is not estimate_every):
     for run in script.planned_runs(context):
-      archive['eval'][run.name] = runs.read_eval(context.workdir(run))
+      archive['eval'][run.name] = runner.read_eval(context.workdir(run))
   for run in estimate_every.planned_runs(context):
     archive['every_k'][run.name] = files.read_json(
         estimate_every.result_path(context.workdir_root, run))
@@ -114,42 +156,18 @@ def write_archive(context: runs.Context) -> dict:
   return archive
 
 
-def write_runtimes(context: runs.Context, args, record: dict,
+def write_runtimes(context: command_line.Context, args, record: dict,
                    evals: dict[str, dict]) -> None:
   """runtimes.md: per script, the runs it adds and their minutes."""
-  runs.write_markdown(
+  jobs = {i['jobs'] for i in record['invocations']}
+  k_curve = record['minutes_per_script'].get('estimate_every')
+  result_files.write_markdown(
       context.output('runtimes.md'), 'Runtimes of the last regeneration',
-      runs.scale_note(context),
+      result_files.scale_note(context),
       f'`python -m experiments.run_all --scale={args.scale} --jobs={args.jobs}`'
       ' runs the scripts in this order; runs that an earlier script made are '
       "reused. `provenance.json` has each invocation's commit and wall "
-      'seconds per script.\n', *(part + '\n' for part in
-                                 runtimes(context, evals, record)))
-
-
-def runtimes(context: runs.Context, evals: dict[str, dict],
-             record: dict) -> tuple[str, str]:
-  """(text, markdown table): per script, the runs it adds to those of the
-  scripts before it, their median and summed minutes. From each run's own
-  wall time, so a regeneration spread over several invocations, or one that
-  reused finished runs, still counts every run once."""
-  seen, rows, total = set(), [], 0.0
-  for script in SCRIPTS:
-    new = [r for r in script.planned_runs(context) if r.name not in seen]
-    seen.update(r.name for r in new)
-    # The k curve's trainings write no eval.json; a run whose eval.json was
-    # written just before run_all was killed has no time recorded.
-    walls = [] if script is estimate_every else [
-        evals[r.name]['wall_seconds'] / 60 for r in new
-        if 'wall_seconds' in evals[r.name]]
-    total += sum(walls)
-    rows.append([f'`{script_name(script)}.py`', str(len(new)),
-                 f'{np.median(walls):.1f}' if walls else '',
-                 f'{sum(walls):.0f}' if walls else ''])
-  rows.append(['total', str(len(seen)), '', f'{total:.0f}'])
-  jobs = {i['jobs'] for i in record['invocations']}
-  k_curve = record['minutes_per_script'].get('estimate_every')
-  text = (
+      'seconds per script.\n',
       'Per script: the runs it adds to those of the scripts before it, the '
       'median minutes of one such run, and their sum (`--jobs '
       f"{'/'.join(map(str, sorted(jobs)))}` on "
@@ -159,9 +177,41 @@ def runtimes(context: runs.Context, evals: dict[str, dict],
       'the median is the steadier figure. `estimate_every.py` trains in its '
       'own processes, one per seed'
       + (f' ({k_curve:.0f} wall minutes for the three)' if k_curve else '')
-      + '.')
-  return text, markdown_table(
-      ('script', 'new runs', 'minutes per run (median)', 'run-minutes'), rows)
+      + '.\n', runtimes_table(runtimes(context, evals)) + '\n')
+
+
+def runtimes(context: command_line.Context, evals: dict[str, dict]) -> dict:
+  """Per script: the runs it adds to those of the scripts before it, the
+  median minutes of one such run and their sum; and the totals. From each
+  run's own wall time, so a regeneration spread over several invocations,
+  or one that reused finished runs, still counts every run once."""
+  seen, by_script = set(), {}
+  for script in SCRIPTS:
+    new = [r for r in script.planned_runs(context) if r.name not in seen]
+    seen.update(r.name for r in new)
+    # The k curve's trainings write no eval.json; a run whose eval.json was
+    # written just before run_all was killed has no time recorded.
+    walls = [] if script is estimate_every else [
+        evals[r.name]['wall_seconds'] / 60 for r in new
+        if 'wall_seconds' in evals[r.name]]
+    by_script[script_name(script)] = {
+        'new_runs': len(new),
+        'median_minutes': float(np.median(walls)) if walls else None,
+        'run_minutes': sum(walls) if walls else None}
+  return {'by_script': by_script, 'runs': len(seen), 'run_minutes': sum(
+      s['run_minutes'] or 0 for s in by_script.values())}
+
+
+def runtimes_table(numbers: dict) -> str:
+  """The runtimes (``runtimes``' numbers) as a markdown table."""
+  cell = lambda value, spec: '' if value is None else format(value, spec)
+  rows = [[f'`{name}.py`', str(s['new_runs']), cell(s['median_minutes'], '.1f'),
+           cell(s['run_minutes'], '.0f')]
+          for name, s in numbers['by_script'].items()]
+  rows.append(['total', str(numbers['runs']), '',
+               f"{numbers['run_minutes']:.0f}"])
+  return markdown_table(('script', 'new runs', 'minutes per run (median)',
+                         'run-minutes'), rows)
 
 
 if __name__ == '__main__':

@@ -13,14 +13,16 @@ import sys
 
 import numpy as np
 
-from experiments import fig2_error_vs_b, runs
+from experiments import (command_line, fig2_error_vs_b, result_files, runner,
+                         scales)
 
 NAME = 'seeds'
-FLAGS = runs.SEEDS_FLAG
+FLAGS = command_line.SEEDS_FLAG
 EVALNORM_MODES = ('ema', 'evalnorm', 'rule_of_thumb', 'one_over_b', 'train_stats')
 
 
-def seed_runs(scale: runs.Scale, seeds) -> dict[tuple[str, int], list[runs.Run]]:
+def seed_runs(scale: scales.Scale, seeds
+              ) -> dict[tuple[str, int], list[runner.Run]]:
   """(method, B) -> the runs over seeds."""
   small_b = min(scale.b_values)
   groups = {('evalnorm', b): [fig2_error_vs_b.evalnorm_run(scale, b, s)
@@ -31,45 +33,65 @@ def seed_runs(scale: runs.Scale, seeds) -> dict[tuple[str, int], list[runs.Run]]
   return groups
 
 
-def groups_of(context: runs.Context) -> dict[tuple[str, int], list[runs.Run]]:
-  return seed_runs(context.scale, runs.seeds(context))
+def groups_of(context: command_line.Context
+              ) -> dict[tuple[str, int], list[runner.Run]]:
+  return seed_runs(context.scale, command_line.seeds(context))
 
 
-def planned_runs(context: runs.Context) -> list[runs.Run]:
+def planned_runs(context: command_line.Context) -> list[runner.Run]:
   return [r for group in groups_of(context).values() for r in group]
 
 
-def stats_row(label: str, values: list[float]) -> list[str]:
-  spread = np.std(values, ddof=1) if len(values) > 1 else float('nan')
-  return [label, f'{np.mean(values):.2f}', f'{spread:.2f}',
-          ' / '.join(f'{v:.2f}' for v in values)]
+def stats(values: list[float]) -> dict:
+  """Mean, sample standard deviation (None for one value) and the values."""
+  spread = float(np.std(values, ddof=1)) if len(values) > 1 else None
+  return {'mean': float(np.mean(values)), 'std': spread, 'seeds': values}
 
 
-def report(context: runs.Context, results: dict) -> list[list[str]]:
-  groups = groups_of(context)
-  rows = []
-  for (method, b), group in groups.items():
+def headlines(context: command_line.Context, results: dict) -> dict:
+  """Over the seeds: top-1 of each mode by method and B; at each B of the
+  EvalNorm runs the gain of EvalNorm over EMA (points), and its mean."""
+  top1, gain = {}, {}
+  for (method, b), group in groups_of(context).items():
+    runs = [results[r.name] for r in group]
     modes = EVALNORM_MODES if method == 'evalnorm' else ('ema',)
-    for mode in modes:
-      values = [runs.top1(results[r.name], mode) for r in group]
-      label = f'B={b}, {method} run, `{mode}`'
-      rows.append(stats_row(label, values))
+    top1.setdefault(method, {})[str(b)] = {
+        m: stats([runner.top1(r, m) for r in runs]) for m in modes}
     if method == 'evalnorm':
-      gains = [runs.top1(results[r.name], 'evalnorm')
-               - runs.top1(results[r.name], 'ema') for r in group]
-      rows.append(stats_row(f'B={b}, EvalNorm gain over EMA (points)', gains))
-  seeds = [r.overrides for r in next(iter(groups.values()))]
-  seed_list = ', '.join(str(dict(o)['seed']) for o in seeds)
-  table = runs.markdown_table(['top-1 (%)', 'mean', 'std (n-1)',
-                               f'seeds {seed_list}'], rows)
-  runs.write_markdown(
+      gain[str(b)] = stats([runner.top1(r, 'evalnorm') - runner.top1(r, 'ema')
+                            for r in runs])
+  return {'top1': top1, 'gain_over_seeds': gain, 'gain': {
+      f'mean of {len(command_line.seeds(context))}': {
+          b: g['mean'] for b, g in gain.items()}}}
+
+
+def stats_row(label: str, values: dict) -> list[str]:
+  spread = float('nan') if values['std'] is None else values['std']
+  return [label, f"{values['mean']:.2f}", f'{spread:.2f}',
+          ' / '.join(f'{v:.2f}' for v in values['seeds'])]
+
+
+def report(context: command_line.Context, results: dict) -> dict:
+  numbers = headlines(context, results)
+  rows = []
+  for method, by_b in numbers['top1'].items():
+    for b, by_mode in by_b.items():
+      rows += [stats_row(f'B={b}, {method} run, `{mode}`', values)
+               for mode, values in by_mode.items()]
+      if method == 'evalnorm':
+        rows.append(stats_row(f'B={b}, EvalNorm gain over EMA (points)',
+                              numbers['gain_over_seeds'][b]))
+  seed_list = ', '.join(map(str, command_line.seeds(context)))
+  table = result_files.markdown_table(['top-1 (%)', 'mean', 'std (n-1)',
+                                       f'seeds {seed_list}'], rows)
+  result_files.write_markdown(
       context.output(f'{NAME}.md'), 'Seeds: mean and spread',
-      runs.scale_note(context),
+      result_files.scale_note(context),
       'Each seed changes the initialization, the data order and the '
       'augmentation. A difference is real when it is several standard '
       'deviations and has the same sign for every seed.\n', table)
-  return rows
+  return numbers
 
 
 if __name__ == '__main__':
-  runs.main(sys.modules[__name__])
+  command_line.main(sys.modules[__name__])

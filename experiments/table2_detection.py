@@ -24,35 +24,38 @@ with three seeds. Writes table2_detection.{md,png}: AP, AP50, AP75 of EMA,
 EvalNorm (online estimate) and the rule of thumb 1/B^2.
 """
 
-import statistics
+import functools
 import sys
 
 import matplotlib
+import numpy as np
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 
-from experiments import runs, table1_imagenet, table2_transfer  # noqa: E402
+from experiments import (command_line, result_files, runner, scales,
+                         table1_imagenet, table2_transfer)  # noqa: E402
+from experiments.seeds import stats as over_seeds  # noqa: E402
 
 NAME = 'table2_detection'
 MODES = ('ema', 'evalnorm', 'rule_of_thumb')
 PARADIGMS = table2_transfer.PARADIGMS  # the same four initializations
 
 
-def pretrain_run(scale: runs.Scale) -> runs.Run:
+def pretrain_run(scale: scales.Scale) -> runner.Run:
   """The classifier whose weights paradigms (b)-(d) start from."""
   steps = scale.detection.pretrain_steps
   if steps is None:  # Table 1's ImageNet model at its largest B (8 devices x 32).
     return table1_imagenet.column_runs(scale, max(scale.table1_b_values))[
         'evalnorm']
-  return runs.make_run(
+  return runner.make_run(
       'detection_pretrain_noisy_digits', scale, config='configs/digits.py',
       dataset='noisy_digits', norm_batch_size=128, batch_size=128,
       num_train_steps=steps, checkpoint_every_steps=steps,
       eval_every_steps=steps)
 
 
-def detection_runs(scale: runs.Scale, pretrain_dir: str) -> dict:
+def detection_runs(scale: scales.Scale, pretrain_dir: str) -> dict:
   """(paradigm, N, seed) -> run."""
   grid = scale.detection
   result = {}
@@ -61,7 +64,7 @@ def detection_runs(scale: runs.Scale, pretrain_dir: str) -> dict:
     for n in grid.n_values:
       steps = max(1, grid.images // n)
       for seed in grid.seeds if n == 2 else grid.seeds[:1]:
-        result[(paradigm, n, seed)] = runs.make_run(
+        result[(paradigm, n, seed)] = runner.make_run(
             f'detection_{"abcd"[index]}_n{n}_seed{seed}', scale,
             config=grid.config, batch_size=n,
             norm_batch_size=n, seed=seed, num_train_steps=steps,
@@ -70,48 +73,83 @@ def detection_runs(scale: runs.Scale, pretrain_dir: str) -> dict:
   return result
 
 
-def grid_of(context: runs.Context) -> dict:
+def grid_of(context: command_line.Context) -> dict:
   return detection_runs(context.scale, context.workdir(pretrain_run(context.scale)))
 
 
-def planned_runs(context: runs.Context) -> list[runs.Run]:
+def planned_runs(context: command_line.Context) -> list[runner.Run]:
   return [pretrain_run(context.scale)] + list(grid_of(context).values())
 
 
-def _cell(results, grid, paradigm, n, seeds, mode, metric='AP') -> str:
-  values = [results[grid[(paradigm, n, s)].name]['eval'][mode][metric]
-            for s in seeds]
-  if len(values) == 1:
-    return f'{values[0]:.1f}'
-  return f'{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}'
+def mean_std(values: dict, sign: str = '') -> str:
+  """A ``seeds.stats`` record as the tables print it: '47.2 ± 1.8' (or the
+  one value)."""
+  spread = '' if values['std'] is None else f" ± {values['std']:.1f}"
+  return f"{values['mean']:{sign}.1f}{spread}"
 
 
-def _gain(results, grid, paradigm, n, seeds) -> str:
-  """EvalNorm's AP minus EMA's, per seed; mean ± standard deviation."""
-  gains = [results[grid[(paradigm, n, s)].name]['eval']['evalnorm']['AP']
-           - results[grid[(paradigm, n, s)].name]['eval']['ema']['AP']
-           for s in seeds]
-  if len(gains) == 1:
-    return f'{gains[0]:+.1f}'
-  return f'{statistics.mean(gains):+.1f} ± {statistics.stdev(gains):.1f}'
+def _stats(results, grid, paradigm, n, seeds, value) -> dict:
+  """``value(eval.json's 'eval')`` over the seeds of (paradigm, N)."""
+  return over_seeds([value(results[grid[(paradigm, n, s)].name]['eval'])
+                     for s in seeds])
 
 
-def report(context: runs.Context, results: dict) -> None:
+def _gain(evaluation: dict) -> float:
+  """EvalNorm's AP minus EMA's."""
+  return evaluation['evalnorm']['AP'] - evaluation['ema']['AP']
+
+
+def mean_alpha(result: dict) -> dict[str, float]:
+  """Mean estimated alpha of the base network's norm layers and the RCN's."""
+  layers = result['alpha_beta']
+  return {part: float(np.mean([np.mean(v['alpha']) for k, v in layers.items()
+                               if k.startswith(prefix)]))
+          for part, prefix in (('base', 'backbone/'), ('rcn', 'rcn/'))}
+
+
+def run_seeds(scale: scales.Scale, n: int) -> tuple[int, ...]:
+  """N=2 runs with every seed, the other N with the first."""
+  seeds = scale.detection.seeds
+  return seeds if n == 2 else seeds[:1]
+
+
+def headlines(context: command_line.Context, results: dict) -> dict:
+  """Per paradigm and N, over its seeds: the AP of each mode and EvalNorm's
+  gain over EMA, and the gain's mean alone; per paradigm, the mean alpha at
+  N=2 (first seed)."""
   grid = grid_of(context)
-  ns, seeds = context.scale.detection.n_values, context.scale.detection.seeds
+  by_paradigm, alpha = {}, {}
+  for paradigm in PARADIGMS:
+    for n in context.scale.detection.n_values:
+      stats = functools.partial(_stats, results, grid, paradigm, n,
+                                run_seeds(context.scale, n))
+      by_paradigm.setdefault(paradigm, {})[str(n)] = {
+          'AP': {m: stats(lambda e, m=m: e[m]['AP']) for m in MODES},
+          'gain': stats(_gain)}
+    first = grid[(paradigm, 2, context.scale.detection.seeds[0])]
+    alpha[paradigm] = mean_alpha(results[first.name])
+  return {'by_paradigm': by_paradigm, 'mean_alpha': alpha, 'gain': {
+      p: {n: at['gain']['mean'] for n, at in by_n.items()}
+      for p, by_n in by_paradigm.items()}}
+
+
+def report(context: command_line.Context, results: dict) -> dict:
+  grid = grid_of(context)
+  ns = context.scale.detection.n_values
   rows = []
   for paradigm in PARADIGMS:
     for n in ns:
-      run_seeds = seeds if n == 2 else seeds[:1]
-      row = [paradigm, n, len(run_seeds)]
+      seeds = run_seeds(context.scale, n)
+      stats = functools.partial(_stats, results, grid, paradigm, n, seeds)
+      row = [paradigm, n, len(seeds)]
       for mode in MODES:
-        row += [_cell(results, grid, paradigm, n, run_seeds, mode, metric)
+        row += [mean_std(stats(lambda e, m=metric: e[mode][m]))
                 for metric in ('AP', 'AP50', 'AP75')]
-      rows.append(row + [_gain(results, grid, paradigm, n, run_seeds)])
+      rows.append(row + [mean_std(stats(_gain), '+')])
   headers = ['paradigm', 'N', 'seeds'] + [f'{m} {metric}' for m in MODES
                                           for metric in ('AP', 'AP50', 'AP75')]
   headers.append('EvalNorm - EMA (AP)')
-  runs.write_markdown(
+  result_files.write_markdown(
       context.output(f'{NAME}.md'),
       'Table 2: Faster R-CNN, training paradigms, EMA against EvalNorm',
       f'Scale `{context.scale.name}`: `{context.scale.detection.config}`, '
@@ -120,9 +158,10 @@ def report(context: runs.Context, results: dict) -> None:
       'mean ± standard deviation over seeds where there are several.\n',
       'Paper (COCO, ResNet-50): EvalNorm over EMA by +1.5 to +7.0 AP across '
       'paradigms and N.\n',
-      runs.markdown_table(headers, rows),
+      result_files.markdown_table(headers, rows),
       f'![AP per paradigm]({NAME}.png)\n')
   _plot(context, grid, results, ns)
+  return headlines(context, results)
 
 
 def _plot(context, grid, results, ns) -> None:
@@ -138,9 +177,9 @@ def _plot(context, grid, results, ns) -> None:
     ax.set_xlabel('images per batch N')
   axes[0][0].set_ylabel('COCO AP (%)')
   axes[0][0].legend(fontsize=8)
-  runs.save_figure(figure, context.output(f'{NAME}.png'))
+  result_files.save_figure(figure, context.output(f'{NAME}.png'))
   plt.close(figure)
 
 
 if __name__ == '__main__':
-  runs.main(sys.modules[__name__])
+  command_line.main(sys.modules[__name__])

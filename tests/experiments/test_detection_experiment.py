@@ -1,10 +1,13 @@
 """experiments/table2_detection.py: the runs it plans (running them is slow)."""
 
-from experiments import runs, table2_detection
+import pytest
+
+from experiments import command_line, scales, table2_detection
 
 
 def test_the_grid_is_four_paradigms_by_n_with_three_seeds_at_n2():
-  context = runs.Context(runs.SCALES['small'], '/tmp/work', '/tmp/results', 1)
+  context = command_line.Context(scales.SCALES['small'], '/tmp/work',
+                                 '/tmp/results', 1)
   planned = table2_detection.planned_runs(context)
   pretrain, grid = planned[0], planned[1:]
   # 4 paradigms x (N=2 with 3 seeds + N=4 + N=8).
@@ -21,8 +24,8 @@ def test_the_grid_is_four_paradigms_by_n_with_three_seeds_at_n2():
 
 
 def test_the_report_gives_each_cell_and_evalnorms_gain_over_ema(tmp_path):
-  context = runs.Context(runs.SCALES['small'], str(tmp_path / 'work'),
-                         str(tmp_path / 'results'), 1)
+  context = command_line.Context(scales.SCALES['small'], str(tmp_path / 'work'),
+                                 str(tmp_path / 'results'), 1)
   grid = table2_detection.grid_of(context)
   results = {}
   for (paradigm, n, seed), run in grid.items():
@@ -30,8 +33,19 @@ def test_the_report_gives_each_cell_and_evalnorms_gain_over_ema(tmp_path):
     modes = {'ema': ema, 'evalnorm': ema + 1 + seed, 'rule_of_thumb': ema}
     results[run.name] = {'eval': {
         mode: {'AP': ap, 'AP50': ap + 30, 'AP75': ap - 5}
-        for mode, ap in modes.items()}}
-  table2_detection.report(context, results)
+        for mode, ap in modes.items()}, 'alpha_beta': {
+            'backbone/stage1/norm': {'alpha': [0.1 * n], 'beta': [0.0]},
+            'backbone/stage2/norm': {'alpha': [0.3 * n], 'beta': [0.0]},
+            'rcn/norm': {'alpha': [0.05 * n + seed], 'beta': [0.0]}}}
+  numbers = table2_detection.report(context, results)
+  cell = numbers['by_paradigm']['(a) random init']['2']
+  assert cell['AP']['ema'] == {'mean': 21.0, 'std': 1.0,
+                               'seeds': [20.0, 21.0, 22.0]}
+  assert cell['gain']['seeds'] == [1.0, 2.0, 3.0]
+  assert numbers['gain']['(a) random init'] == {'2': 2.0, '4': 1.0, '8': 1.0}
+  # Mean alpha of the base network's layers and of the RCN's, N=2, seed 0.
+  assert numbers['mean_alpha']['(b) pre-trained, BN reset'] == {
+      'base': pytest.approx(0.4), 'rcn': pytest.approx(0.1)}
   text = (tmp_path / 'results' / 'table2_detection.md').read_text()
   rows = [line for line in text.splitlines() if line.startswith('| (a)')]
   assert len(rows) == 3  # N = 2, 4, 8

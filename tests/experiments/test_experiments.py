@@ -19,10 +19,11 @@ import numpy as np
 import pytest
 
 from training_helpers import ROOT
-from experiments import (estimate_every, fig1_histograms, fig2_error_vs_b,
-                         fig3_alpha_beta, fig4_fixed_schedules,
+from experiments import (command_line, estimate_every, fig1_histograms,
+                         fig2_error_vs_b, fig3_alpha_beta, fig4_fixed_schedules,
                          fig5_deeper_wider, provenance, quick_start, run_all,
-                         runs, seeds, table1_imagenet, table2_transfer)
+                         run_configs, runner, scales, seeds, table1_imagenet,
+                         table2_transfer)
 
 MODES = ('ema', 'evalnorm', 'rule_of_thumb', 'one_over_b', 'train_stats',
          'fixed_0.05', 'fixed_0.5', 'groupnorm')
@@ -59,8 +60,8 @@ class FakeResults(dict):
 
 @pytest.fixture
 def context(tmp_path):
-  return runs.Context(runs.SCALES['small'], str(tmp_path / 'work'),
-                      str(tmp_path / 'results'), jobs=1)
+  return command_line.Context(scales.SCALES['small'], str(tmp_path / 'work'),
+                              str(tmp_path / 'results'), jobs=1)
 
 
 def read(context, filename):
@@ -76,12 +77,16 @@ def assert_plot(context, filename):
 
 def test_fig2_report_puts_each_error_in_its_cell(context):
   results = FakeResults()
-  errors = fig2_error_vs_b.report(context, results)
+  numbers = fig2_error_vs_b.report(context, results)
   bs = context.scale.b_values
-  assert errors['EMA (BatchNorm)'] == [
-      pytest.approx(100 - fake_top1(f'evalnorm_b{b}_seed0', 'ema')) for b in bs]
-  assert errors['Batch Renorm'][0] == pytest.approx(
+  assert numbers['error']['EMA (BatchNorm)'] == {
+      str(b): pytest.approx(100 - fake_top1(f'evalnorm_b{b}_seed0', 'ema'))
+      for b in bs}
+  assert numbers['error']['Batch Renorm']['2'] == pytest.approx(
       100 - fake_top1('renorm_b2_seed0', 'ema'))
+  assert numbers['gain']['seed 0']['4'] == pytest.approx(
+      fake_top1('evalnorm_b4_seed0', 'evalnorm')
+      - fake_top1('evalnorm_b4_seed0', 'ema'))
   text = read(context, 'fig2_error_vs_b.md')
   row = next(l for l in text.splitlines() if l.startswith('| EvalNorm'))
   want = [f'{100 - fake_top1(f"evalnorm_b{b}_seed0", "evalnorm"):.2f}' for b in bs]
@@ -90,10 +95,10 @@ def test_fig2_report_puts_each_error_in_its_cell(context):
 
 
 def test_fig2_full_scale_has_a_cifar100_and_a_cifar10_panel(tmp_path):
-  context = runs.Context(runs.SCALES['full'], str(tmp_path / 'work'),
-                         str(tmp_path / 'results'), jobs=1)
-  errors = fig2_error_vs_b.report(context, FakeResults())
-  assert errors['EMA (BatchNorm)'][0] == pytest.approx(
+  context = command_line.Context(scales.SCALES['full'], str(tmp_path / 'work'),
+                                 str(tmp_path / 'results'), jobs=1)
+  numbers = fig2_error_vs_b.report(context, FakeResults())
+  assert numbers['error']['EMA (BatchNorm)']['2'] == pytest.approx(
       100 - fake_top1('evalnorm_b2_seed0', 'ema'))  # the test-bed's runs
   text = read(context, 'fig2_error_vs_b.md')
   assert text.index('## `cifar100`') < text.index('## `cifar10`')
@@ -106,23 +111,43 @@ def test_fig2_full_scale_has_a_cifar100_and_a_cifar10_panel(tmp_path):
 
 
 def test_fig3_report_orders_layers_and_averages(context):
-  values = fig3_alpha_beta.report(context, FakeResults())
+  numbers = fig3_alpha_beta.report(context, FakeResults())
   assert fig3_alpha_beta.network_order(
       ['final_norm', 'stage2_block0/norm1', 'stage1_block0/norm2']) == [
           'stage1_block0/norm2', 'stage2_block0/norm1', 'final_norm']
-  assert values['alpha'].shape == (len(context.scale.b_values), len(LAYERS))
-  assert values['beta'][0, 1] == pytest.approx(
-      fake_top1('evalnorm_b2_seed0', 'final_normb') / 100)
+  assert list(numbers['layer_alpha']['2']) == list(LAYERS)
+  assert numbers['layer_alpha']['4']['final_norm'] == pytest.approx(
+      fake_top1('evalnorm_b4_seed0', 'final_norma') / 100)
+  assert numbers['mean_beta']['2'] == pytest.approx(np.mean(
+      [fake_top1('evalnorm_b2_seed0', l + 'b') / 100 for l in LAYERS]))
   assert '| B=2 | 0.2500 |' in read(context, 'fig3_alpha_beta.md')
   assert_plot(context, 'fig3_alpha_beta.png')
 
 
+def test_fig1_headlines_are_read_back_from_its_table(context):
+  """A rebuild from runs.json has no checkpoints: it reads Fig. 1's
+  distances from the table the report wrote, and gets what it returned."""
+  rng = np.random.default_rng(0)
+  outputs = {b: {mode: rng.normal(size=(8, 4, 4, 3)) for mode in
+                 fig1_histograms.MODES} for b in (128, 2)}
+  fig1_histograms.write_report(context, 'some/norm', outputs)
+  numbers = fig1_histograms.distances(outputs)
+  train = outputs[2]['training statistics']
+  assert numbers['distance']['2']['ema'] == float(
+      f"{np.abs(outputs[2]['EMA statistics'] - train).mean():.3f}")
+  assert fig1_histograms.headlines(context, results=None) == numbers
+
+
 def test_fig4_report_has_every_schedule(context):
-  errors = fig4_fixed_schedules.report(context, FakeResults())
+  numbers = fig4_fixed_schedules.report(context, FakeResults())
+  errors = numbers['error']
   assert list(errors) == ['alpha = beta = 0 (EMA)', '1/B^2', '1/B',
                           'constant 0.05', 'constant 0.5', 'estimated (EvalNorm)']
-  assert errors['1/B'][-1] == pytest.approx(
+  assert errors['1/B']['128'] == pytest.approx(
       100 - fake_top1('evalnorm_b128_seed0', 'one_over_b'))
+  fixed = [100 - fake_top1('evalnorm_b128_seed0', m) for m in (
+      'ema', 'rule_of_thumb', 'one_over_b', 'fixed_0.05', 'fixed_0.5')]
+  assert numbers['best_fixed']['128'] == pytest.approx(min(fixed))
   assert_plot(context, 'fig4_fixed_schedules.png')
 
 
@@ -130,22 +155,31 @@ def test_fig5_grid_reuses_the_sweep_and_reports(context):
   names = [r.name for r in fig5_deeper_wider.all_runs(context.scale)]
   assert 'evalnorm_b4_seed0' in names  # the depth-8, width-1 model of Fig. 2
   assert 'evalnorm_d20_w1_b8_seed0' in names and len(names) == len(set(names))
-  errors = fig5_deeper_wider.report(context, FakeResults())
-  assert errors[(14, 1, 4)] == pytest.approx(
-      (100 - fake_top1('evalnorm_d14_w1_b4_seed0', 'ema'),
-       100 - fake_top1('evalnorm_d14_w1_b4_seed0', 'evalnorm')))
+  numbers = fig5_deeper_wider.report(context, FakeResults())
+  ema, en = (100 - fake_top1('evalnorm_d14_w1_b4_seed0', m)
+             for m in ('ema', 'evalnorm'))
+  assert numbers['error']['depth 14, width x1']['4'] == {
+      'ema': pytest.approx(ema), 'evalnorm': pytest.approx(en)}
+  assert numbers['gain']['depth 14, width x1']['4'] == pytest.approx(ema - en)
   assert_plot(context, 'fig5_deeper_wider.png')
 
 
 def test_seeds_mean_and_spread(context):
-  results = FakeResults()
-  rows = seeds.report(context, results)
-  row = next(r for r in rows if r[0] == 'B=2, evalnorm run, `ema`')
+  numbers = seeds.report(context, FakeResults())
   values = [fake_top1(f'evalnorm_b2_seed{s}', 'ema') for s in range(3)]
-  assert row[1] == f'{np.mean(values):.2f}'
-  assert row[2] == f'{np.std(values, ddof=1):.2f}'
-  gain = next(r for r in rows if r[0].startswith('B=8, EvalNorm gain'))
-  assert gain[1] == f'{np.mean([fake_top1(f"evalnorm_b8_seed{s}", "evalnorm") - fake_top1(f"evalnorm_b8_seed{s}", "ema") for s in range(3)]):.2f}'
+  assert numbers['top1']['evalnorm']['2']['ema'] == {
+      'mean': pytest.approx(np.mean(values)),
+      'std': pytest.approx(np.std(values, ddof=1)), 'seeds': values}
+  gains = [fake_top1(f'evalnorm_b8_seed{s}', 'evalnorm')
+           - fake_top1(f'evalnorm_b8_seed{s}', 'ema') for s in range(3)]
+  assert numbers['gain_over_seeds']['8']['mean'] == pytest.approx(
+      np.mean(gains))
+  assert numbers['gain']['mean of 3']['8'] == pytest.approx(np.mean(gains))
+  assert list(numbers['top1']['renorm']['2']) == ['ema']
+  row = next(l for l in read(context, 'seeds.md').splitlines()
+             if l.startswith('| B=8, EvalNorm gain'))
+  assert row.split(' | ')[1:3] == [f'{np.mean(gains):.2f}',
+                                   f'{np.std(gains, ddof=1):.2f}']
 
 
 def test_estimate_every_report_and_its_reference_check(context):
@@ -154,13 +188,13 @@ def test_estimate_every_report_and_its_reference_check(context):
   ks = context.scale.estimate_every_ks
   results = {r.name: {k: fake_result(f'{r.name}_k{k}') for k in ks}
              for r in seed_runs}
-  summary = estimate_every.report(context, seed_runs, results, ks)
+  summary = estimate_every.report(context, seed_runs, results, ks)['by_k']
   top1 = [fake_top1(f'{r.name}_k4', 'evalnorm') for r in seed_runs]
-  assert summary[4]['mean'] == pytest.approx(np.mean(top1))
-  assert summary[4]['std'] == pytest.approx(np.std(top1, ddof=1))
+  assert summary['4']['mean'] == pytest.approx(np.mean(top1))
+  assert summary['4']['std'] == pytest.approx(np.std(top1, ddof=1))
   alphas = [np.mean([fake_top1(f'{r.name}_k4', l + 'a') / 100 for l in LAYERS])
             for r in seed_runs]
-  assert summary[4]['alpha'] == pytest.approx(np.mean(alphas))
+  assert summary['4']['alpha'] == pytest.approx(np.mean(alphas))
   text = read(context, 'estimate_every.md')
   assert f"| 4 | {np.mean(top1):.2f} |" in text and '(No quick start run' in text
   assert_plot(context, 'estimate_every.png')
@@ -187,7 +221,7 @@ def test_estimate_every_report_and_its_reference_check(context):
     assert 'DIFFERS' in read(context, 'estimate_every.md')
     by_k[4]['eval'][mode][metric] -= 1e-7
   # At the full scale the curve trains on CIFAR: no quick start to check.
-  assert estimate_every.reference_run(runs.SCALES['full'], 1) is None
+  assert estimate_every.reference_run(scales.SCALES['full'], 1) is None
 
 
 def test_quick_start_runs_are_the_readme_command_and_report(context):
@@ -201,7 +235,8 @@ def test_quick_start_runs_are_the_readme_command_and_report(context):
   assert planned['baseline_batchnorm_offline'].checkpoint == batchnorm.name
   assert dict(planned['baseline_renorm'].overrides)['renorm_warmup_steps'] == 1000
   results = FakeResults()
-  quick_start.report(context, results)
+  numbers = quick_start.report(context, results)
+  assert numbers['baselines']['GroupNorm (batch 128)']['own'] == 'groupnorm'
   text = read(context, 'quick_start.md')
   assert f"| ema | {fake_top1('quick_start_seed0', 'ema'):.2f} |" in text
   ema = [fake_top1(f'quick_start_seed{s}', 'ema') for s in range(3)]
@@ -273,9 +308,13 @@ def test_table1_per_device_setup_and_report(context):
   groupnorm = {r.name: dict(r.overrides) for r in trained
                if dict(r.overrides).get('norm') == 'groupnorm'}
   assert {o['batch_size'] for o in groupnorm.values()} == {16, 32, 64, 128, 256}
-  table = table1_imagenet.report(context, FakeResults())
-  assert table['EvalNorm offline'][0] == fake_top1('imagenet_offline_b2', 'evalnorm')
-  assert table['GroupNorm'][-1] == fake_top1('imagenet_groupnorm_b32', 'groupnorm')
+  numbers = table1_imagenet.report(context, FakeResults())
+  table = numbers['top1']
+  assert table['EvalNorm offline']['2'] == fake_top1('imagenet_offline_b2',
+                                                     'evalnorm')
+  assert table['GroupNorm']['32'] == fake_top1('imagenet_groupnorm_b32',
+                                               'groupnorm')
+  assert numbers['steps'] == {str(b): 7 for b in (2, 4, 8, 16, 32)}
   text = read(context, 'table1_imagenet.md')
   assert 'configs/imagenet.py' in text and '64.80' in text
   recall = text[text.index('## Recall@5'):].splitlines()
@@ -294,14 +333,16 @@ def test_table2_paradigms(context):
   assert c['freeze_batch_stats'] and c['init_norm'] == 'pretrained'
   assert d['init_norm'] == 'pretrained' and 'freeze_batch_stats' not in d
   assert {s['dataset'] for s in settings.values()} == {'noisy_digits'}
-  values = table2_transfer.report(context, FakeResults())
-  assert values[('(a) random init', 8)][1] == fake_top1('transfer_a_b8',
-                                                        'evalnorm')
+  numbers = table2_transfer.report(context, FakeResults())
+  cell = numbers['top1']['(a) random init']['8']
+  assert cell == {m: fake_top1('transfer_a_b8', m) for m in ('ema', 'evalnorm')}
+  assert numbers['gain']['(a) random init']['8'] == pytest.approx(
+      cell['evalnorm'] - cell['ema'])
   assert 'not the paper' in read(context, 'table2_transfer.md')
 
 
 def test_finished_runs_are_reused(context):
-  run = runs.Run('done', 'configs/does_not_exist.py', ())
+  run = runner.Run('done', 'configs/does_not_exist.py', ())
   os.makedirs(os.path.join(context.workdir_root, 'done'))
   with open(os.path.join(context.workdir_root, 'done', 'eval.json'), 'w') as f:
     json.dump({'eval': {}, 'marker': 1}, f)
@@ -318,25 +359,25 @@ def test_failed_run_reports_its_log(context, monkeypatch):
     assert env['XLA_FLAGS'].endswith('--xla_force_host_platform_device_count=8')
     stdout.write("error: config.norm='layernorm' is invalid: allowed: ...\n")
     return 2
-  monkeypatch.setattr(runs.subprocess, 'call', failing_call)
-  run = runs.make_run('bad', context.scale, devices=8, norm='layernorm')
-  with pytest.raises(runs.RunFailed, match=r"(?s)bad exited with status 2.*"
+  monkeypatch.setattr(runner.subprocess, 'call', failing_call)
+  run = runner.make_run('bad', context.scale, devices=8, norm='layernorm')
+  with pytest.raises(runner.RunFailed, match=r"(?s)bad exited with status 2.*"
                      r"config.norm='layernorm' is invalid"):
     context.execute([run])
-  assert runs.read_eval(os.path.join(context.workdir_root, 'bad')) is None
+  assert runner.read_eval(os.path.join(context.workdir_root, 'bad')) is None
 
 
 def test_command_is_the_users_command_line(context):
-  run = runs.make_run('x', context.scale, norm_batch_size=4,
-                      fixed_alpha_beta=(0.1, 0.2))
-  args = runs.command(run, '/w')
+  run = runner.make_run('x', context.scale, norm_batch_size=4,
+                        fixed_alpha_beta=(0.1, 0.2))
+  args = runner.command(run, '/w')
   assert args[1:5] == ['-m', 'evalnorm.main', '--config=configs/digits.py',
                        '--workdir=/w/x']
   assert '--config.norm_batch_size=4' in args
   assert '--config.fixed_alpha_beta=(0.1,0.2,)' in args
-  offline = runs.Run('y', 'configs/digits.py', (), checkpoint='x')
-  assert runs.command(offline, '/w')[2] == 'evalnorm.estimate'
-  assert '--checkpoint=/w/x' in runs.command(offline, '/w')
+  offline = runner.Run('y', 'configs/digits.py', (), checkpoint='x')
+  assert runner.command(offline, '/w')[2] == 'evalnorm.estimate'
+  assert '--checkpoint=/w/x' in runner.command(offline, '/w')
 
 
 def test_eval_json_has_top1_and_top5_of_every_mode(trained_run):
@@ -355,13 +396,13 @@ def test_fig1_layer_outputs(trained_run, tmp_path):
   config, workdir, _ = trained_run
   overrides = {k: config[k] for k in ('dataset', 'stem_strides', 'batch_size',
                                       'eval_batch_size', 'norm_batch_size')}
-  run = runs.Run(os.path.basename(workdir), 'configs/digits.py',
-                 tuple(overrides.items()))
+  run = runner.Run(os.path.basename(workdir), 'configs/digits.py',
+                   tuple(overrides.items()))
   layer = 'stage1_block0/norm2'
   outputs = fig1_histograms.layer_outputs(run, os.path.dirname(workdir), layer,
                                           num_examples=64)
   assert set(outputs) == set(fig1_histograms.MODES)
-  _, _, _, variables = runs.load_trained(run, os.path.dirname(workdir))
+  _, _, _, variables = run_configs.load_trained(run, os.path.dirname(workdir))
   params = variables['params']['stage1_block0']['norm2']
   train_out = outputs['training statistics']
   assert train_out.shape[0] == 64 and train_out.shape[-1] == params['bias'].shape[0]
@@ -406,8 +447,8 @@ def test_run_all_at_smoke_scale(tmp_path):
   archive = json.loads((tmp_path / 'r' / 'runs.json').read_text())
   planned = {r.name for script in run_all.SCRIPTS
              if script is not estimate_every
-             for r in script.planned_runs(runs.Context(
-                 runs.SCALES['smoke'], f'{tmp_path}/w', f'{tmp_path}/r', 2))}
+             for r in script.planned_runs(command_line.Context(
+                 scales.SCALES['smoke'], f'{tmp_path}/w', f'{tmp_path}/r', 2))}
   assert set(archive['eval']) == planned
   assert all(archive['eval'][name]['eval'] for name in planned)
   assert set(archive['every_k']) == {'estimate_every_seed0',
@@ -422,6 +463,14 @@ def test_run_all_at_smoke_scale(tmp_path):
                 f'--results_dir={tmp_path}/r', '--jobs=2'])
   record = json.loads((tmp_path / 'r' / 'provenance.json').read_text())
   assert len(record['invocations']) == 2
+  # headlines.json holds every script's report and is rebuilt, without the
+  # workdirs, from runs.json and provenance.json alone.
+  written = (tmp_path / 'r' / 'headlines.json').read_text()
+  assert set(json.loads(written)) == set(seconds) | {'provenance', 'runtimes'}
+  os.rename(tmp_path / 'w', tmp_path / 'gone')
+  run_all.main(['--scale=smoke', f'--results_dir={tmp_path}/r',
+                f'--workdir_root={tmp_path}/w', '--headlines_only'])
+  assert (tmp_path / 'r' / 'headlines.json').read_text() == written
 
 
 # ---------------------------------------------------------------------------
@@ -434,7 +483,7 @@ def listed_runs(text: str) -> dict[str, dict[str, str]]:
   for line in text.splitlines():
     cells = [c.strip() for c in line.strip('|').split('|')]
     if line.startswith('| ') and cells[0] != 'run':
-      rows[cells[0]] = dict(zip(runs.LISTING_HEADERS, cells))
+      rows[cells[0]] = dict(zip(run_configs.LISTING_HEADERS, cells))
   return rows
 
 
@@ -466,7 +515,7 @@ def test_full_scale_cifar_runs_are_the_papers_setup(full_listing):
   # depth 20, each at B = 4 and 8.
   fig5 = {(r['model'], int(r['B'])) for n, r in cifar.items()
           if n in [x.name for x in fig5_deeper_wider.all_runs(
-              runs.SCALES['full'])]}
+              scales.SCALES['full'])]}
   models = {f'ResNet-{d} v2 x1' for d in (20, 56, 110, 254)} | {
       f'ResNet-20 v2 x{w}' for w in (1, 2, 4, 8)}
   assert fig5 == {(m, b) for m in models for b in (4, 8)}
@@ -492,7 +541,7 @@ def test_full_scale_table1_runs_are_the_papers_setup(full_listing):
 
 def test_gpus_are_handed_out_one_run_at_a_time(context, monkeypatch):
   """On a GPU machine each run sees its own GPUs, never all of them."""
-  monkeypatch.setattr(runs, 'machine_gpus', lambda: ('0', '1'))
+  monkeypatch.setattr(runner, 'machine_gpus', lambda: ('0', '1'))
   seen, lock = {}, threading.Lock()
   both_running = threading.Barrier(2, timeout=30)
 
@@ -507,22 +556,22 @@ def test_gpus_are_handed_out_one_run_at_a_time(context, monkeypatch):
     with open(os.path.join(workdir, 'eval.json'), 'w') as f:
       json.dump({'eval': {}}, f)
     return 0
-  monkeypatch.setattr(runs.subprocess, 'call', fake_call)
-  one_device = [runs.make_run(f'one_{i}', context.scale) for i in range(2)]
-  runs.execute(one_device, context.workdir_root, jobs=2)
+  monkeypatch.setattr(runner.subprocess, 'call', fake_call)
+  one_device = [runner.make_run(f'one_{i}', context.scale) for i in range(2)]
+  runner.execute(one_device, context.workdir_root, jobs=2)
   assert sorted(seen.values()) == ['0', '1']
-  runs.execute([runs.make_run('eight', context.scale, devices=8)],
-               context.workdir_root)
+  runner.execute([runner.make_run('eight', context.scale, devices=8)],
+                 context.workdir_root)
   assert seen['eight'] == '0,1'  # all there are: groups of B on fewer devices
 
 
 def test_a_run_waits_for_the_runs_it_reads(context):
   pretrain = table2_transfer.pretrain_run(context.scale)
   grid = table2_transfer.grid_of(context)
-  assert runs.prerequisites(grid[('(b) pre-trained, BN reset', 2)],
-                            context.workdir_root) == {pretrain.name}
-  assert runs.prerequisites(grid[('(a) random init', 2)],
-                            context.workdir_root) == set()
+  assert runner.prerequisites(grid[('(b) pre-trained, BN reset', 2)],
+                              context.workdir_root) == {pretrain.name}
+  assert runner.prerequisites(grid[('(a) random init', 2)],
+                              context.workdir_root) == set()
   _, offline = table1_imagenet.table_runs(context.scale)
-  assert runs.prerequisites(offline[0], context.workdir_root) == {
+  assert runner.prerequisites(offline[0], context.workdir_root) == {
       'imagenet_evalnorm_b2'}

@@ -1,55 +1,78 @@
-"""The READMEs' numbers are their results' (experiments/readme.py)."""
+"""The READMEs' result tables are their results' (experiments/readme_blocks.py).
+
+Each block is rendered from experiments/results/headlines.json and the cost
+records; here the check fails on a stale block, headlines.json is what the
+committed runs.json gives, and each table is rendered from made-up results
+whose numbers must each land in their own cell.
+"""
 
 import copy
-import dataclasses
+import json
+import os
+import shutil
 import zlib
 
 import numpy as np
 import pytest
 
-from experiments import quick_start, readme_numbers as readme, run_all, runs
+from experiments import (command_line, readme_blocks, readme_tables,
+                         reproduction, run_all, runner, scales)
+
+SMALL = scales.SCALES['small']
 
 
 def test_every_readme_block_is_rendered_from_the_committed_results():
-  assert readme.stale_blocks() == []
+  assert readme_blocks.update(write=False) == []
 
 
 def test_every_renderer_has_its_block_in_a_readme():
   found = set()
-  for filename in readme.README_FILES:
-    with open(f'{readme.ROOT}/{filename}') as f:
-      found |= set(readme.blocks_in(f.read()))
-  assert set(readme.BLOCKS) <= found
+  for filename in readme_blocks.README_FILES:
+    with open(os.path.join(runner.ROOT, filename)) as f:
+      found |= set(readme_blocks.blocks_in(f.read()))
+  assert set(readme_blocks.BLOCKS) <= found
+
+
+def test_the_committed_headlines_are_rebuilt_from_runs_json():
+  context = command_line.Context(SMALL, '', runner.RESULTS_DIR, 1)
+  with open(os.path.join(runner.RESULTS_DIR, run_all.HEADLINES)) as f:
+    committed = json.load(f)
+  assert json.loads(json.dumps(run_all.rebuilt_headlines(context))) == committed
 
 
 def test_a_changed_result_makes_its_blocks_stale():
-  sources = readme.Sources.load()
-  changed = copy.deepcopy(sources.cost)
-  setup = readme._setup(changed[('cifar', 'default')])  # pylint: disable=protected-access
+  sources = readme_blocks.load()
+  stale = lambda **changed: readme_blocks.update(
+      sources=sources._replace(**changed), write=False)
+  cost = copy.deepcopy(sources.cost)
+  setup = next(iter(cost[('cifar', 'default')]['setups'].values()))
   setup['ratios']['train_B2_amortized'] += 0.01
-  stale = readme.stale_blocks(
-      sources=dataclasses.replace(sources, cost=changed))
-  assert stale == ['docs/cost.md: cost-table', 'docs/cost.md: cost-summary']
+  assert stale(cost=cost) == ['docs/cost.md: cost-table']
+  setup['train']['evalnorm_B2']['bytes'] *= 1.1
+  assert stale(cost=cost) == ['docs/cost.md: cost-table',
+                              'docs/cost.md: cost-summary']
+  headlines = copy.deepcopy(sources.headlines)
+  headlines['fig2_error_vs_b']['gain']['seed 0']['4'] += 2
+  assert stale(headlines=headlines) == ['README.md: reproduction',
+                                        'experiments/README.md: findings']
 
 
 def test_check_exits_nonzero_naming_a_stale_block(tmp_path, capsys):
-  (tmp_path / 'experiments').mkdir()
-  (tmp_path / 'docs').mkdir()
-  for filename in readme.README_FILES:
-    with open(f'{readme.ROOT}/{filename}') as f:
-      text = f.read()
-    (tmp_path / filename).write_text(text.replace(
-        '<!-- cost-table -->\n|', '<!-- cost-table -->\n| edited by hand |'))
-  assert readme.stale_blocks(str(tmp_path)) == ['docs/cost.md: cost-table']
-  readme.rewrite(str(tmp_path))
-  assert readme.stale_blocks(str(tmp_path)) == []
-  assert readme.main(['--check']) == 0
-  assert 'stale' not in capsys.readouterr().out
+  for filename in readme_blocks.README_FILES:
+    (tmp_path / filename).parent.mkdir(exist_ok=True)
+    shutil.copy(os.path.join(runner.ROOT, filename), tmp_path / filename)
+  cost = tmp_path / 'docs' / 'cost.md'
+  cost.write_text(cost.read_text().replace(
+      '<!-- cost-table -->\n|', '<!-- cost-table -->\n| edited by hand |'))
+  assert readme_blocks.main(['--check'], root=str(tmp_path)) == 1
+  assert capsys.readouterr().out == 'stale: docs/cost.md: cost-table\n'
+  assert readme_blocks.main([], root=str(tmp_path)) == 0
+  assert readme_blocks.main(['--check'], root=str(tmp_path)) == 0
+  assert readme_blocks.main(['--check']) == 0
 
 
 # ---------------------------------------------------------------------------
-# The run-based blocks, rendered from made-up results: each number must come
-# from its own run and mode.
+# The tables, rendered from made-up results: every number from its own run.
 
 MODES = ('ema', 'evalnorm', 'rule_of_thumb', 'one_over_b', 'train_stats',
          'fixed_0.05', 'fixed_0.1', 'fixed_0.5', 'groupnorm')
@@ -74,130 +97,184 @@ def made_up_eval(name: str) -> dict:
                          for l in LAYERS}}
 
 
-class MadeUpEvals(dict):
+FIG1_TABLE = '''| trained at | statistics | mean | std | distance |
+|---|---:|---:|---:|---:|
+| B=128 | training statistics | 0 | 1 | 0.000 |
+| B=128 | EMA statistics | 0 | 1 | 0.031 |
+| B=128 | EvalNorm statistics | 0 | 1 | 0.032 |
+| B=2 | EMA statistics | 0 | 1 | 0.275 |
+| B=2 | EvalNorm statistics | 0 | 1 | 0.179 |
+'''
 
-  def __missing__(self, name):
-    self[name] = made_up_eval(name)
-    return self[name]
 
-
-@pytest.fixture
-def made_up_sources(tmp_path):
-  (tmp_path / 'fig1_histograms.md').write_text(
-      '| trained at | statistics | mean | std | distance |\n'
-      '|---|---:|---:|---:|---:|\n'
-      '| B=128 | EMA statistics | 0 | 1 | 0.031 |\n'
-      '| B=128 | EvalNorm statistics | 0 | 1 | 0.032 |\n'
-      '| B=2 | EMA statistics | 0 | 1 | 0.275 |\n'
-      '| B=2 | EvalNorm statistics | 0 | 1 | 0.179 |\n')
-  every_k = {f'estimate_every_seed{s}': {'1': made_up_eval(f'k1_seed{s}')}
+@pytest.fixture(scope='module')
+def made_up_sources(tmp_path_factory) -> readme_tables.Sources:
+  """Sources rebuilt, as ``run_all --headlines_only`` does, from a made-up
+  runs.json and provenance.json; the committed cost records."""
+  results = tmp_path_factory.mktemp('results')
+  context = command_line.Context(SMALL, '', str(results), 1)
+  names = {r.name for s in run_all.SCRIPTS for r in s.planned_runs(context)}
+  every_k = {f'estimate_every_seed{s}': {str(k): made_up_eval(f'k{k}_seed{s}')
+                                         for k in SMALL.estimate_every_ks}
              for s in range(3)}
-  provenance = {'commits': ['a' * 40], 'clean': True,
-                'machine': {'cpu': 'Some CPU', 'cpu_cores': 2},
-                'packages': {'jax': '0.10.2', 'flax': '0.12.8'},
-                'minutes_per_script': {
-                    run_all.script_name(s): 1.5 for s in run_all.SCRIPTS},
-                'invocations': [
-                    {'jobs': 2, 'started': '2026-01-02T00:00:00+00:00',
-                     'commit': 'b' * 40},
-                    {'jobs': 2, 'started': '2026-01-01T00:00:00+00:00',
-                     'commit': 'a' * 40}]}
-  return readme.Sources(readme.load_cost(), MadeUpEvals(), every_k,
-                        provenance, str(tmp_path))
+  (results / 'runs.json').write_text(json.dumps(
+      {'eval': {n: made_up_eval(n) for n in names}, 'every_k': every_k}))
+  (results / 'provenance.json').write_text(json.dumps({
+      'commits': ['a' * 40, 'b' * 40], 'clean': False,
+      'machine': {'cpu': 'Some CPU', 'cpu_cores': 2, 'gpus': []},
+      'packages': {'jax': '0.10.2', 'flax': '0.12.8'},
+      'invocations': [  # in the record's order, not the order they ran
+          {'started': '2026-01-02T00:00:00+00:00', 'commit': 'b' * 40},
+          {'started': '2026-01-01T00:00:00+00:00', 'commit': 'a' * 40}]}))
+  (results / 'fig1_histograms.md').write_text(FIG1_TABLE)
+  return readme_tables.Sources(run_all.rebuilt_headlines(context),
+                               readme_blocks.load().cost)
 
 
-def test_quick_start_blocks_take_each_number_from_its_run(made_up_sources):
-  evals = made_up_sources.evals
-  table = readme.quick_start_table(made_up_sources)
-  assert f"| ema | {made_up('quick_start_seed0', 'ema'):.2f} |" in table
-  text = readme.quick_start_seeds(made_up_sources)
-  words = ' '.join(text.split())
-  ema = [made_up(f'quick_start_seed{s}', 'ema') for s in range(3)]
-  assert f'EMA evaluation gives {min(ema):.2f}-{max(ema):.2f}' in words
-  assert f"| 0, on 8 devices | {made_up('quick_start_seed0_8devices', 'ema'):.2f} |" in text
-  every_step = made_up('k1_seed1', 'evalnorm')
-  assert f'/ {every_step:.2f} /' in words
-  assert 'Some CPU, 2 cores, jax 0.10.2' in words
-  baselines = readme.baselines(made_up_sources)
-  gain = (made_up('baseline_batchnorm_offline', 'evalnorm')
-          - made_up('baseline_batchnorm', 'ema'))
-  assert f'gains {gain:.1f} points' in ' '.join(baselines.split())
-  assert 'quick_start_seed0' in evals
+def cells(table: str) -> dict[str, dict[str, str]]:
+  """{first cell: {column header: cell}} of a markdown table."""
+  lines = [[c.strip() for c in l.strip()[1:-1].split('|')]
+           for l in table.splitlines() if l.startswith('|')]
+  return {row[0]: dict(zip(lines[0], row)) for row in lines[2:]}
 
 
-def test_reproduction_cells_take_each_number_from_its_run(made_up_sources):
-  text = readme.reproduction_table(made_up_sources)
-  ema_b2 = 100 - made_up('evalnorm_b2_seed0', 'ema')
-  assert f'B=2: EMA {ema_b2:.1f}, EvalNorm' in text
-  assert 'at B=2: EMA 0.275, EvalNorm 0.179 (B=128: 0.031 / 0.032)' in text
-  table1_ema = made_up('imagenet_evalnorm_b2', 'ema')
-  assert f'B=2: EMA {table1_ema:.2f}, EvalNorm' in text
-  offline = made_up('imagenet_offline_b2', 'evalnorm')
-  assert f'offline {offline:.2f}' in text
-  gains = [made_up(f'detection_a_n2_seed{s}', 'evalnormAP')
-           - made_up(f'detection_a_n2_seed{s}', 'emaAP') for s in range(3)]
-  assert f'{np.mean(gains):+.1f} random init' in text
-  transfer = (made_up('transfer_c_b2', 'evalnorm')
-              - made_up('transfer_c_b2', 'ema'))
-  assert f'{transfer:+.1f} BN frozen' in text
-  detection = readme.detection_table(made_up_sources)
-  frozen_alpha = made_up('detection_c_n2_seed0',
-                         'backbone/stage1_block0/norm1') / 100
-  assert f'mean alpha {frozen_alpha:.2f} in the base network' in ' '.join(
-      detection.split())
-
-
-def test_runtimes_count_each_run_once_with_its_median(made_up_sources):
-  # A run finished as run_all was killed has no time: it is left out.
-  del made_up_sources.evals['detection_a_n2_seed2']['wall_seconds']
-  text = readme.runtimes_table(made_up_sources)
-  names = [r.name for r in quick_start.planned_runs(
-      runs.Context(runs.SCALES['small'], '', '', 1))]
-  median = np.median([made_up(n, 'wall') for n in names])
-  total = sum(made_up(n, 'wall') for n in names)
-  assert (f'| `quick_start.py` | {len(names)} | {median:.1f} | {total:.0f} |'
-          in text)
-  # Fig. 1, 3, 4 only read the Fig. 2 runs.
-  assert '| `fig1_histograms.py` | 0 |  |  |' in text
-  assert '(2 wall minutes for the three)' in ' '.join(text.split())
-
-
-def test_findings_take_each_number_from_its_run(made_up_sources):
-  text = ' '.join(readme.findings(made_up_sources).split())
-  gains = [made_up(f'evalnorm_b2_seed{s}', 'evalnorm')
-           - made_up(f'evalnorm_b2_seed{s}', 'ema') for s in range(3)]
-  assert f'the gain at B=2 is {np.mean(gains):+.1f} points' in text
-  positive = sum(g > 0 for g in gains)
-  assert (f'positive for {positive} of 3 seeds' in text if positive < 3
-          else 'positive for every seed' in text)
-  renorm = made_up('baseline_renorm', 'ema')
-  assert f'it reaches {renorm:.2f} at B=2' in text
-  groupnorm = [made_up(f'imagenet_groupnorm_b{b}', 'groupnorm')
-               for b in (2, 4, 8, 16, 32)]
-  assert f'GroupNorm gives {min(groupnorm):.2f}-{max(groupnorm):.2f}' in text
-  assert text.startswith('## What the small scale shows')
-
-
-def test_a_difference_rounded_to_zero_prints_without_a_minus(monkeypatch):
-  monkeypatch.setitem(readme.BLOCKS, 'gains',
-                      lambda _: f'{-0.04:+.1f} to {-0.004:+.2f}; 1-0.0; -0.05\n')
-  text = readme.render('<!-- gains -->\n<!-- /gains -->', sources=None)
-  assert text == '<!-- gains -->\n+0.0 to +0.00; 1-0.0; -0.05\n<!-- /gains -->'
-
-
-def test_agreement_names_the_paradigms_where_evalnorm_does_not_gain():
-  first = {'(a) x': 3.0, '(b) y': 1.5, '(c) z': -2.0}
-  later = {'(a) x': [1.5, 2.0], '(b) y': [0.9, 2.0], '(c) z': [-1.0, -3.0]}
-  # A gain counts above readme.LEAST_GAIN (1 point): (b)'s 0.9 does not.
-  assert (readme._agreement(first, later, 'N=2', 'N=4, 8')
-          == 'at N=2 except (c); at N=4, 8 only in (a)')
-  everywhere = {p: [1.5] for p in later}
-  assert (readme._agreement({p: 0.5 for p in first}, everywhere, 'B=2',
-                            'B=4, 8') == 'not at B=2; yes at B=4, 8')
+def test_quick_start_tables_take_each_number_from_its_run(made_up_sources):
+  s = made_up_sources
+  top1 = lambda run, mode: f'{made_up(run, mode):.2f}'
+  assert cells(readme_tables.digits_table(s))['ema']['top-1 (%)'] == top1(
+      'quick_start_seed0', 'ema')
+  seeds = cells(readme_tables.quick_start_seeds(s))
+  assert seeds['1']['rule_of_thumb'] == top1('quick_start_seed1',
+                                             'rule_of_thumb')
+  assert seeds['0, on 8 devices']['ema'] == top1('quick_start_seed0_8devices',
+                                                 'ema')
+  ema = sorted(made_up(f'quick_start_seed{n}', 'ema') for n in range(3))
+  assert seeds['range']['ema'] == f'{ema[0]:.2f}-{ema[-1]:.2f}'
+  baselines = cells(readme_tables.baselines(s))
+  offline = baselines['the same model after `evalnorm.estimate` (offline)']
+  assert offline['evalnorm'] == top1('baseline_batchnorm_offline', 'evalnorm')
+  assert baselines['GroupNorm (batch 128)']['own evaluation'] == (
+      top1('baseline_groupnorm', 'groupnorm') + ' (`groupnorm`)')
+  renorm = cells(readme_tables.renorm(s))
+  assert renorm['quick start (3000 steps), B=2, seed 0']['Batch Renorm'] == (
+      top1('baseline_renorm', 'ema'))
+  mean = np.mean([made_up(f'renorm_b2_seed{n}', 'ema') for n in range(3)])
+  assert renorm['Fig. 2 runs (600 steps), B=2, mean of 3 seeds'][
+      'Batch Renorm'] == f'{mean:.2f}'
 
 
 def test_provenance_names_the_commits_in_the_order_they_ran(made_up_sources):
-  text = ' '.join(readme.provenance_note(made_up_sources).split())
-  assert ('by 2 invocations of `run_all`' in text
-          and 'at commits aaaaaaa and bbbbbbb in that order, each on a clean '
-          'tree, on Some CPU (2 cores)' in text), text
+  (row,) = cells(readme_tables.provenance(made_up_sources)).values()
+  assert row['commits, in the order they ran'] == 'aaaaaaa, bbbbbbb'
+  assert (row['clean tree'], row['machine']) == ('no', 'Some CPU, 2 cores')
+
+
+def test_reproduction_cells_take_each_number_from_its_run(made_up_sources):
+  rows = cells(reproduction.table(made_up_sources.headlines))
+  here = lambda label: rows[next(r for r in rows if f'[{label}]' in r)][
+      'small scale']
+  gain = lambda run: made_up(run, 'evalnorm') - made_up(run, 'ema')
+  assert here('Fig. 2') == 'gain at B=2: {}; B=4: {}; B=8: {}'.format(*(
+      reproduction.signed(gain(f'evalnorm_b{b}_seed0')) for b in (2, 4, 8)))
+  assert here('Fig. 1') == ('distance, EMA / EvalNorm: 0.275 / 0.179 at B=2; '
+                            '0.031 / 0.032 at B=128')
+  assert here('Table 1') == (
+      f"gain at B=2: {reproduction.signed(gain('imagenet_evalnorm_b2'))}")
+  transfer = [gain(f'transfer_{p}_b2') for p in 'abcd']
+  assert here('Table 2 analog').startswith(
+      f'gain at B=2: {reproduction.span(transfer)}; B=4, 8: ')
+  detection_ap = lambda run: (made_up(run, 'evalnormAP')
+                              - made_up(run, 'emaAP'))
+  at_n2 = [np.mean([detection_ap(f'detection_{p}_n2_seed{s}')
+                    for s in range(3)]) for p in 'abcd']
+  assert here('Table 2').startswith(f'gain at N=2: {reproduction.span(at_n2)};')
+
+
+def test_detection_table_takes_each_number_from_its_run(made_up_sources):
+  rows = cells(readme_tables.detection(made_up_sources))
+  frozen = rows['(c) pre-trained, BN statistics frozen']
+  ema = [made_up(f'detection_c_n2_seed{s}', 'emaAP') for s in range(3)]
+  assert frozen['EMA AP, N=2'] == (
+      f'{np.mean(ema):.1f} ± {np.std(ema, ddof=1):.1f}')
+  at_n8 = (made_up('detection_c_n8_seed0', 'evalnormAP')
+           - made_up('detection_c_n8_seed0', 'emaAP'))
+  assert frozen['gain, N=8'] == reproduction.signed(at_n8)
+  alpha = made_up('detection_c_n2_seed0', 'rcn/final_norm') / 100
+  assert frozen['RCN'] == f'{alpha:.2f}'
+
+
+def test_findings_and_runtimes_take_each_number_from_its_run(made_up_sources):
+  rows = cells(readme_tables.findings(made_up_sources))
+  gain = lambda run: made_up(run, 'evalnorm') - made_up(run, 'ema')
+  assert rows['Fig. 5, depth 14, width x1']['4'] == reproduction.signed(
+      gain('evalnorm_d14_w1_b4_seed0'))
+  assert rows['Table 2 analog, (d) pre-trained, everything fine-tuned'][
+      '8'] == reproduction.signed(gain('transfer_d_b8'))
+  assert rows['Seeds, mean of 3']['4'] == ''
+  runtimes = cells(readme_tables.runtimes(made_up_sources))
+  names = [r.name for r in run_all.SCRIPTS[0].planned_runs(
+      command_line.Context(SMALL, '', '', 1))]
+  assert runtimes['`quick_start.py`']['minutes per run (median)'] == (
+      f"{np.median([made_up(n, 'wall') for n in names]):.1f}")
+  # Fig. 1, 3, 4 only read the Fig. 2 runs.
+  assert runtimes['`fig1_histograms.py`']['run-minutes'] == ''
+
+
+def test_runtimes_leave_out_a_run_without_its_time():
+  """A run whose eval.json was written just as run_all was killed has no wall
+  time: it is counted as a run, not in the minutes."""
+  context = command_line.Context(SMALL, '', '', 1)
+  evals = {r.name: {'wall_seconds': 60.0} for s in run_all.SCRIPTS
+           for r in s.planned_runs(context)}
+  del evals['detection_a_n2_seed2']['wall_seconds']
+  detection = run_all.runtimes(context, evals)['by_script']['table2_detection']
+  assert (detection['new_runs'], detection['run_minutes']) == (21, 20.0)
+
+
+def test_cost_tables_take_each_number_from_its_record(made_up_sources):
+  cost = copy.deepcopy(made_up_sources.cost)
+  setup = next(iter(cost[('resnet50', 'eigen')]['setups'].values()))
+  setup['ratios']['alpha_beta_B2'] = 0.4321
+  setup['train']['batchnorm'].update(min_s=2.0, median_s=2.5)
+  s = made_up_sources._replace(cost=cost)
+  column = 'ResNet-50, Eigen'
+  assert cells(readme_tables.cost_table(s))[
+      'alpha/beta step, EvalNorm B=2'][column] == '0.43x'
+  summary = cells(readme_tables.cost_summary(s))
+  assert summary["BatchNorm's train step: median / minimum"][column] == '1.25x'
+  train = setup['train']
+  assert summary['bytes: mean step at k = 4'][column] == '{:.2f}x'.format(
+      (train['evalnorm_B2']['bytes'] + train['evalnorm_B2_alpha_beta'][
+          'bytes'] / 4) / train['batchnorm']['bytes'])
+
+
+# ---------------------------------------------------------------------------
+# The "agrees?" rules, on hand-made headlines.
+
+
+def test_a_gain_counts_above_the_threshold_per_paradigm_and_batch():
+  row = reproduction.gain_row('claim', 'N', ('2',), ('4', '8'))
+  gains = {'(a) x': {'2': 3.0, '4': 1.5, '8': 2.0},
+           '(b) y': {'2': 1.5, '4': 0.9, '8': 2.0},  # 0.9 does not count
+           '(c) z': {'2': -2.0, '4': -1.0, '8': -3.0}}
+  assert row({'gain': gains}) == [
+      'claim', 'gain at N=2: -2.0 to +3.0; N=4, 8: -3.0 to +2.0',
+      'N=2 except (c); N=4, 8 only (a)']
+  one = reproduction.gain_row('claim', 'B', ('2',), ('4',), ('8',))
+  assert one({'gain': {'seed 0': {'2': 5.0, '4': 0.5, '8': -0.04}}})[1:] == [
+      'gain at B=2: +5.0; B=4: +0.5; B=8: +0.0', 'only B=2']
+  assert one({'gain': {'seed 0': {'2': 5.0, '4': 1.01, '8': 2.0}}})[2] == 'yes'
+
+
+def test_the_figure_rules_say_where_the_shape_holds():
+  fig1 = {'distance': {'128': {'ema': 0.03, 'evalnorm': 0.2},
+                       '2': {'ema': 0.3, 'evalnorm': 0.1}}}
+  assert reproduction.fig1(fig1)[2] == 'only B=2'  # 0.2 at B=128 > 0.1
+  fig3 = {'mean_alpha': {'2': 0.3, '4': 0.31, '8': 0.1},
+          'layer_alpha': {'2': {'a': 0.1, 'b': 0.3}}}
+  assert reproduction.fig3(fig3)[2] == 'only vary'
+  fig4 = {'error': {'estimated (EvalNorm)': {'2': 10.0, '4': 9.0, '8': 9.5}},
+          'best_fixed': {'2': 10.5, '4': 7.9, '8': 8.5}}
+  assert reproduction.fig4(fig4)[1:] == [
+      'estimate minus best fixed: -0.50 to +1.10', 'except B=4']
+

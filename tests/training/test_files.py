@@ -16,7 +16,7 @@ from etils.epath import gpath
 
 from evalnorm.detection import evaluation as detection_evaluation
 from evalnorm.training import checkpoint, files
-from experiments import runs
+from experiments import command_line, result_files, runner, scales
 
 from training_helpers import small_digits_config
 
@@ -96,8 +96,8 @@ def test_coco_files_in_a_bucket_score_as_written(bucket):
 
 def test_experiment_runs_and_results_in_a_bucket(bucket, monkeypatch):
   """A run's log and eval.json, a finished run's reuse, the results files."""
-  context = runs.Context(runs.SCALES['small'], 'gs://bucket/work',
-                         'gs://bucket/results', jobs=1)
+  context = command_line.Context(scales.SCALES['small'], 'gs://bucket/work',
+                                 'gs://bucket/results', jobs=1)
 
   def fake_run(args, cwd, stdout, stderr, env):
     del cwd, stderr, env
@@ -107,24 +107,24 @@ def test_experiment_runs_and_results_in_a_bucket(bucket, monkeypatch):
     stdout.flush()
     files.write_json('gs://bucket/work/x/eval.json', {'eval': {}, 'step': 3})
     return 0
-  monkeypatch.setattr(runs.subprocess, 'call', fake_run)
-  run = runs.make_run('x', context.scale)
+  monkeypatch.setattr(runner.subprocess, 'call', fake_run)
+  run = runner.make_run('x', context.scale)
   assert context.execute([run])['x']['step'] == 3
   work = bucket / 'bucket' / 'work' / 'x'
   log = (work / 'log.txt').read_text()
   assert '--workdir=gs://bucket/work/x' in log.splitlines()[0]
   assert log.endswith('training...\n')
   assert files.read_json(work / 'eval.json')['wall_seconds'] >= 0
-  monkeypatch.setattr(runs.subprocess, 'call', None)  # reused, not rerun
+  monkeypatch.setattr(runner.subprocess, 'call', None)  # reused, not rerun
   assert context.execute([run])['x']['step'] == 3
 
-  runs.write_markdown(context.output('t.md'), 'T', 'body\n')
+  result_files.write_markdown(context.output('t.md'), 'T', 'body\n')
   assert (bucket / 'bucket' / 'results' / 't.md').read_text() == '# T\n\nbody\n'
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   figure = plt.figure()
-  runs.save_figure(figure, context.output('f.png'))
+  result_files.save_figure(figure, context.output('f.png'))
   plt.close(figure)
   png = (bucket / 'bucket' / 'results' / 'f.png').read_bytes()
   assert png[:8] == b'\x89PNG\r\n\x1a\n'

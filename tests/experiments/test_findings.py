@@ -1,0 +1,223 @@
+"""The claims experiments/README.md's prose makes about the committed results.
+
+Each test quotes its sentence (which must still be in experiments/README.md)
+and checks it against experiments/results/headlines.json, so that a
+regeneration that makes a sentence false fails here instead of leaving the
+prose wrong.
+"""
+
+import json
+import os
+
+import pytest
+
+from experiments import run_all, runner
+from experiments.reproduction import LEAST_GAIN
+
+README = os.path.join(runner.ROOT, 'experiments', 'README.md')
+FROZEN = '(c) pre-trained, BN statistics frozen'
+
+
+@pytest.fixture(scope='module')
+def h() -> dict:
+  with open(os.path.join(runner.RESULTS_DIR, run_all.HEADLINES)) as f:
+    return json.load(f)
+
+
+def said(sentence: str) -> None:
+  """``sentence`` is in experiments/README.md (line breaks aside)."""
+  with open(README) as f:
+    assert sentence in ' '.join(f.read().split()), sentence
+
+
+def after_2(gains: dict[str, float]) -> list[float]:
+  return [g for b, g in gains.items() if b != '2']
+
+
+def test_the_threshold_is_above_the_seed_spread_except_at_b2(h):
+  said('the gain\'s seed-to-seed standard deviation is under a point at B=8 '
+       'and for the detector at N=2 outside paradigm (c), and several points '
+       'at B=2')
+  spread = h['seeds']['gain_over_seeds']
+  detector = [at['2']['gain']['std'] for p, at in
+              h['table2_detection']['by_paradigm'].items() if p != FROZEN]
+  assert max(spread['8']['std'], *detector) < LEAST_GAIN < spread['2']['std']
+
+
+def test_every_experiment_gains_at_b2(h):
+  said('At B=2 (N=2 for the detector) every experiment gains more than the '
+       'threshold')
+  at_2 = [g['2'] for script in ('fig2_error_vs_b', 'seeds', 'fig5_deeper_wider',
+                                'table1_imagenet', 'table2_detection',
+                                'table2_transfer')
+          for g in h[script]['gain'].values()]
+  assert len(at_2) == 15 and min(at_2) > LEAST_GAIN
+
+
+def test_evalnorm_beats_ema_at_b2_in_every_seed(h):
+  said('EvalNorm beats EMA at B=2 in every seed')
+  assert min(h['seeds']['gain_over_seeds']['2']['seeds']) > LEAST_GAIN
+
+
+def test_ema_error_at_b2_is_twice_that_at_any_larger_b(h):
+  said("EMA's error at B=2 is more than twice its error at any larger B")
+  ema = h['fig2_error_vs_b']['error']['EMA (BatchNorm)']
+  assert ema['2'] > 2 * max(after_2(ema))
+
+
+def test_table1_gain_at_b2_beats_the_papers(h):
+  said("Table 1's gain at B=2 is larger than the paper's ImageNet +6.18")
+  paper = h['table1_imagenet']['paper_b2']
+  gain = paper['EvalNorm (online)'] - paper['EMA']
+  assert h['table1_imagenet']['gain']['8 devices x B']['2'] > round(gain, 2)
+
+
+def test_alpha_falls_with_b_and_differs_between_layers(h):
+  said('the mean estimated alpha never rises from one B to the next, and at '
+       "B=2 the largest layer's alpha is more than twice the smallest's")
+  mean = list(h['fig3_alpha_beta']['mean_alpha'].values())
+  layers = h['fig3_alpha_beta']['layer_alpha']['2'].values()
+  assert all(a >= b for a, b in zip(mean, mean[1:]))
+  assert max(layers) > 2 * min(layers)
+
+
+def test_a_constant_that_helps_at_b2_hurts_at_large_b(h):
+  said('at B=2 the estimate is the best schedule. The constant 0.5 (1/B at '
+       'B=2) is within the threshold of it at B=2 and the worst schedule at '
+       'B=128')
+  error = h['fig4_fixed_schedules']['error']
+  assert error['estimated (EvalNorm)']['2'] == min(e['2']
+                                                   for e in error.values())
+  assert (error['constant 0.5']['2'] - error['estimated (EvalNorm)']['2']
+          <= LEAST_GAIN)
+  assert error['constant 0.5']['128'] == max(e['128'] for e in error.values())
+
+
+def test_the_estimate_ties_the_best_fixed_schedule_except_at_b8(h):
+  said('the estimate is within the threshold of the best fixed schedule at '
+       'every B except B=8, where a small constant beats it by just over the '
+       'threshold')
+  numbers = h['fig4_fixed_schedules']
+  gap = {b: numbers['error']['estimated (EvalNorm)'][b] - best
+         for b, best in numbers['best_fixed'].items()}
+  assert [b for b, g in gap.items() if g > LEAST_GAIN] == ['8']
+  assert gap['8'] < 1.5 * LEAST_GAIN
+  assert numbers['error']['constant 0.05']['8'] == numbers['best_fixed']['8']
+
+
+def test_fig1_evalnorm_is_closer_at_b2_and_both_are_close_at_b128(h):
+  said("at B=2 EvalNorm's activations are closer to the training activations "
+       "than EMA's, and at B=128 both are closer than either is at B=2")
+  distance = h['fig1_histograms']['distance']
+  assert distance['2']['evalnorm'] < distance['2']['ema']
+  assert max(distance['128'].values()) < min(distance['2'].values())
+
+
+def test_from_b4_the_classifiers_from_scratch_gain_under_the_threshold(h):
+  said('From B=4 on, the classifiers trained from scratch gain less than the '
+       'threshold: Fig. 2 at every B from 4 to 128, the seeds at B=8, every '
+       'Fig. 5 model at B=4 and 8, Table 1 at every B from 4 to 32')
+  later = [g for script in ('fig2_error_vs_b', 'seeds', 'fig5_deeper_wider',
+                            'table1_imagenet')
+           for gains in h[script]['gain'].values() for g in after_2(gains)]
+  assert len(later) == 6 + 1 + 8 + 4 and max(later) < LEAST_GAIN
+
+
+def test_evalnorm_is_below_ema_at_b8_in_every_seed(h):
+  said('At B=8 EvalNorm is even below EMA in every seed, by less than the '
+       'threshold')
+  assert all(-LEAST_GAIN < g < 0
+             for g in h['seeds']['gain_over_seeds']['8']['seeds'])
+
+
+def test_the_detector_gains_at_n2_narrowly_in_b_and_d(h):
+  said("at N=2 the gain's mean over three seeds exceeds the threshold in every "
+       "paradigm, but in (b) and (d) not every seed's gain does")
+  gain = {p[:3]: at['2']['gain'] for p, at in
+          h['table2_detection']['by_paradigm'].items()}
+  assert min(g['mean'] for g in gain.values()) > LEAST_GAIN
+  assert [p for p, g in gain.items() if min(g['seeds']) <= LEAST_GAIN] == [
+      '(b)', '(d)']
+
+
+def test_the_detector_gains_at_n4_and_n8_only_in_c(h):
+  said('at N=4 and 8 the gain is below the threshold except in (c)')
+  for paradigm, gains in h['table2_detection']['gain'].items():
+    later = after_2(gains)
+    assert (min(later) > LEAST_GAIN if paradigm == FROZEN
+            else max(later) < LEAST_GAIN), paradigm
+
+
+def test_frozen_statistics_collapse_ema_and_evalnorm_leans_on_each_example(h):
+  said('EMA evaluation collapses (under 5 AP at every N and seed) and EvalNorm '
+       'recovers much of it by leaning on each example\'s own statistics: its '
+       'mean alpha in (c) is more than twice that of any other paradigm, in '
+       'the base network and in the RCN')
+  frozen = h['table2_detection']['by_paradigm'][FROZEN]
+  assert max(ap for at in frozen.values()
+             for ap in at['AP']['ema']['seeds']) < 5
+  assert all(at['AP']['evalnorm']['mean'] > 5 * at['AP']['ema']['mean']
+             for at in frozen.values())
+  alpha = h['table2_detection']['mean_alpha']
+  for part in ('base', 'rcn'):
+    assert alpha[FROZEN][part] > 2 * max(
+        a[part] for p, a in alpha.items() if p != FROZEN)
+
+
+def test_frozen_statistics_turn_the_transfer_gain_negative(h):
+  said("EvalNorm's gain turns negative at B=4 and 8, its top-1 at B=8 falling "
+       'to near chance (under 15%; chance is 10%)')
+  assert max(after_2(h['table2_transfer']['gain'][FROZEN])) < 0
+  assert h['table2_transfer']['top1'][FROZEN]['8']['evalnorm'] < 15
+
+
+def test_outside_c_the_transfer_gains_at_b4_everywhere_and_at_b8_but_a(h):
+  said('Outside (c) it gains more than the threshold at B=4 in every '
+       'initialization and at B=8 in all but (a)')
+  gains = {p[:3]: g for p, g in h['table2_transfer']['gain'].items()
+           if p != FROZEN}
+  assert min(g['4'] for g in gains.values()) > LEAST_GAIN
+  assert [p for p, g in gains.items() if g['8'] <= LEAST_GAIN] == ['(a)']
+
+
+def test_table1_columns_fall_with_b_and_groupnorm_is_best(h):
+  said('every column sees the same 38,400 examples, so B=32 gets 150 steps, '
+       "and every row's top-1 falls from B=4 to B=32. GroupNorm, which uses no "
+       'batch statistics, has the best top-1 in every column')
+  numbers = h['table1_imagenet']
+  assert numbers['steps']['32'] == 150 and numbers['steps']['2'] == 2400
+  for row in numbers['top1'].values():
+    later = after_2(row)
+    assert all(a > b for a, b in zip(later, later[1:]))
+  for b in numbers['steps']:
+    assert max(numbers['top1'], key=lambda r: numbers['top1'][r][b]) == (
+        'GroupNorm')
+
+
+def test_renorm_between_ema_and_evalnorm_only_at_b2_of_the_short_runs(h):
+  said("In the 600-step runs of Fig. 2 its error is above both EMA's and "
+       "EvalNorm's at every B from 4 on, while at B=2, over three seeds, it "
+       'sits between them')
+  error = h['fig2_error_vs_b']['error']
+  bs = [b for b in error['Batch Renorm'] if b != '2']
+  assert all(error['Batch Renorm'][b] > max(error['EMA (BatchNorm)'][b],
+                                            error['EvalNorm (online)'][b])
+             for b in bs)
+  top1 = h['seeds']['top1']
+  assert (top1['evalnorm']['2']['ema']['mean']
+          < top1['renorm']['2']['ema']['mean']
+          < top1['evalnorm']['2']['evalnorm']['mean'])
+
+
+def test_renorm_beats_both_in_longer_runs_and_is_worst_in_the_shortest(h):
+  said('in the 3000-step quick start and in Table 1\'s B=2 column (2400 steps) '
+       "it beats both, and in Table 1's B=32 column (150 steps) it is the "
+       'worst row')
+  quick = h['quick_start']
+  renorm = quick['baselines']['Batch Renorm (batch 128, groups of 2)']
+  assert renorm['top1']['ema'] > max(quick['top1_by_seed']['0'][m]
+                                     for m in ('ema', 'evalnorm'))
+  table1 = h['table1_imagenet']['top1']
+  assert table1['Batch Renorm']['2'] > max(table1['EMA']['2'],
+                                           table1['EvalNorm (online)']['2'])
+  assert min(table1, key=lambda r: table1[r]['32']) == 'Batch Renorm'
