@@ -7,7 +7,8 @@ from experiments import quick_start, run_all, table2_detection
 from experiments.reproduction import RESULTS, signed
 
 COST_MODELS = {'cifar': 'ResNet-20', 'resnet50': 'ResNet-50'}
-COST_FLAGS = {'default': 'default flags', 'eigen': 'Eigen'}
+COST_FLAGS = {'default': 'default flags', 'avx2': 'AVX2',
+              'eigen': 'Eigen'}
 # The scripts whose headlines have a 'gain' ({row: {B or N: gain}}).
 GAINS = {'Fig. 2': 'fig2_error_vs_b', 'Seeds': 'seeds',
          'Fig. 5': 'fig5_deeper_wider', 'Table 1': 'table1_imagenet',
@@ -80,16 +81,25 @@ def cost_columns(s: Sources, corner: str, rows) -> str:
 
 
 def ratio(key: str):
-  """A setup's ratio ``key`` (which may name its batch) against BatchNorm."""
-  return lambda setup, _: f"{setup['ratios'][key.format(**setup)]:.2f}x"
+  """A setup's ratio ``key`` (which may name its batch) against BatchNorm;
+  '' where the record predates the row."""
+  def cell(setup, _):
+    value = setup['ratios'].get(key.format(**setup))
+    return '' if value is None else f'{value:.2f}x'
+  return cell
 
 
 def bytes_ratio(*programs: str, stage: str = 'train', per=(1, 1)):
   """The bytes XLA says ``programs`` access (each divided by its ``per``)
-  against BatchNorm's: unlike times, machine load does not change them."""
-  return lambda setup, _: '{:.2f}x'.format(sum(
-      setup[stage][p]['bytes'] / n for p, n in zip(programs, per))
-      / setup[stage]['batchnorm']['bytes'])
+  against BatchNorm's: unlike times, machine load does not change them; ''
+  where the record predates one of the programs."""
+  def cell(setup, _):
+    rows = setup[stage]
+    if any(p not in rows for p in programs):
+      return ''
+    return '{:.2f}x'.format(sum(rows[p]['bytes'] / n for p, n in
+                                zip(programs, per)) / rows['batchnorm']['bytes'])
+  return cell
 
 
 def cost_table(s: Sources) -> str:
@@ -99,11 +109,16 @@ def cost_table(s: Sources) -> str:
       ('SGD step, EvalNorm B = the whole per-device batch',
        ratio('train_B{batch}')),
       ('SGD step, EvalNorm B=2', ratio('train_B2')),
-      ('alpha/beta step, EvalNorm B=2', ratio('alpha_beta_B2')),
-      (f'mean step at k = {every}, EvalNorm B=2 (amortized)',
+      ('separate estimation: alpha/beta step, EvalNorm B=2',
+       ratio('alpha_beta_B2')),
+      (f'separate estimation: mean step at k = {every} (amortized)',
        ratio('train_B2_amortized')),
-      ('estimating step (both programs), EvalNorm B=2',
+      ('separate estimation: estimating step = every step at k = 1',
        ratio('train_B2_estimating')),
+      (f'fused estimation: mean step at k = {every} (amortized)',
+       ratio('fused_B2_amortized')),
+      ('fused estimation: estimating step = every step at k = 1',
+       ratio('fused_B2_estimating')),
       ("evaluation, EvalNorm `eval_stats='evalnorm'` (against BatchNorm's "
        'evaluation)', ratio('eval_evalnorm')),
       ('interleaved rounds timed', lambda setup, _: str(setup['repeats']))))
@@ -124,7 +139,8 @@ def cost_summary(s: Sources) -> str:
       ('bytes: alpha/beta step', bytes_ratio(aux)),
       (f'bytes: mean step at k = {every}', bytes_ratio(sgd, aux,
                                                        per=(1, every))),
-      ('bytes: estimating step', bytes_ratio(sgd, aux)),
+      ('bytes: estimating step (separate)', bytes_ratio(sgd, aux)),
+      ('bytes: estimating step (fused)', bytes_ratio('evalnorm_B2_fused')),
       ("bytes: evaluation, `eval_stats='evalnorm'`",
        bytes_ratio('evalnorm', stage='eval')),
       ("BatchNorm's train step: median / minimum", lambda setup, _:
