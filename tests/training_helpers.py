@@ -1,5 +1,5 @@
-"""What the training-system tests share: a small digits config, reading a
-run's eval.json, the steps a run logged."""
+"""What the training-system tests share: a small digits config and a fresh
+train state for it, reading a run's eval.json, the steps a run logged."""
 
 import json
 import os
@@ -22,6 +22,22 @@ def small_digits_config(**overrides):
                      eval_every_steps=1000))
   config.update(overrides)
   return config
+
+
+def fresh_state(config, total_steps: int = 10):
+  """(dataset, model, host train state) of a new run of ``config`` (weights
+  from PRNGKey(0); the learning rate decays over ``total_steps``)."""
+  # pylint: disable=g-import-not-at-top
+  import jax
+  from evalnorm import data
+  from evalnorm.training import builders, trainer
+  # pylint: enable=g-import-not-at-top
+  dataset = data.make_dataset(config)
+  model = builders.build_model(config, dataset.num_classes)
+  state = trainer.create_train_state(
+      model, jax.random.PRNGKey(0), config.norm_batch_size,
+      dataset.image_shape, trainer.Optimizers.from_config(config, total_steps))
+  return dataset, model, state
 
 
 def read_eval(workdir):

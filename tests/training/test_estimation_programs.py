@@ -13,20 +13,15 @@ import jax
 import numpy as np
 import pytest
 
-from evalnorm import data
-from evalnorm.training import builders, parallel, trainer
+from evalnorm.training import (parallel, trainer)
 from evalnorm.variables import set_alpha_beta
 
-from training_helpers import small_digits_config
+from training_helpers import fresh_state, small_digits_config
 
 
 def start(config):
   """(dataset, host state) of a fresh run of ``config``."""
-  dataset = data.make_dataset(config)
-  model = builders.build_model(config, dataset.num_classes)
-  state = trainer.create_train_state(
-      model, jax.random.PRNGKey(0), config.norm_batch_size,
-      dataset.image_shape, trainer.Optimizers.from_config(config, 10))
+  dataset, _, state = fresh_state(config)
   return dataset, state
 
 

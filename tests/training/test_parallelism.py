@@ -24,7 +24,7 @@ import evalnorm
 from evalnorm import data
 from evalnorm.training import builders, evaluation, parallel, trainer
 
-from training_helpers import small_digits_config
+from training_helpers import fresh_state, small_digits_config
 
 STEPS = 10
 PATHS = (parallel.Pmap, parallel.ShardMap)
@@ -32,11 +32,7 @@ PATHS = (parallel.Pmap, parallel.ShardMap)
 
 def train(devices, estimation: str, config):
   """(per-step losses, host state) of STEPS steps, estimating every step."""
-  dataset = data.make_dataset(config)
-  model = builders.build_model(config, dataset.num_classes)
-  host = trainer.create_train_state(
-      model, jax.random.PRNGKey(0), config.norm_batch_size,
-      dataset.image_shape, trainer.Optimizers.from_config(config, STEPS))
+  dataset, _, host = fresh_state(config, total_steps=STEPS)
   programs = trainer.TrainPrograms(trainer.classifier_forward,
                                    devices=devices, estimation=estimation)
   state = devices.replicate(host)

@@ -19,18 +19,15 @@ from evalnorm.training import (builders, checkpoint, config_lib, finetune,
                                parallel, trainer)
 from evalnorm.variables import mean_alpha_beta, set_alpha_beta
 
-from training_helpers import ROOT, logged_steps, read_eval, small_digits_config
+from training_helpers import (ROOT, fresh_state, logged_steps, read_eval,
+                              small_digits_config)
 
 from configs import cifar as cifar_config
 from configs import imagenet as imagenet_config
 
 def one_step(config, estimate, num_steps=1):
   """State after ``num_steps`` train steps on 8 devices, and the last metrics."""
-  dataset = data.make_dataset(config)
-  model = builders.build_model(config, dataset.num_classes)
-  state = trainer.create_train_state(
-      model, jax.random.PRNGKey(0), config.norm_batch_size,
-      dataset.image_shape, trainer.Optimizers.from_config(config, 10))
+  dataset, _, state = fresh_state(config)
   steps = trainer.TrainPrograms(trainer.classifier_forward)
   state = parallel.replicate(state)
   batches = dataset.train_batches(0)
@@ -42,12 +39,9 @@ def one_step(config, estimate, num_steps=1):
 @pytest.mark.slow
 def test_frozen_batch_stats_train_everything_else():
   config = small_digits_config()
-  dataset = data.make_dataset(config)
-  model = builders.build_model(config, dataset.num_classes)
-  state = trainer.create_train_state(
-      model, jax.random.PRNGKey(0), config.norm_batch_size,
-      dataset.image_shape, trainer.Optimizers.from_config(config, 10))
-  steps = trainer.TrainPrograms(trainer.classifier_forward, update_batch_stats=False)
+  dataset, _, state = fresh_state(config)
+  steps = trainer.TrainPrograms(trainer.classifier_forward,
+                                update_batch_stats=False)
   new_state, _ = steps(parallel.replicate(state),
                        parallel.shard(next(dataset.train_batches(0))), True)
   new_state = parallel.to_host(new_state)
@@ -105,11 +99,7 @@ def test_initialize_from_a_missing_run_is_one_clear_error(tmp_path):
 
 def steps_on_devices(config, num_devices, num_steps):
   """State after ``num_steps`` train steps pmapped over the first devices."""
-  dataset = data.make_dataset(config)
-  model = builders.build_model(config, dataset.num_classes)
-  state = trainer.create_train_state(
-      model, jax.random.PRNGKey(0), config.norm_batch_size,
-      dataset.image_shape, trainer.Optimizers.from_config(config, 30))
+  dataset, _, state = fresh_state(config, total_steps=30)
   devices = jax.devices()[:num_devices]
   steps = trainer.TrainPrograms(trainer.classifier_forward,
                                 devices=parallel.Pmap(devices))
