@@ -235,11 +235,19 @@ def test_cost_tables_take_each_number_from_its_record(made_up_sources):
   cost = copy.deepcopy(made_up_sources.cost)
   setup = next(iter(cost[('resnet50', 'eigen')]['setups'].values()))
   setup['ratios']['alpha_beta_B2'] = 0.4321
+  setup['ratios']['fused_B2_estimating'] = 0.9876
   setup['train']['batchnorm'].update(min_s=2.0, median_s=2.5)
   s = made_up_sources._replace(cost=cost)
   column = 'ResNet-50, Eigen'
-  assert cells(readme_tables.cost_table(s))[
-      'alpha/beta step, EvalNorm B=2'][column] == '0.43x'
+  table = cells(readme_tables.cost_table(s))
+  assert table['separate estimation: alpha/beta step, EvalNorm B=2'][
+      column] == '0.43x'
+  assert table['fused estimation: estimating step = every step at k = 1'][
+      column] == '0.99x'
+  # A record from before the fused program leaves its cells empty.
+  del setup['ratios']['fused_B2_estimating']
+  assert cells(readme_tables.cost_table(made_up_sources._replace(cost=cost)))[
+      'fused estimation: estimating step = every step at k = 1'][column] == ''
   summary = cells(readme_tables.cost_summary(s))
   assert summary["BatchNorm's train step: median / minimum"][column] == '1.25x'
   train = setup['train']
