@@ -21,24 +21,22 @@ from typing import Iterator
 import jax
 import numpy as np
 
-from evalnorm.data import tfds_stream
+from evalnorm.data import imagenet, tfds_stream
 from evalnorm.data.batching import Batch
 from evalnorm.detection import evaluation as detection_evaluation
 from evalnorm.training import files
 
-# ImageNet statistics (0-255 scale), as the pre-trained backbone expects.
-_MEAN_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255)
-_STDDEV_RGB = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 MAX_OBJECTS = 100  # per image; COCO train has a few images with more
 
 
 def resize_longer_side(image, size: int):
-  """(image resized so its longer side is ``size``, its new (height, width))."""
+  """(uint8 image in [0, 1] resized so its longer side is ``size``, its new
+  (height, width)); as ImageNet's preprocessing converts and resizes."""
   import tensorflow as tf
   shape = tf.cast(tf.shape(image)[:2], tf.float32)
   scale = size / tf.reduce_max(shape)
   new_shape = tf.cast(tf.round(shape * scale), tf.int32)
-  return tf.image.resize(image, new_shape), new_shape
+  return imagenet.resize_unit_range(image, new_shape), new_shape
 
 
 def flip_left_right(image, boxes, width):
@@ -63,6 +61,38 @@ def _pad_objects(boxes, classes):
   extra = MAX_OBJECTS - tf.shape(classes)[0]
   return (tf.pad(boxes, [[0, extra], [0, 0]]),
           tf.pad(classes, [[0, extra]]))
+
+
+def preprocess(example, image_size: int, seed=None) -> dict:
+  """A tfds `coco/2017` example as the detector takes it: resized so that
+  its longer side is ``image_size``, flipped at random (training: when
+  ``seed`` is given), scaled as the backbone's inputs, padded to a square."""
+  import tensorflow as tf
+  image, new_shape = resize_longer_side(example['image'], image_size)
+  height, width = new_shape[0], new_shape[1]
+  objects = example['objects']
+  # The fields agree in length in real data; tfds' mock data draws each
+  # length on its own, so the shortest one counts.
+  count = tf.reduce_min([tf.shape(objects[k])[0]
+                         for k in ('bbox', 'is_crowd', 'label')])
+  boxes = _pixel_boxes(objects['bbox'][:count], height, width)
+  classes = tf.where(objects['is_crowd'][:count], 0,
+                     tf.cast(objects['label'][:count], tf.int32) + 1)
+  if seed is not None:
+    flip = tf.random.stateless_uniform([], seed) < 0.5
+    float_width = tf.cast(width, tf.float32)
+    image, boxes = tf.cond(
+        flip, lambda: flip_left_right(image, boxes, float_width),
+        lambda: (image, boxes))
+  # The backbone's own input scale: the detector fine-tunes a ResNet-50
+  # trained with Inception preprocessing (data/imagenet.py).
+  image = imagenet.inception_range(image)
+  # Padding after scaling: zero is mid-grey, as the convolutions' own zero
+  # padding reads beyond the image.
+  image = tf.image.pad_to_bounding_box(image, 0, 0, image_size, image_size)
+  boxes, classes = _pad_objects(boxes, classes)
+  return {'image': image, 'boxes': boxes, 'classes': classes,
+          'image_id': tf.cast(example['image/id'], tf.int32)}
 
 
 class CocoDataset:
@@ -91,33 +121,6 @@ class CocoDataset:
     self.max_objects = MAX_OBJECTS
     self._num_local_train_examples = None  # this process's share, when needed
 
-  def _example(self, example, seed=None):
-    """Resize, flip (training, when ``seed`` is given), standardize, pad."""
-    import tensorflow as tf
-    size = self.image_shape[0]
-    image, new_shape = resize_longer_side(example['image'], size)
-    height, width = new_shape[0], new_shape[1]
-    objects = example['objects']
-    # The fields agree in length in real data; tfds' mock data draws each
-    # length on its own, so the shortest one counts.
-    count = tf.reduce_min([tf.shape(objects[k])[0]
-                           for k in ('bbox', 'is_crowd', 'label')])
-    boxes = _pixel_boxes(objects['bbox'][:count], height, width)
-    classes = tf.where(objects['is_crowd'][:count], 0,
-                       tf.cast(objects['label'][:count], tf.int32) + 1)
-    if seed is not None:
-      flip = tf.random.stateless_uniform([], seed) < 0.5
-      float_width = tf.cast(width, tf.float32)
-      image, boxes = tf.cond(
-          flip, lambda: flip_left_right(image, boxes, float_width),
-          lambda: (image, boxes))
-    image = (image - _MEAN_RGB) / _STDDEV_RGB
-    # Padding after standardization: zeros are the mean colour.
-    image = tf.image.pad_to_bounding_box(image, 0, 0, size, size)
-    boxes, classes = _pad_objects(boxes, classes)
-    return {'image': image, 'boxes': boxes, 'classes': classes,
-            'image_id': tf.cast(example['image/id'], tf.int32)}
-
   def _read(self, split: str, shuffle_files: bool, shuffle_seed: int = 0):
     import tensorflow as tf
     import tensorflow_datasets as tfds
@@ -139,23 +142,25 @@ class CocoDataset:
     process_seed = tf.constant([self._seed, jax.process_index()],
                                tf.int64)
 
-    def preprocess(position, example):
+    def train_example(position, example):
       seed = tf.random.experimental.stateless_fold_in(process_seed, position)
-      example = self._example(example, seed)
+      example = preprocess(example, self.image_shape[0], seed)
       del example['image_id']
       return example
     return tfds_stream.epoch_stream_batches(
         lambda shuffle_seed: self._read(self.train_split, True, shuffle_seed),
         self._num_local_train_examples,
         self._batch_size // jax.process_count(), start_step,
-        self._seed, min(1000, self.num_train_examples), preprocess)
+        self._seed, min(1000, self.num_train_examples), train_example)
 
   def _eval_examples(self):
     import tensorflow as tf
     import tensorflow_datasets as tfds
     batch_size = self._eval_batch_size // jax.process_count()
     dataset = self._read(self.eval_split, shuffle_files=False)
-    dataset = dataset.map(self._example, num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.map(
+        lambda example: preprocess(example, self.image_shape[0]),
+        num_parallel_calls=tf.data.AUTOTUNE)
     return tfds.as_numpy(dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE))
 
   def eval_batches(self) -> Iterator[Batch]:

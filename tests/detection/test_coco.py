@@ -50,3 +50,29 @@ def test_coco_batches_on_mock_data():
     assert all(b['image'].shape == (4, 64, 64, 3) for b in eval_batches)
     gt = dataset.ground_truth()
     assert len(gt['images']) == 6 and len(gt['categories']) == 80
+
+
+def test_detector_inputs_are_the_backbones_imagenet_inputs():
+  """One uint8 image through ImageNet's evaluation preprocessing (the
+  backbone's training inputs) and through COCO's: the same pixels."""
+  from evalnorm.data import imagenet
+  rng = np.random.default_rng(0)
+  # Full-resolution colour: a cropped decode then reads the pixels a whole
+  # decode does (chroma upsampling would blend across the crop's edge).
+  jpeg = tf.io.encode_jpeg(rng.integers(0, 256, (40, 40, 3), np.uint8),
+                           chroma_downsampling=False)
+  # ImageNet evaluation keeps the central 87.5%: 2 pixels off each side of
+  # 40 (int(40 * 0.125 / 2)), a 36 x 36 crop, resized here to 24 x 24.
+  crop = tf.io.decode_jpeg(jpeg)[2:38, 2:38]
+  backbone_input = imagenet.inception_eval_image(jpeg, 24).numpy()
+  example = {'image': crop, 'image/id': tf.constant(1, tf.int64),
+             'objects': {'bbox': tf.zeros((0, 4)),
+                         'label': tf.zeros((0,), tf.int64),
+                         'is_crowd': tf.zeros((0,), tf.bool)}}
+  detector_input = coco.preprocess(example, 24)['image'].numpy()
+  np.testing.assert_allclose(detector_input, backbone_input, atol=1e-6)
+  # ... whose range is Inception's: black -1, white 1.
+  for value, expected in ((0, -1.0), (255, 1.0)):
+    example['image'] = tf.fill((30, 20, 3), tf.constant(value, tf.uint8))
+    np.testing.assert_array_equal(
+        coco.preprocess(example, 24)['image'].numpy()[:24, :16], expected)
