@@ -34,12 +34,16 @@ def num_eval_batches(num_examples: int, local_batch_size: int) -> int:
   return math.ceil(largest_share / local_batch_size)
 
 
+def _num_rows(batch: Batch) -> int:
+  return len(next(iter(batch.values())))
+
+
 def pad_batch(batch: Batch, padding_source: Batch, batch_size: int) -> Batch:
   """Fills `batch` up to `batch_size` rows from `padding_source` (mask 0)."""
-  num_real = len(batch['label'])
-  repeats = np.arange(batch_size - num_real) % len(padding_source['label'])
-  padded = {key: np.concatenate([batch[key], padding_source[key][repeats]])
-            for key in ('image', 'label')}
+  num_real = _num_rows(batch)
+  repeats = np.arange(batch_size - num_real) % _num_rows(padding_source)
+  padded = {key: np.concatenate([value, padding_source[key][repeats]])
+            for key, value in batch.items()}
   padded['mask'] = np.concatenate([
       np.ones(num_real, np.float32), np.zeros(len(repeats), np.float32)])
   return padded
@@ -90,6 +94,6 @@ def process_slice(batch: Batch) -> Batch:
   """This process's consecutive share of a global batch (the devices of
   process p follow those of p - 1, so each device sees the examples it would
   see in a one-process run)."""
-  size = local_batch_size(len(batch['label']))
+  size = local_batch_size(_num_rows(batch))
   start = jax.process_index() * size
   return {k: v[start:start + size] for k, v in batch.items()}

@@ -54,11 +54,22 @@ def inception_distort_color(image, seed):
   return tf.clip_by_value(image, 0.0, 1.0)  # the random ops do not clamp
 
 
-def _resize_unit_range(image, image_size: int):
-  """uint8 crop -> float32 (S, S, 3) in [0, 1], slim's bilinear resize."""
+def resize_unit_range(image, shape):
+  """uint8 image -> float32 in [0, 1] resized to ``shape`` (height, width),
+  slim's bilinear resize. The detector's COCO pipeline resizes with it too."""
   import tensorflow as tf
   image = tf.image.convert_image_dtype(image, tf.float32)
-  return tf.image.resize(image, [image_size, image_size], method='bilinear')
+  return tf.image.resize(image, shape, method='bilinear')
+
+
+def inception_range(image):
+  """Inception preprocessing's pixel scale: [0, 1] -> [-1, 1].
+
+  The one definition of what the ResNet-50 backbone's inputs are: ImageNet
+  training and evaluation end with it, and so does the detector's COCO
+  pipeline, whose backbone starts from that ImageNet model.
+  """
+  return (image - 0.5) * 2.0
 
 
 def inception_train_image(jpeg, seed, image_size: int):
@@ -69,10 +80,10 @@ def inception_train_image(jpeg, seed, image_size: int):
   window = inception_crop_window(tf.image.extract_jpeg_shape(jpeg), crop_seed)
   # Decoding only the window is slim's decode-then-slice, cheaper.
   image = tf.image.decode_and_crop_jpeg(jpeg, window, channels=3)
-  image = _resize_unit_range(image, image_size)
+  image = resize_unit_range(image, [image_size, image_size])
   image = tf.image.stateless_random_flip_left_right(image, flip_seed)
   image = inception_distort_color(image, color_seed)
-  return (image - 0.5) * 2.0
+  return inception_range(image)
 
 
 def inception_eval_image(jpeg, image_size: int):
@@ -86,7 +97,7 @@ def inception_eval_image(jpeg, image_size: int):
   top, left = start(shape[0]), start(shape[1])
   window = tf.stack([top, left, shape[0] - 2 * top, shape[1] - 2 * left])
   image = tf.image.decode_and_crop_jpeg(jpeg, window, channels=3)
-  return (_resize_unit_range(image, image_size) - 0.5) * 2.0
+  return inception_range(resize_unit_range(image, [image_size, image_size]))
 
 
 class ImageNetDataset(TfdsDataset):

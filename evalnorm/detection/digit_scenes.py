@@ -156,6 +156,7 @@ class DigitScenesDataset:
   """
   name = 'digit_scenes'
   num_classes = 10
+  category_ids = tuple(range(1, 11))  # the classes themselves: digit + 1
   category_names = tuple(str(d) for d in range(10))
 
   def __init__(self, config):
@@ -174,6 +175,9 @@ class DigitScenesDataset:
         np.random.default_rng(_EVAL_SEED)))
     self.eval_set['image_id'] = np.arange(
         1, config.num_eval_images + 1, dtype=np.int32)
+    # Scenes are drawn at the detector's size: nothing to undo.
+    self.eval_set['original_size'] = self.eval_set['resized_size'] = np.full(
+        (config.num_eval_images, 2), size, np.int32)
 
   def _standardize(self, scenes: Batch) -> Batch:
     image = (scenes['image'] - self._mean) / self._std
@@ -182,8 +186,11 @@ class DigitScenesDataset:
   def ground_truth(self) -> dict:
     """The COCO-format ground truth of the evaluation set."""
     return detection_evaluation.ground_truth_json(
-        self.eval_set['image_id'], self.eval_set['boxes'],
-        self.eval_set['classes'], self.image_shape[:2], self.category_names)
+        self.eval_set['image_id'], self.eval_set['original_size'],
+        self.eval_set['boxes'],
+        detection_evaluation.category_ids_of(self.eval_set['classes'],
+                                             self.category_ids),
+        dict(zip(self.category_ids, self.category_names)))
 
   def train_batch(self, step: int) -> Batch:
     """This process's training batch of global step ``step``."""

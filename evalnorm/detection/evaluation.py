@@ -28,35 +28,74 @@ from evalnorm.training import evaluation, files
 METRICS = ('AP', 'AP50', 'AP75')  # COCOeval.stats[0:3], in percent
 
 
-def ground_truth_json(image_ids, boxes, classes, image_size: tuple[int, int],
-                      category_names) -> dict:
-  """COCO-format ground truth of images ``image_ids`` (N,) of ``image_size``
-  (height, width), with boxes (N, G, 4) and classes (N, G; 0 = no object)."""
-  height, width = image_size
+def category_ids_of(classes, category_ids) -> np.ndarray:
+  """The detector's classes (1..K; 0: no object) as the dataset's category
+  ids (``category_ids[k - 1]`` for class k; 0 stays 0)."""
+  return np.concatenate([[0], np.asarray(category_ids)])[np.asarray(classes)]
+
+
+def original_pixels(boxes, resized_size, original_size) -> np.ndarray:
+  """Boxes (N, D, 4) in pixels of the detector's input, whose images were
+  resized from ``original_size`` to ``resized_size`` (N, 2: height, width
+  each) and padded at the bottom and right: the same boxes in pixels of
+  the original images, clipped to them.
+
+  Each axis scales on its own: the resize rounds each side to whole pixels.
+  """
+  original = np.asarray(original_size, np.float64)
+  scale = original / np.asarray(resized_size, np.float64)  # (N, 2): y, x
+  factors = np.stack([scale[:, 1], scale[:, 0]] * 2, -1)[:, None]
+  limits = np.stack([original[:, 1], original[:, 0]] * 2, -1)[:, None]
+  return np.clip(boxes * factors, 0.0, limits).astype(np.float32)
+
+
+def in_coco_terms(detections, batch, category_ids) -> dict[str, np.ndarray]:
+  """Detections (N, D, ...) of an eval batch's images in the terms of its
+  dataset's ground truth: boxes in original-image pixels, category ids."""
+  return {'boxes': original_pixels(detections['boxes'], batch['resized_size'],
+                                   batch['original_size']),
+          'category_ids': category_ids_of(detections['classes'], category_ids),
+          'scores': detections['scores'], 'valid': detections['valid']}
+
+
+def ground_truth_json(image_ids, image_sizes, boxes, category_ids,
+                      categories: dict[int, str], is_crowd=None,
+                      areas=None) -> dict:
+  """COCO instances-format ground truth.
+
+  For each image of ``image_ids``: its (height, width), its boxes (G, 4) as
+  (x1, y1, x2, y2) pixels and their category ids (G,; 0: no object, left
+  out); optionally its crowd flags (G,; default: none is a crowd) and areas
+  (G,; default: the boxes'). G may differ from image to image.
+  ``categories``: {id: name}.
+  """
   images, annotations = [], []
-  for image_id, image_boxes, image_classes in zip(image_ids, boxes, classes):
-    images.append({'id': int(image_id), 'width': width, 'height': height})
-    for box, category in zip(image_boxes, image_classes):
+  for i, (image_id, (height, width)) in enumerate(zip(image_ids, image_sizes)):
+    images.append({'id': int(image_id), 'height': int(height),
+                   'width': int(width)})
+    for j, (box, category) in enumerate(zip(boxes[i], category_ids[i])):
       if category > 0:
         x1, y1, x2, y2 = (float(v) for v in box)
         annotations.append({
             'id': len(annotations) + 1, 'image_id': int(image_id),
             'category_id': int(category), 'bbox': [x1, y1, x2 - x1, y2 - y1],
-            'area': (x2 - x1) * (y2 - y1), 'iscrowd': 0})
-  categories = [{'id': i + 1, 'name': name}
-                for i, name in enumerate(category_names)]
+            'area': (x2 - x1) * (y2 - y1) if areas is None
+                    else float(areas[i][j]),
+            'iscrowd': 0 if is_crowd is None else int(is_crowd[i][j])})
   return {'images': images, 'annotations': annotations,
-          'categories': categories}
+          'categories': [{'id': int(k), 'name': name}
+                         for k, name in sorted(categories.items())]}
 
 
 def detections_json(image_ids, detections) -> list[dict]:
-  """COCO results from detections (N, D, ...) of images ``image_ids`` (N,)."""
+  """COCO results from detections (N, D, ...) of images ``image_ids`` (N,),
+  already in the ground truth's terms (``in_coco_terms``)."""
   results = []
-  for image_id, boxes, scores, classes, valid in zip(
+  for image_id, boxes, scores, category_ids, valid in zip(
       image_ids, detections['boxes'], detections['scores'],
-      detections['classes'], detections['valid']):
+      detections['category_ids'], detections['valid']):
     for box, score, category in zip(boxes[valid], scores[valid],
-                                    classes[valid]):
+                                    category_ids[valid]):
       x1, y1, x2, y2 = (round(float(v), 2) for v in box)
       results.append({'image_id': int(image_id), 'category_id': int(category),
                       'bbox': [x1, y1, round(x2 - x1, 2), round(y2 - y1, 2)],
@@ -133,11 +172,25 @@ def eval_step(params, stacked_modes, batch, apply_fn, postprocess,
   return results
 
 
+def results_json(detections) -> dict[str, list]:
+  """{mode: COCO results} of the real images (mask > 0) of gathered eval
+  batches ('image_id', 'mask', 'modes': {mode: ``in_coco_terms`` arrays})."""
+  real = detections['mask'] > 0
+  return {mode: detections_json(
+      detections['image_id'][real],
+      jax.tree_util.tree_map(lambda x: x[real], mode_detections))  # noqa: B023
+          for mode, mode_detections in sorted(detections['modes'].items())}
+
+
 class DetectionEvaluator(evaluation.Evaluator):
   """The classifiers' evaluator with detections and COCO AP in place of top-1.
 
-  ``modes`` gives the RCN's layers their own B (see the module docstring);
-  calling it returns each mode's COCO-format detections.
+  ``modes`` gives the RCN's layers their own B (see the module docstring).
+  A dataset's eval batches
+  carry, besides 'image' and 'mask', each image's 'image_id' and the
+  'original_size' and 'resized_size' (height, width) that turn the
+  detector's boxes into the ground truth's pixels; ``dataset.category_ids``
+  are the ground truth's ids of classes 1..K.
   """
 
   def __init__(self, model, evalnorm_model,
@@ -162,30 +215,33 @@ class DetectionEvaluator(evaluation.Evaluator):
                                  'rcn': rcn_alpha_beta}
     return modes
 
-  def detect(self, params, mode_variables: dict[str, Any], dataset
-             ) -> dict[str, list]:
-    """{mode: COCO results} over the whole eval set."""
+  def _local_detections(self, params, mode_variables: dict[str, Any],
+                        dataset) -> dict[str, Any]:
+    """This process's eval batches, concatenated: 'image_id', 'mask' and
+    'modes', each mode's detections in COCO's terms (``in_coco_terms``)."""
     names = list(mode_variables)
     stacked = jax.tree_util.tree_map(lambda *v: np.stack(v),
                                      *mode_variables.values())
     stacked, params = self.devices.replicate((stacked, params))
-    detections = {name: [] for name in names}
+    # pmap's outputs: (local devices, images per device, ...) -> images.
+    unshard = lambda x: x.reshape((-1,) + x.shape[2:])
+    parts = []
     for batch in dataset.eval_batches():
-      # Every device's own detections (pmap's leading device axis), not one
-      # copy of a reduced value: jax.device_get, not devices.to_host.
+      # Every device's own detections, not one copy of a reduced value:
+      # jax.device_get, not devices.to_host.
       outputs = jax.device_get(self._step(params, stacked,
                                           self.devices.shard(batch)))
-      real = batch['mask'] > 0
-      image_ids = batch['image_id'][real]
-      unshard = lambda x: x.reshape((-1,) + x.shape[2:])[real]
-      for i, name in enumerate(names):
-        mode = jax.tree_util.tree_map(lambda x: unshard(x[:, i]),
-                                      outputs['modes'])
-        detections[name] += detections_json(image_ids, mode)
+      by_mode = {name: jax.tree_util.tree_map(lambda x: unshard(x[:, i]),
+                                              outputs['modes'])
+                 for i, name in enumerate(names)}
       if 'train_stats' in outputs:
-        detections.setdefault('train_stats', []).extend(detections_json(
-            image_ids, jax.tree_util.tree_map(unshard, outputs['train_stats'])))
-    return detections
+        by_mode['train_stats'] = jax.tree_util.tree_map(
+            unshard, outputs['train_stats'])
+      parts.append({'image_id': batch['image_id'], 'mask': batch['mask'],
+                    'modes': {name: in_coco_terms(d, batch,
+                                                  dataset.category_ids)
+                              for name, d in by_mode.items()}})
+    return jax.tree_util.tree_map(lambda *x: np.concatenate(x), *parts)
 
   def __call__(self, params, mode_variables, dataset, directory=None
                ) -> dict[str, dict[str, float]]:
@@ -193,5 +249,6 @@ class DetectionEvaluator(evaluation.Evaluator):
 
     Without a directory (periodic evaluation) no file is written.
     """
-    detections = self.detect(params, mode_variables, dataset)
+    detections = results_json(
+        self._local_detections(params, mode_variables, dataset))
     return write_and_score(directory, dataset.ground_truth(), detections)

@@ -153,3 +153,50 @@ def test_flipped_boxes_cover_the_flipped_pixels():
   rows, cols = np.nonzero(image[:, ::-1])
   np.testing.assert_array_equal(
       flipped, [cols.min(), rows.min(), cols.max() + 1, rows.max() + 1])
+
+
+# Box coding against Faster R-CNN's formulas (Ren et al. 2015, eq. 2), not
+# against encode: with anchor centre (xa, ya) and size (wa, ha), a box of
+# centre (x, y) and size (w, h) has targets
+#   tx = (x - xa) / wa, ty = (y - ya) / ha, tw = log(w / wa), th = log(h / ha),
+# each multiplied by its weight (wx, wy, ww, wh), Detectron's BoxCoder order
+# ((10, 10, 5, 5) for the RCN). Boxes are continuous (x1, y1, x2, y2): sizes
+# are x2 - x1, without Detectron1's legacy + 1 (Detectron2's convention).
+LOG2 = 0.6931471805599453
+
+
+def test_encoding_follows_the_faster_rcnn_formulas():
+  # Anchor (10, 20, 50, 100): centre (30, 60), size (40, 80).
+  # Box (30, 50, 110, 90): centre (70, 70), size (80, 40).
+  #   tx = (70 - 30) / 40 = 1, ty = (70 - 60) / 80 = 0.125,
+  #   tw = log(80 / 40) = log 2, th = log(40 / 80) = -log 2.
+  # Anchor (0, 0, 16, 16): centre (8, 8), size (16, 16).
+  # Box (4, -2, 12, 30): centre (8, 14), size (8, 32).
+  #   tx = 0, ty = 6 / 16 = 0.375, tw = log(1/2) = -log 2, th = log 2.
+  anchors = np.asarray([[10, 20, 50, 100], [0, 0, 16, 16]], np.float32)
+  boxes = np.asarray([[30, 50, 110, 90], [4, -2, 12, 30]], np.float32)
+  np.testing.assert_allclose(
+      box_lib.encode(boxes, anchors),
+      [[1.0, 0.125, LOG2, -LOG2], [0.0, 0.375, -LOG2, LOG2]], atol=1e-6)
+  # Weights (10, 10, 5, 5) scale (tx, ty, tw, th) in that order.
+  np.testing.assert_allclose(
+      box_lib.encode(boxes, anchors, (10.0, 10.0, 5.0, 5.0)),
+      [[10.0, 1.25, 5 * LOG2, -5 * LOG2], [0.0, 3.75, -5 * LOG2, 5 * LOG2]],
+      atol=1e-5)
+
+
+def test_decoding_with_weights_follows_the_faster_rcnn_formulas():
+  # ROI (20, 40, 60, 60): centre (40, 50), size (40, 20).
+  # Weighted deltas (2, -3, 5 log 3, 5 log 1/2) / (10, 10, 5, 5)
+  #   = (0.2, -0.3, log 3, log 1/2):
+  #   x = 40 + 0.2 * 40 = 48, y = 50 - 0.3 * 20 = 44,
+  #   w = 40 * 3 = 120, h = 20 / 2 = 10 -> (48 - 60, 44 - 5, 48 + 60, 44 + 5).
+  rois = np.asarray([[20, 40, 60, 60], [20, 40, 60, 60]], np.float32)
+  deltas = np.asarray([[2.0, -3.0, 5 * 1.0986122886681098, -5 * LOG2],
+                       # tw = 500 / 5 = 100 is capped at log(1000 / 16):
+                       # w = 40 * 62.5 = 2500 around x = 40; h stays 20.
+                       [0.0, 0.0, 500.0, 0.0]], np.float32)
+  np.testing.assert_allclose(
+      box_lib.decode(deltas, rois, (10.0, 10.0, 5.0, 5.0)),
+      [[-12.0, 39.0, 108.0, 49.0], [-1210.0, 40.0, 1290.0, 60.0]],
+      rtol=1e-5, atol=1e-4)

@@ -14,18 +14,19 @@ def hand_made_ground_truth():
   boxes[1, 0] = [20, 20, 30, 36]
   boxes[1, 1] = [0, 0, 8, 10]
   classes = np.asarray([[1, 0], [1, 2]], np.int32)
-  return detection_evaluation.ground_truth_json([1, 2], boxes, classes, (40, 40),
-                                                ('a', 'b'))
+  return detection_evaluation.ground_truth_json(
+      [1, 2], [(40, 40), (40, 40)], boxes, classes, {1: 'a', 2: 'b'})
 
 
 def detections(rows):
   """One image's detections from (box, score, class) rows, padded to 4."""
   out = {'boxes': np.zeros((1, 4, 4), np.float32),
          'scores': np.zeros((1, 4), np.float32),
-         'classes': np.ones((1, 4), np.int32), 'valid': np.zeros((1, 4), bool)}
+         'category_ids': np.ones((1, 4), np.int32),
+         'valid': np.zeros((1, 4), bool)}
   for i, (box, score, category) in enumerate(rows):
     out['boxes'][0, i], out['scores'][0, i] = box, score
-    out['classes'][0, i], out['valid'][0, i] = category, True
+    out['category_ids'][0, i], out['valid'][0, i] = category, True
   return out
 
 
