@@ -327,12 +327,13 @@ def test_regenerating_one_script_merges_into_the_committed_record(context):
   assert record['minutes_per_script'] == {'table2_transfer': 1.1}
 
 
-def test_regenerating_an_unknown_script_is_one_line(capsys):
+def test_regenerating_an_unknown_script_is_one_line(tmp_path, capsys):
   with pytest.raises(SystemExit) as exit_info:
-    run_all.main(['--scripts=table2_detection,table3'])
+    run_all.main(['--scale=smoke', '--scripts=table3',
+                  f'--workdir_root={tmp_path}/w', f'--results_dir={tmp_path}/r'])
   assert exit_info.value.code == 2
   error = capsys.readouterr().err.strip().splitlines()[-1]
-  assert "no script ['table3']; known: quick_start," in error
+  assert "--scripts=table3: no script ['table3']; known: quick_start," in error
 
 
 def test_table1_per_device_setup_and_report(context):
