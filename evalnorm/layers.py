@@ -285,6 +285,21 @@ def layer_auxiliary_loss(x: Array, stats: TrainStatistics, ema_mean: Array,
       lax.rsqrt(var_hat + epsilon))
 
 
+def moving_average_auxiliary_loss(x: Array, feature_axes: tuple[int, ...],
+                                  ema_mean: Array, ema_var: Array,
+                                  alpha: Array, beta: Array, epsilon: float,
+                                  use_fast_variance: bool = True) -> Array:
+  """``auxiliary_loss`` of a training call that normalizes with the moving
+  averages (frozen BN): the estimate against that normalization. alpha =
+  beta = 0 reproduces it bit for bit, where the loss and its gradient are 0:
+  with no train/evaluation gap there is nothing for alpha/beta to close."""
+  example_mean, example_var = example_moments(x, feature_axes,
+                                              use_fast_variance)
+  normalized = normalize(x, ema_mean, ema_var, None, None, epsilon)
+  return auxiliary_loss(x, normalized, example_mean, example_var, ema_mean,
+                        ema_var, alpha, beta, epsilon)
+
+
 def evalnorm_statistics(x: Array, feature_axes: tuple[int, ...], alpha: Array,
                         beta: Array, ema_mean: Array, ema_var: Array,
                         use_fast_variance: bool = True) -> tuple[Array, Array]:
@@ -374,6 +389,14 @@ class EvalNorm(Module):
       may be immutable (offline estimation, frozen-statistics fine-tuning).
       Otherwise a training call with immutable ``batch_stats`` is flax's
       error, as with ``nn.BatchNorm``.
+    train_with_moving_averages: training calls normalize with the moving
+      averages, exactly as ``'ema'`` evaluation does, and leave them as they
+      are: the normalization of detection's frozen BN (torchvision's
+      ``FrozenBatchNorm2d``, the TF Object Detection API's
+      ``batch_norm_trainable: false``). Its auxiliary loss measures the
+      estimate against that normalization, which alpha = beta = 0
+      reproduces exactly. Scale and bias stay parameters: keeping them fixed
+      is the optimizer's part (``config.freeze_norm='frozen_bn'`` does both).
 
   The auxiliary loss is sown into ``aux_loss`` (one scalar per layer,
   replaced at each call) when the caller makes that collection mutable in a
@@ -399,6 +422,7 @@ class EvalNorm(Module):
   alpha_init: float = 0.0
   beta_init: float = 0.0
   freeze_batch_stats: bool = False
+  train_with_moving_averages: bool = False
 
   @compact
   def __call__(self, x: Array, use_running_average: bool | None = None, *,
@@ -430,19 +454,23 @@ class EvalNorm(Module):
     alpha, beta = alpha.reshape(ab_shape), beta.reshape(ab_shape)
     x_stats = statistics_input(xb, self.dtype, self.force_float32_reductions)
 
-    if use_running_average:
+    initializing = self.is_initializing()
+    sow_loss = (not use_running_average and self.eval_stats == 'evalnorm'
+                and estimable and not initializing
+                and self.is_mutable_collection('aux_loss'))
+    if use_running_average or self.train_with_moving_averages:
       mean_e, var_e = (_stored(v.value, self).reshape(shape)
                        for v in (ema_mean, ema_var))
-      if self.eval_stats == 'evalnorm':
+      if sow_loss:  # training with frozen BN
+        _sow_aux_loss(self, moving_average_auxiliary_loss(
+            x_stats, feature_axes, mean_e, var_e, jnp.clip(alpha, 0, 1),
+            jnp.clip(beta, 0, 1), self.epsilon, self.use_fast_variance))
+      if use_running_average and self.eval_stats == 'evalnorm':
         mean_e, var_e = evalnorm_statistics(x_stats, feature_axes, alpha, beta,
                                             mean_e, var_e,
                                             self.use_fast_variance)
       y = normalize(xb, mean_e, var_e, *affine, self.epsilon)
     else:
-      initializing = self.is_initializing()
-      sow_loss = (self.eval_stats == 'evalnorm' and estimable
-                  and not initializing
-                  and self.is_mutable_collection('aux_loss'))
       stats = train_statistics(
           x_stats, feature_axes, self.group_size, self.use_fast_variance,
           None if initializing else self.axis_name, self.axis_index_groups,
@@ -450,14 +478,10 @@ class EvalNorm(Module):
       y = normalize_groups(xb, stats.group_mean, stats.group_var, *affine,
                            self.epsilon)
       if sow_loss:
-        loss = layer_auxiliary_loss(
+        _sow_aux_loss(self, layer_auxiliary_loss(
             x_stats, stats, ema_mean.value.reshape(shape),
             ema_var.value.reshape(shape), jnp.clip(alpha, 0, 1),
-            jnp.clip(beta, 0, 1), self.epsilon)
-        # Replaced, not appended: a loop that merges the returned collection
-        # back into its variables must not accumulate one loss per step.
-        self.sow('aux_loss', 'loss', loss, init_fn=lambda: jnp.zeros(()),
-                 reduce_fn=lambda _, new: new)
+            jnp.clip(beta, 0, 1), self.epsilon))
       if not (initializing or self.freeze_batch_stats):
         # Raises flax's error when batch_stats is immutable, as BatchNorm does.
         update_ema(ema_mean, ema_var, stats.group_mean, stats.group_var,
@@ -469,6 +493,13 @@ class EvalNorm(Module):
 
 # Module-level helpers rather than methods: flax wraps every method of a
 # Module, and tabulate would list these as sub-modules.
+
+
+def _sow_aux_loss(mdl: EvalNorm, loss: Array) -> None:
+  # Replaced, not appended: a loop that merges the returned collection back
+  # into its variables must not accumulate one loss per step.
+  mdl.sow('aux_loss', 'loss', loss, init_fn=lambda: jnp.zeros(()),
+          reduce_fn=lambda _, new: new)
 
 
 def _stored(value: Array, mdl: EvalNorm) -> Array:

@@ -100,9 +100,14 @@ def _save(workdir_root: str, invocations: list[dict]) -> None:
   files.write_json(log, invocations)
 
 
-def finish(workdir_root: str, gpus, results_path: str) -> dict:
-  """Writes the provenance record of every invocation over the workdir root."""
-  invocations = _invocations(workdir_root)
+def finish(workdir_root: str, gpus, results_path: str,
+           earlier: list[dict] = ()) -> dict:
+  """Writes the provenance record of every invocation over the workdir root
+  and of the ``earlier`` ones (a record that a regeneration of some scripts
+  adds to), each once."""
+  earlier = list(earlier)
+  invocations = earlier + [i for i in _invocations(workdir_root)
+                           if i not in earlier]
   record = {
       'commits': sorted({i['commit'] for i in invocations if i['commit']}),
       'clean': all(i['clean'] for i in invocations),

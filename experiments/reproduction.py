@@ -40,13 +40,18 @@ def span(values, digits: int = 1) -> str:
   return low if low == high else f'{low} to {high}'
 
 
+def short(label: str) -> str:
+  """A paradigm's letter, '(c)' or "(c')"; other labels whole."""
+  return label[:label.index(')') + 1] if label.startswith('(') else label
+
+
 def gain_row(claim: str, name: str, *batches: tuple[str, ...]):
   """A row judging a script's 'gain' headline ({row: {batch: gain}}) at each
   group of ``batches`` (``name``: B or N): one row gives 'only B=2', several
   (models, paradigms) 'N=2 yes; N=4, 8 only (c)'."""
   def row(numbers: dict) -> list[str]:
     groups = {f"{name}={', '.join(bs)}": {
-        label[:3] if label.startswith('(') else label: [g[b] for b in bs]
+        short(label): [g[b] for b in bs]
         for label, g in numbers['gain'].items()} for bs in batches}
     every = lambda group: sum(group.values(), [])
     if len(numbers['gain']) == 1:

@@ -1,6 +1,7 @@
 r"""Regenerates every figure and table of the paper at one scale.
 
     python -m experiments.run_all [--scale small|full|smoke] [--jobs 2] [--dry_run]
+        [--scripts table2_detection]
 
 Runs the scripts in an order that lets later ones reuse earlier runs (Fig. 2's
 sweep feeds Fig. 1, 3, 4, 5 and the seeds; the quick start runs are the k
@@ -18,6 +19,13 @@ provenance's short form and the runtimes.
 runs.json and provenance.json in the results directory, through each
 script's ``headlines``, so that the READMEs' tables can be regenerated
 without the runs' workdirs (which are not committed).
+
+``--scripts a,b`` regenerates only the scripts named (e.g.
+``table2_detection``, after a change that moves only its results): their
+runs replace theirs in the results directory's runs.json (runs that no
+script plans any more leave it), the invocation joins the committed
+provenance.json, and runtimes.md and headlines.json are rebuilt from the
+merged record.
 
 ``--dry_run`` runs nothing: it prints every run each script needs (dataset,
 model, B, SGD batch, devices, steps, learning rate), in the order they would
@@ -84,6 +92,10 @@ def main(argv=None):
   parser.add_argument('--headlines_only', action='store_true',
                       help='run nothing: rebuild headlines.json from the '
                       'runs.json and provenance.json of --results_dir')
+  parser.add_argument('--scripts', default=None,
+                      help='regenerate only these scripts (comma-separated '
+                      'names, e.g. table2_detection) into the committed '
+                      'runs.json and provenance.json')
   args = parser.parse_args(argv)
   context = command_line.context_from_args(args)
   if args.dry_run:
@@ -92,10 +104,11 @@ def main(argv=None):
     return listing
   if args.headlines_only:
     return write_headlines(context, rebuilt_headlines(context))
+  scripts = chosen_scripts(parser, args.scripts)
   invocation = provenance.start(runner.ROOT, args.scale, args.jobs,
                                 context.workdir_root)
   seconds, numbers = {}, {}
-  for script in SCRIPTS:
+  for script in scripts:
     name = script_name(script)
     print(f'== {name}', flush=True)
     started = time.time()
@@ -106,13 +119,35 @@ def main(argv=None):
     seconds[name] = round(time.time() - started, 1)
     provenance.script_done(context.workdir_root, invocation, name,
                            seconds[name])
-  archive = write_archive(context)
+  if scripts == SCRIPTS:
+    archive = write_archive(context)
+    record = provenance.finish(context.workdir_root, runner.machine_gpus(),
+                               context.output('provenance.json'))
+    write_runtimes(context, args, record, archive['eval'])
+    write_headlines(context, numbers | own_headlines(context, archive['eval'],
+                                                     record))
+    return seconds
+  archive = write_archive(context, scripts)
+  committed = files.read_json(context.output('provenance.json'))
   record = provenance.finish(context.workdir_root, runner.machine_gpus(),
-                             context.output('provenance.json'))
+                             context.output('provenance.json'),
+                             earlier=committed['invocations'])
   write_runtimes(context, args, record, archive['eval'])
-  write_headlines(context, numbers | own_headlines(context, archive['eval'],
-                                                   record))
+  write_headlines(context, rebuilt_headlines(context))
   return seconds
+
+
+def chosen_scripts(parser, names: str | None) -> tuple:
+  """SCRIPTS, or those that the comma-separated ``names`` name (in SCRIPTS'
+  order); an unknown name ends the command line with one line, exit 2."""
+  if names is None:
+    return SCRIPTS
+  wanted = set(names.split(','))
+  known = [script_name(s) for s in SCRIPTS]
+  if wanted - set(known):
+    parser.error(f'--scripts={names}: no script {sorted(wanted - set(known))}'
+                 f'; known: {", ".join(known)}')
+  return tuple(s for s in SCRIPTS if script_name(s) in wanted)
 
 
 def rebuilt_headlines(context: command_line.Context) -> dict:
@@ -140,18 +175,31 @@ def write_headlines(context: command_line.Context, numbers: dict) -> dict:
   return numbers
 
 
-def write_archive(context: command_line.Context) -> dict:
+def write_archive(context: command_line.Context, scripts=SCRIPTS) -> dict:
   """runs.json: the eval.json of every run the scripts used, by run name,
   and the k curve's per-seed results: what the tables and the README's
-  numbers are computed from, committed beside them."""
-  archive = {'eval': {}, 'every_k': {}}
+  numbers are computed from, committed beside them.
+
+  With fewer ``scripts`` than all, their runs replace theirs in the results
+  directory's runs.json, whose other runs stay, but for those that no
+  script plans any more.
+  """
+  if scripts == SCRIPTS:
+    archive = {'eval': {}, 'every_k': {}}
+  else:
+    archive = files.read_json(context.output('runs.json'))
+    planned = {run.name for script in SCRIPTS if script is not estimate_every
+               for run in script.planned_runs(context)}
+    archive['eval'] = {name: result for name, result in
+                       archive['eval'].items() if name in planned}
   # The k curve's trainings write every_k.json, not eval.json.
-  for script in (s for s in SCRIPTS if s is not estimate_every):
+  for script in (s for s in scripts if s is not estimate_every):
     for run in script.planned_runs(context):
       archive['eval'][run.name] = runner.read_eval(context.workdir(run))
-  for run in estimate_every.planned_runs(context):
-    archive['every_k'][run.name] = files.read_json(
-        estimate_every.result_path(context.workdir_root, run))
+  if estimate_every in scripts:
+    for run in estimate_every.planned_runs(context):
+      archive['every_k'][run.name] = files.read_json(
+          estimate_every.result_path(context.workdir_root, run))
   files.write_json(context.output('runs.json'), archive, indent=1)
   return archive
 

@@ -11,17 +11,27 @@ starting from:
   (a) random init            no pre-training;
   (b) pre-trained, BN reset  classifier weights loaded, every norm layer's
                              scale, bias and moving averages fresh;
-  (c) pre-trained, BN frozen weights and BN loaded, the moving averages not
+  (c) pre-trained, BN statistics frozen
+                             weights and BN loaded, the moving averages not
                              updated (groups still normalize by their own
-                             statistics; scale and bias are trained);
+                             statistics; scale and bias are trained): the
+                             paper's text ("freeze_norm='batch_stats'");
+  (c') pre-trained, frozen BN
+                             weights and BN loaded, every norm layer
+                             normalizes with its loaded moving averages in
+                             training and evaluation alike, its scale and
+                             bias not trained: detection codebases' frozen BN
+                             ("freeze_norm='frozen_bn'");
   (d) pre-trained, all tuned weights and BN loaded, everything fine-tuned.
 
 The "ImageNet model" is a classifier pre-trained at B=128: at the small scale
-the ResNet-8 v2 of ``configs/digits.py`` on ``noisy_digits``, whose layers
-are the small detector's (``evalnorm.detection.pretrained_backbone``); ``--scale full`` is
-the COCO config with ResNet-50 v2 from ``configs/imagenet.py``. N=2 is run
-with three seeds. Writes table2_detection.{md,png}: AP, AP50, AP75 of EMA,
-EvalNorm (online estimate) and the rule of thumb 1/B^2.
+the ResNet-8 v2 of ``configs/digits.py`` on ``digit_crops`` (the digits of
+the scenes, rendered by the scenes' own code, one per cell-sized crop), whose
+layers are the small detector's (``evalnorm.detection.pretrained_backbone``);
+``--scale full`` is the COCO config with ResNet-50 v2 from
+``configs/imagenet.py``. N=2 is run with three seeds. Writes
+table2_detection.{md,png}: AP, AP50, AP75 of EMA, EvalNorm (online estimate)
+and the rule of thumb 1/B^2.
 """
 
 import functools
@@ -34,12 +44,25 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 
 from experiments import (command_line, result_files, runner, scales,
-                         table1_imagenet, table2_transfer)  # noqa: E402
+                         table1_imagenet)  # noqa: E402
 from experiments.seeds import stats as over_seeds  # noqa: E402
 
 NAME = 'table2_detection'
 MODES = ('ema', 'evalnorm', 'rule_of_thumb')
-PARADIGMS = table2_transfer.PARADIGMS  # the same four initializations
+PRETRAIN_DATASET = 'digit_crops'
+FROZEN_STATISTICS = '(c) pre-trained, BN statistics frozen'
+FROZEN_BN = "(c') pre-trained, frozen BN"
+# Paradigm -> (its runs' name tag, its overrides); (c) both ways.
+PARADIGMS = {
+    '(a) random init': ('a', {}),
+    '(b) pre-trained, BN reset': ('b', dict(init_norm='reset')),
+    FROZEN_STATISTICS: ('c', dict(init_norm='pretrained',
+                                  freeze_norm='batch_stats')),
+    FROZEN_BN: ('c_frozen_bn', dict(init_norm='pretrained',
+                                    freeze_norm='frozen_bn')),
+    '(d) pre-trained, everything fine-tuned': ('d',
+                                               dict(init_norm='pretrained')),
+}
 
 
 def pretrain_run(scale: scales.Scale) -> runner.Run:
@@ -49,8 +72,9 @@ def pretrain_run(scale: scales.Scale) -> runner.Run:
     return table1_imagenet.column_runs(scale, max(scale.table1_b_values))[
         'evalnorm']
   return runner.make_run(
-      'detection_pretrain_noisy_digits', scale, config='configs/digits.py',
-      dataset='noisy_digits', norm_batch_size=128, batch_size=128,
+      f'detection_pretrain_{PRETRAIN_DATASET}', scale,
+      config='configs/digits.py', dataset=PRETRAIN_DATASET,
+      norm_batch_size=128, batch_size=128,
       num_train_steps=steps, checkpoint_every_steps=steps,
       eval_every_steps=steps)
 
@@ -59,13 +83,13 @@ def detection_runs(scale: scales.Scale, pretrain_dir: str) -> dict:
   """(paradigm, N, seed) -> run."""
   grid = scale.detection
   result = {}
-  for index, (paradigm, overrides) in enumerate(PARADIGMS.items()):
+  for paradigm, (tag, overrides) in PARADIGMS.items():
     init = dict(init_from=pretrain_dir) if overrides else {}
     for n in grid.n_values:
       steps = max(1, grid.images // n)
       for seed in grid.seeds if n == 2 else grid.seeds[:1]:
         result[(paradigm, n, seed)] = runner.make_run(
-            f'detection_{"abcd"[index]}_n{n}_seed{seed}', scale,
+            f'detection_{tag}_n{n}_seed{seed}', scale,
             config=grid.config, batch_size=n,
             norm_batch_size=n, seed=seed, num_train_steps=steps,
             learning_rate=grid.learning_rate_per_image * n,
@@ -113,10 +137,15 @@ def run_seeds(scale: scales.Scale, n: int) -> tuple[int, ...]:
   return seeds if n == 2 else seeds[:1]
 
 
+def pretrain_top1(context: command_line.Context, results: dict) -> float:
+  """The "ImageNet model"'s EMA top-1 on its own eval set."""
+  return runner.top1(results[pretrain_run(context.scale).name], 'ema')
+
+
 def headlines(context: command_line.Context, results: dict) -> dict:
   """Per paradigm and N, over its seeds: the AP of each mode and EvalNorm's
   gain over EMA, and the gain's mean alone; per paradigm, the mean alpha at
-  N=2 (first seed)."""
+  N=2 (first seed); the pre-trained classifier's top-1."""
   grid = grid_of(context)
   by_paradigm, alpha = {}, {}
   for paradigm in PARADIGMS:
@@ -130,7 +159,8 @@ def headlines(context: command_line.Context, results: dict) -> dict:
     alpha[paradigm] = mean_alpha(results[first.name])
   return {'by_paradigm': by_paradigm, 'mean_alpha': alpha, 'gain': {
       p: {n: at['gain']['mean'] for n, at in by_n.items()}
-      for p, by_n in by_paradigm.items()}}
+      for p, by_n in by_paradigm.items()},
+          'pretrain_top1': pretrain_top1(context, results)}
 
 
 def report(context: command_line.Context, results: dict) -> dict:
@@ -156,6 +186,11 @@ def report(context: command_line.Context, results: dict) -> dict:
       'N images per batch = normalization batch B of the base network; the '
       'RCN normalizes the ROIs of those N images. COCO AP (%) by pycocotools; '
       'mean ± standard deviation over seeds where there are several.\n',
+      f'(b)-(d) start from the classifier `{pretrain_run(context.scale).name}`'
+      f' (EMA top-1 {pretrain_top1(context, results):.2f}% on its own eval '
+      "set); (c) is the paper's text, frozen moving averages with groups "
+      "normalized by their own statistics; (c') is detection's frozen BN, the "
+      'moving averages used in training too and scale and bias fixed.\n',
       'Paper (COCO, ResNet-50): EvalNorm over EMA by +1.5 to +7.0 AP across '
       'paradigms and N.\n',
       result_files.markdown_table(headers, rows),
@@ -165,8 +200,9 @@ def report(context: command_line.Context, results: dict) -> dict:
 
 
 def _plot(context, grid, results, ns) -> None:
-  figure, axes = plt.subplots(1, len(PARADIGMS), figsize=(16, 3.8),
-                              sharey=True, squeeze=False)
+  figure, axes = plt.subplots(1, len(PARADIGMS),
+                              figsize=(4 * len(PARADIGMS), 3.8), sharey=True,
+                              squeeze=False)
   for ax, paradigm in zip(axes[0], PARADIGMS):
     for mode, marker in zip(MODES, 'osd'):
       ax.plot(ns, [results[grid[(paradigm, n, 0)].name]['eval'][mode]['AP']

@@ -20,7 +20,8 @@ from evalnorm import (alpha_beta_by_layer, batchnorm_to_evalnorm, EvalNorm,
 from layer_reference import (CONV, DENSE, EPS, NCHW, TOL, Toy, TwoLayer,
                              _from_last, _to_last, apply, assert_tree_allclose,
                              init, init_shapes, make_variables, make_x, np_aux,
-                             np_ema, np_eval, np_train,
+                             np_blend, np_ema, np_eval, np_example_stats,
+                             np_train,
                              random_variables, sown_losses)
 
 
@@ -429,6 +430,30 @@ def test_freeze_batch_stats():
   np.testing.assert_allclose(upd['batch_stats']['var'],
                              np_ema(ref['var'], var, 0.9), **TOL)
   assert np.abs(upd['batch_stats']['mean'] - ref['mean']).max() > 1e-3
+
+
+def test_train_with_moving_averages_is_frozen_bn():
+  """Training normalizes as 'ema' evaluation does, the moving averages stay
+  put, and the auxiliary loss measures the estimate against that: 0 at
+  alpha = beta = 0, as the reference computes it elsewhere."""
+  x = make_x(CONV, seed=17)
+  frozen = EvalNorm(group_size=2, train_with_moving_averages=True)
+  v, ref = make_variables(CONV)
+  y_train, upd = apply(frozen, v, x, use_running_average=False,
+                       mutable=['batch_stats', 'aux_loss'])
+  y_ema = apply(frozen.clone(eval_stats='ema'), v, x, use_running_average=True)
+  np.testing.assert_array_equal(y_train, y_ema)
+  assert_tree_allclose(upd['batch_stats'], v['batch_stats'], rtol=0, atol=0)
+  x64, mean, var = x.astype(np.float64), ref['mean'], ref['var']
+  mu_hat, var_hat = np_blend(*np_example_stats(x64), mean, var, ref['alpha'],
+                             ref['beta'])
+  want = np.abs((x64 - mean) / np.sqrt(var + EPS)
+                - (x64 - mu_hat) / np.sqrt(var_hat + EPS)).mean()
+  np.testing.assert_allclose(total_aux_loss(upd['aux_loss']), want, **TOL)
+  at_zero = set_alpha_beta(v, 0.0, 0.0)
+  _, upd = apply(frozen, at_zero, x, use_running_average=False,
+                 mutable=['aux_loss'])
+  assert float(total_aux_loss(upd['aux_loss'])) < 1e-6 < want
 
 
 # --------------------------------------------------------------------------

@@ -17,8 +17,8 @@ are NumPy arrays for *this process*:
   share, with `'mask'` 0.0 for the repeats (`batching`).
 
 The parts: `batching` (what every dataset shares), `digits` (the built-in
-`noisy_digits` and `digits`, NumPy only), `tfds_stream` (resumable
-tensorflow-datasets pipelines), `cifar` and `imagenet`.
+`noisy_digits`, `digits` and `digit_crops`, NumPy only), `tfds_stream`
+(resumable tensorflow-datasets pipelines), `cifar` and `imagenet`.
 """
 
 import dataclasses
@@ -29,7 +29,8 @@ from typing import Iterator
 
 from evalnorm.data.batching import Batch
 from evalnorm.data.cifar import CifarDataset
-from evalnorm.data.digits import DigitsDataset, NoisyDigitsDataset
+from evalnorm.data.digits import (DigitCropsDataset, DigitsDataset,
+                                  NoisyDigitsDataset)
 from evalnorm.data.imagenet import ImageNetDataset
 from evalnorm.data.tfds_stream import DatasetUnavailableError
 
@@ -67,6 +68,7 @@ class DatasetEntry:
 DATASETS = {
     'noisy_digits': DatasetEntry(NoisyDigitsDataset, 1350),
     'digits': DatasetEntry(DigitsDataset, 1350),
+    'digit_crops': DatasetEntry(DigitCropsDataset, 1350),
     'cifar10': DatasetEntry(
         functools.partial(CifarDataset, tfds_name='cifar10'), 50_000),
     'cifar100': DatasetEntry(

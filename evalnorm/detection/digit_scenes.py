@@ -13,10 +13,11 @@ Boxes are the tight boxes of each digit's rendered ink (x1, y1, x2, y2 in
 pixels); classes are digit + 1 (0 marks an empty slot, and is the RCN's
 background class). Training scenes are drawn fresh every step from
 (config.seed, step) out of the 1350 training digits; the evaluation set is a
-fixed set of scenes built from the 447 held-out digits.
+fixed set of scenes built from the 447 held-out digits. The rendering is
+``evalnorm.data.digits``' (``draw_scenes``), which also cuts the scenes'
+cells into the classification dataset `digit_crops`.
 """
 
-import functools
 import itertools
 import math
 from typing import Iterator
@@ -24,127 +25,11 @@ from typing import Iterator
 import jax
 import numpy as np
 
+from evalnorm.data import digits
 from evalnorm.data.batching import Batch, step_rng
-from evalnorm.data.digits import bilinear_sample, digits_split
 from evalnorm.detection import evaluation as detection_evaluation
 
-_CELLS_PER_SIDE = 2
-_OCCUPANCY = 0.7
-_MAX_ROTATION_DEGREES = 15.0
-_SCALE_RANGE = (1.5, 3.0)     # times the 8-pixel glyph
-_INK_RANGE = (0.6, 1.0)       # per digit
-_CONTRAST_RANGE = (0.3, 1.7)  # per scene, as noisy_digits' per digit
-_BRIGHTNESS_RANGE = (-1.0, 1.0)
-_RAMP_RANGE = (-0.5, 0.5)     # illumination change across the canvas, x and y
-_NOISE_STD = 0.2
-_INK_THRESHOLD = 0.25         # rendered glyph value that counts as ink for the box
 _EVAL_SEED = 3
-_NORMALIZATION_SEED = 4
-_NORMALIZATION_SCENES = 512
-_GLYPH_SIZE = 8
-
-
-def _cell_centres(canvas_size: int) -> np.ndarray:
-  """(cells, 2) centres (x, y) of the grid cells, row by row."""
-  cell = canvas_size / _CELLS_PER_SIDE
-  centres = (np.arange(_CELLS_PER_SIDE) + 0.5) * cell
-  y, x = np.meshgrid(centres, centres, indexing='ij')
-  return np.stack([x.ravel(), y.ravel()], -1).astype(np.float32)
-
-
-def _warp(glyphs: np.ndarray, angles, scales, centres,
-          canvas_size: int) -> np.ndarray:
-  """Glyphs (N, 8, 8) rotated, scaled and centred at ``centres`` (N, 2) on
-  zero canvases (N, S, S). Inverse map: canvas point p (pixel centres at
-  j + 0.5) reads the glyph at R(-angle) (p - centre) / scale + 3.5."""
-  coords = np.arange(canvas_size, dtype=np.float32) + 0.5
-  grid_y, grid_x = np.meshgrid(coords, coords, indexing='ij')
-  grid_x, grid_y = grid_x.reshape(1, -1), grid_y.reshape(1, -1)
-  cos, sin = np.cos(angles) / scales, np.sin(angles) / scales
-  dx = grid_x - centres[:, :1]
-  dy = grid_y - centres[:, 1:]
-  glyph_centre = (_GLYPH_SIZE - 1) / 2
-  source_x = cos[:, None] * dx + sin[:, None] * dy + glyph_centre
-  source_y = cos[:, None] * dy - sin[:, None] * dx + glyph_centre
-  return bilinear_sample(glyphs, source_x, source_y).reshape(
-      -1, canvas_size, canvas_size)
-
-
-def _ink_boxes(canvases: np.ndarray) -> np.ndarray:
-  """Tight (x1, y1, x2, y2) boxes of the ink pixels of each canvas (N, 4)."""
-  ink = canvases > _INK_THRESHOLD
-  size = canvases.shape[-1]
-  boxes = []
-  for axis in (1, 2):  # columns (any over rows), then rows
-    present = ink.any(axis=axis)
-    first = np.argmax(present, axis=1)
-    last = size - np.argmax(present[:, ::-1], axis=1)
-    boxes.append((first, last))
-  (x1, x2), (y1, y2) = boxes
-  return np.stack([x1, y1, x2, y2], -1).astype(np.float32)
-
-
-def render_scenes(glyphs: np.ndarray, labels: np.ndarray, canvas_size: int,
-                  rng: np.random.Generator) -> Batch:
-  """Raw scenes from glyphs (n, cells, 8, 8) and labels (n, cells).
-
-  Returns {'image': (n, S, S) unstandardized, 'boxes': (n, cells, 4),
-  'classes': (n, cells), 0 for an empty cell}.
-  """
-  n, cells = labels.shape
-  uniform = lambda bounds, shape: rng.uniform(*bounds, size=shape).astype(
-      np.float32)
-  occupied = rng.random((n, cells)) < _OCCUPANCY
-  occupied[np.arange(n), rng.integers(0, cells, n)] = True
-  scales = uniform(_SCALE_RANGE, (n, cells))
-  max_angle = np.deg2rad(_MAX_ROTATION_DEGREES)
-  angles = uniform((-max_angle, max_angle), (n, cells))
-  # Jitter up to where the glyph's square still fits inside its cell.
-  room = np.maximum(0.0, canvas_size / _CELLS_PER_SIDE
-                    - math.sqrt(2) * _GLYPH_SIZE * scales * 0.8) / 2
-  centres = (_cell_centres(canvas_size)[None]
-             + uniform((-1, 1), (n, cells, 2)) * room[..., None])
-  warped = _warp(glyphs.reshape(-1, _GLYPH_SIZE, _GLYPH_SIZE),
-                 angles.ravel(), scales.ravel(), centres.reshape(-1, 2),
-                 canvas_size).reshape(n, cells, canvas_size, canvas_size)
-  ink = uniform(_INK_RANGE, (n, cells, 1, 1)) * occupied[..., None, None]
-  canvas = np.max(ink * warped, axis=1)
-  boxes = _ink_boxes(warped.reshape(-1, canvas_size, canvas_size)).reshape(
-      n, cells, 4)
-  return {'image': _relight(canvas, rng),
-          'boxes': np.where(occupied[..., None], boxes, 0.0),
-          'classes': np.where(occupied, labels + 1, 0).astype(np.int32)}
-
-
-def _relight(canvas: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-  """Per-scene contrast, brightness and illumination ramp, then pixel noise."""
-  n, size = canvas.shape[:2]
-  uniform = lambda bounds, shape: rng.uniform(*bounds, size=shape).astype(
-      np.float32)
-  position = (np.arange(size, dtype=np.float32) + 0.5) / size - 0.5
-  ramp = uniform(_RAMP_RANGE, (n, 2, 1, 1))
-  light = (ramp[:, 0] * position[None, None, :]
-           + ramp[:, 1] * position[None, :, None])
-  contrast = uniform(_CONTRAST_RANGE, (n, 1, 1))
-  brightness = uniform(_BRIGHTNESS_RANGE, (n, 1, 1))
-  noise = rng.standard_normal(canvas.shape, dtype=np.float32)
-  return contrast * canvas + brightness + light + _NOISE_STD * noise
-
-
-def _draw(digits, digit_labels, num_scenes: int, canvas_size: int,
-          rng: np.random.Generator) -> Batch:
-  cells = _CELLS_PER_SIDE**2
-  index = rng.integers(0, len(digit_labels), (num_scenes, cells))
-  return render_scenes(digits[index], digit_labels[index], canvas_size, rng)
-
-
-@functools.cache
-def _mean_std(canvas_size: int) -> tuple[float, float]:
-  """Standardization constants from a fixed sample of training scenes."""
-  digits, labels = digits_split()[:2]
-  scenes = _draw(digits, labels, _NORMALIZATION_SCENES, canvas_size,
-                 np.random.default_rng(_NORMALIZATION_SEED))
-  return float(scenes['image'].mean()), float(scenes['image'].std())
 
 
 class DigitScenesDataset:
@@ -165,12 +50,13 @@ class DigitScenesDataset:
     self._eval_batch_size = config.eval_batch_size
     size = self._canvas_size = config.canvas_size
     self.image_shape = (size, size, 1)
-    self.max_objects = _CELLS_PER_SIDE**2
-    self._digits, self._labels, held_out, held_out_labels = digits_split()
+    self.max_objects = digits.SCENE_CELLS_PER_SIDE**2
+    self._digits, self._labels, held_out, held_out_labels = (
+        digits.digits_split())
     self.num_train_examples = len(self._labels)
     self.num_eval_examples = config.num_eval_images
-    self._mean, self._std = _mean_std(size)
-    self.eval_set = self._standardize(_draw(
+    self._mean, self._std = digits.scene_mean_std(size)
+    self.eval_set = self._standardize(digits.draw_scenes(
         held_out, held_out_labels, config.num_eval_images, size,
         np.random.default_rng(_EVAL_SEED)))
     self.eval_set['image_id'] = np.arange(
@@ -195,7 +81,7 @@ class DigitScenesDataset:
   def train_batch(self, step: int) -> Batch:
     """This process's training batch of global step ``step``."""
     batch_size = self._batch_size // jax.process_count()
-    return self._standardize(_draw(
+    return self._standardize(digits.draw_scenes(
         self._digits, self._labels, batch_size, self._canvas_size,
         step_rng(self._seed, step)))
 

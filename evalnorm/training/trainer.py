@@ -67,9 +67,14 @@ def learning_rate_schedule(peak: float, warmup_steps: int,
 
 @dataclasses.dataclass(frozen=True)
 class Optimizers:
-  """The weights' optimizer and alpha/beta's own (no weight decay)."""
+  """The weights' optimizer and alpha/beta's own (no weight decay).
+
+  freeze_norm_layers: the scale and bias of every norm layer take no update,
+  weight decay included (frozen BN, ``config.freeze_norm='frozen_bn'``).
+  """
   weights: optax.GradientTransformation
   alpha_beta: optax.GradientTransformation
+  freeze_norm_layers: bool = False
 
   @classmethod
   def from_config(cls, config, total_steps: int) -> 'Optimizers':
@@ -79,7 +84,32 @@ class Optimizers:
         optax.chain(optax.add_decayed_weights(config.weight_decay),
                     optax.sgd(learning_rate, config.momentum)),
         calibration.alpha_beta_optimizer(config.alpha_beta_optimizer,
-                                         config.alpha_beta_learning_rate))
+                                         config.alpha_beta_learning_rate),
+        freeze_norm_layers=config.freeze_norm == 'frozen_bn')
+
+  def weights_for(self, variables) -> optax.GradientTransformation:
+    """The weights' optimizer for a model's ``variables``."""
+    if not self.freeze_norm_layers:
+      return self.weights
+    return optax.multi_transform(
+        {'trained': self.weights, 'frozen': optax.set_to_zero()},
+        norm_layer_labels(variables))
+
+
+def norm_layer_labels(variables) -> dict:
+  """'frozen' for each parameter of a norm layer, 'trained' for the others,
+  in the structure of ``variables['params']``.
+
+  A norm layer is a module that holds moving averages (``batch_stats``):
+  that finds the norm slot's layers in any model, a detector's RCN included,
+  whatever their names.
+  """
+  norm_modules = {path[:-1] for path in flax.traverse_util.flatten_dict(
+      variables.get('batch_stats', {}))}
+  params = flax.traverse_util.flatten_dict(variables['params'])
+  return flax.traverse_util.unflatten_dict({
+      path: 'frozen' if path[:-1] in norm_modules else 'trained'
+      for path in params})
 
 
 def create_train_state(model: nn.Module, rng: jax.Array, group_size: int,
@@ -89,7 +119,8 @@ def create_train_state(model: nn.Module, rng: jax.Array, group_size: int,
   variables = parallel.init_variables(model, rng, group_size, image_shape)
   evalnorm = variables.get('evalnorm', {})
   state = TrainState.create(
-      apply_fn=model.apply, params=variables['params'], tx=optimizers.weights,
+      apply_fn=model.apply, params=variables['params'],
+      tx=optimizers.weights_for(variables),
       batch_stats=variables.get('batch_stats', {}), evalnorm=evalnorm,
       evalnorm_opt_state=optimizers.alpha_beta.init(evalnorm),
       evalnorm_tx=optimizers.alpha_beta)
@@ -131,8 +162,8 @@ def sgd_step(state: TrainState, forward, update_batch_stats: bool = True,
 
   ``forward(variables, mutable)`` runs the model in training mode and returns
   (task loss, updated collections, metrics). ``update_batch_stats=False``
-  (``config.freeze_batch_stats``): groups still normalize by their own
-  statistics, but the moving averages stay as they are. ``estimate``
+  (``config.freeze_norm``): the moving averages stay as they are (with
+  'batch_stats', groups still normalize by their own statistics). ``estimate``
   (online estimation, fused): the same forward pass also gives the
   auxiliary loss, whose gradient moves alpha/beta through their own
   optimizer; without it alpha/beta are not touched.
@@ -148,7 +179,10 @@ def sgd_step(state: TrainState, forward, update_batch_stats: bool = True,
   grads = lax.pmean(grads, parallel.DEVICE_AXIS)
   # Statistics were computed per device (the point of the method); averaging
   # the EMAs keeps the replicas identical without mixing the normalization.
-  batch_stats = lax.pmean(batch_stats, parallel.DEVICE_AXIS)
+  # Frozen ones are identical already, and a mean of 8 equal values can
+  # differ from them in the last bit.
+  if update_batch_stats:
+    batch_stats = lax.pmean(batch_stats, parallel.DEVICE_AXIS)
   new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
   if estimate:
     evalnorm, opt_state = calibration.update_alpha_beta(
@@ -391,7 +425,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       state = train_loop(
           state, dataset,
           TrainPrograms(task.forward_fn,
-                        update_batch_stats=not config.freeze_batch_stats,
+                        update_batch_stats=config.freeze_norm == 'none',
                         devices=task.devices, estimation=config.estimation),
           Schedule.from_config(config, total_steps, task.estimate), manager,
           checkpoint_meta(config, dataset.num_classes), writer, task.evaluator)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from evalnorm import data
-from evalnorm.data import imagenet
+from evalnorm.data import digits, imagenet
 
 
 from training_helpers import small_digits_config
@@ -66,53 +66,85 @@ def assert_train_batch(dataset, batch, local_batch_size):
 # Built-in digits datasets.
 
 
-@pytest.fixture(scope='module')
-def noisy_digits():
-  return data.make_dataset(make_config('noisy_digits'))
+# The datasets rendered fresh every step, and their image sizes.
+RENDERED = {'noisy_digits': 24, 'digit_crops': 32}
 
 
-def test_noisy_digits_shapes_and_counts(noisy_digits):
-  assert noisy_digits.image_shape == (24, 24, 1)
-  assert noisy_digits.num_classes == 10
-  assert noisy_digits.num_train_examples == 1350
-  assert noisy_digits.num_eval_examples == 2048
-  assert_train_batch(noisy_digits, next(noisy_digits.train_batches(0)), 32)
+@pytest.fixture(scope='module', params=sorted(RENDERED))
+def rendered(request):
+  return data.make_dataset(make_config(request.param))
 
 
-def test_noisy_digits_batches_depend_only_on_seed_and_step(noisy_digits):
-  again = data.make_dataset(make_config('noisy_digits'))
-  assert_batches_equal(next(noisy_digits.train_batches(3)),
+def test_rendered_digits_shapes_and_counts(rendered):
+  size = RENDERED[rendered.name]
+  assert rendered.image_shape == (size, size, 1)
+  assert rendered.num_classes == 10
+  assert rendered.num_train_examples == 1350
+  assert rendered.num_eval_examples == 2048
+  assert_train_batch(rendered, next(rendered.train_batches(0)), 32)
+
+
+def test_rendered_batches_depend_only_on_seed_and_step(rendered):
+  again = data.make_dataset(make_config(rendered.name))
+  assert_batches_equal(next(rendered.train_batches(3)),
                        next(again.train_batches(3)))
-  stream = noisy_digits.train_batches(0)
+  stream = rendered.train_batches(0)
   first_six = [next(stream) for _ in range(6)]
   assert not np.array_equal(first_six[0]['image'], first_six[1]['image'])
   # Resuming at step 5 continues exactly where an uninterrupted run would be.
-  assert_batches_equal(next(noisy_digits.train_batches(5)), first_six[5])
-  other_seed = data.make_dataset(make_config('noisy_digits', seed=1))
+  assert_batches_equal(next(rendered.train_batches(5)), first_six[5])
+  other_seed = data.make_dataset(make_config(rendered.name, seed=1))
   assert not np.array_equal(next(other_seed.train_batches(0))['image'],
                             first_six[0]['image'])
 
 
-def test_noisy_digits_standardized_with_varied_lighting(noisy_digits):
-  config = make_config('noisy_digits', batch_size=512)
+def test_rendered_digits_standardized_with_varied_lighting(rendered):
+  config = make_config(rendered.name, batch_size=512)
   batch = next(data.make_dataset(config).train_batches(0))
   images = batch['image']
   assert abs(images.mean()) < 0.2 and 0.8 < images.std() < 1.2
-  # Per-image brightness o ~ U[-1, 1] alone spreads image means by ~0.85 std.
+  # Per-image brightness o ~ U[-1, 1] alone spreads image means by ~0.85 std
+  # (noisy_digits; by ~0.9 of the scenes' std in digit_crops).
   assert images.mean(axis=(1, 2, 3)).std() > 0.4
-  assert images.std(axis=(1, 2, 3)).std() > 0.1  # contrast varies too
+  assert images.std(axis=(1, 2, 3)).std() > 0.05  # contrast varies too
   assert len(np.unique(batch['label'])) == 10
 
 
-def test_noisy_digits_eval_set_is_fixed_and_padded_with_real_rows(noisy_digits):
-  batches = assert_eval_pass(noisy_digits, local_batch_size=300)
+def test_rendered_eval_set_is_fixed_and_padded_with_real_rows(rendered):
+  batches = assert_eval_pass(rendered, local_batch_size=300)
   assert len(batches) == 7  # ceil(2048 / 300)
   images = np.concatenate([b['image'] for b in batches])
   num_padding = len(images) - 2048
   # The padding repeats the start of the eval set (it must look like data).
   np.testing.assert_array_equal(images[2048:], images[:num_padding])
-  other_seed = data.make_dataset(make_config('noisy_digits', seed=7))
+  other_seed = data.make_dataset(make_config(rendered.name, seed=7))
   assert_batches_equal(next(other_seed.eval_batches()), batches[0])
+
+
+def test_rendered_eval_set_is_the_held_out_digits(rendered):
+  """The eval labels are the 447 held-out digits', each used 4 or 5 times."""
+  held_out_labels = digits.digits_split()[3]
+  labels = np.concatenate([b['label'] for b in rendered.eval_batches()])
+  np.testing.assert_array_equal(
+      labels[:2048], held_out_labels[np.arange(2048) % len(held_out_labels)])
+
+
+def test_digit_crops_are_cells_of_the_scenes():
+  """A crop is a digit_scenes cell: its size, its digit scale, the scenes'
+  standardization constants, so the detector's input and its pre-training
+  data are on one scale."""
+  from configs import detection  # pylint: disable=g-import-not-at-top
+  crops = data.make_dataset(make_config('digit_crops', batch_size=256))
+  scene_size = detection.get_config().canvas_size
+  assert crops.image_shape[0] == scene_size // digits.SCENE_CELLS_PER_SIDE
+  assert (crops._mean, crops._std) == digits.scene_mean_std(scene_size)
+  images = next(crops.train_batches(0))['image'][..., 0]
+  # The digit (brighter than its background) sits inside the crop.
+  raw = images * crops._std + crops._mean
+  centre = raw[:, 8:24, 8:24].mean(axis=(1, 2))
+  border = np.concatenate([raw[:, :3].reshape(256, -1),
+                           raw[:, -3:].reshape(256, -1)], 1).mean(1)
+  assert np.mean(centre > border) > 0.9
 
 
 def test_digits_basics():
@@ -331,7 +363,7 @@ def test_imagenet_pipeline_on_mock_data_is_in_range_and_resumable(mock_tfds):
 
 def test_the_size_table_agrees_with_the_data_and_follows_the_batch_size():
   from configs import cifar  # pylint: disable=g-import-not-at-top
-  for name in ('digits', 'noisy_digits'):
+  for name in ('digits', 'noisy_digits', 'digit_crops'):
     dataset = data.make_dataset(small_digits_config(dataset=name))
     assert dataset.num_train_examples == data.DATASETS[name].train_examples
   config = cifar.get_config()

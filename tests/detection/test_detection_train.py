@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 
+from evalnorm.data import digits
 from evalnorm.detection import (digit_scenes,
                                 evaluation as detection_evaluation, faster_rcnn,
                                 train as detection_train)
@@ -62,7 +63,7 @@ def test_scene_boxes_hold_the_digits():
 def test_ink_boxes_are_tight():
   canvas = np.zeros((1, 16, 16), np.float32)
   canvas[0, 3:7, 5:12] = 1.0
-  np.testing.assert_array_equal(digit_scenes._ink_boxes(canvas), [[5, 3, 12, 7]])
+  np.testing.assert_array_equal(digits.ink_boxes(canvas), [[5, 3, 12, 7]])
 
 
 def test_rcn_normalizes_the_rois_of_each_group_of_images():

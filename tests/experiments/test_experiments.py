@@ -294,6 +294,48 @@ def test_an_interrupted_regeneration_keeps_its_record(tmp_path):
   assert record['commits'] == [provenance.git_state(ROOT)['commit']]
 
 
+def test_regenerating_one_script_merges_into_the_committed_record(context):
+  """run_all --scripts: that script's runs replace theirs in runs.json, a
+  run no script plans any more leaves it, the others stay as committed; the
+  invocation joins the committed ones in provenance.json."""
+  committed = {'eval': {r.name: {'marker': 'committed'}
+                        for s in run_all.SCRIPTS if s is not estimate_every
+                        for r in s.planned_runs(context)},
+               'every_k': {'estimate_every_seed0': {'marker': 'committed'}}}
+  committed['eval']['an_old_run'] = {'marker': 'committed'}
+  with open(context.output('runs.json'), 'w') as f:
+    json.dump(committed, f)
+  for run in table2_transfer.planned_runs(context):
+    os.makedirs(context.workdir(run))
+    with open(os.path.join(context.workdir(run), 'eval.json'), 'w') as f:
+      json.dump({'marker': 'new'}, f)
+  archive = run_all.write_archive(context, (table2_transfer,))
+  assert json.loads(read(context, 'runs.json')) == archive
+  new = {r.name for r in table2_transfer.planned_runs(context)}
+  assert set(archive['eval']) == set(committed['eval']) - {'an_old_run'}
+  for name, result in archive['eval'].items():
+    assert result['marker'] == ('new' if name in new else 'committed'), name
+  assert archive['every_k'] == committed['every_k']
+  earlier = [{'started': '2026-01-01T00:00:00+00:00', 'commit': 'a' * 40,
+              'clean': True, 'seconds': {'table2_transfer': 60.0}}]
+  index = provenance.start(ROOT, 'small', 2, context.workdir_root)
+  provenance.script_done(context.workdir_root, index, 'table2_transfer', 6.0)
+  record = provenance.finish(context.workdir_root, (),
+                             context.output('provenance.json'), earlier)
+  assert record['invocations'][0] == earlier[0]
+  assert len(record['invocations']) == 2
+  assert record['minutes_per_script'] == {'table2_transfer': 1.1}
+
+
+def test_regenerating_an_unknown_script_is_one_line(tmp_path, capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    run_all.main(['--scale=smoke', '--scripts=table3',
+                  f'--workdir_root={tmp_path}/w', f'--results_dir={tmp_path}/r'])
+  assert exit_info.value.code == 2
+  error = capsys.readouterr().err.strip().splitlines()[-1]
+  assert "--scripts=table3: no script ['table3']; known: quick_start," in error
+
+
 def test_table1_per_device_setup_and_report(context):
   trained, offline = table1_imagenet.table_runs(context.scale)
   b2 = dict(next(r for r in trained if r.name == 'imagenet_evalnorm_b2').overrides)
@@ -330,8 +372,8 @@ def test_table2_paradigms(context):
   a, b, c, d = settings.values()
   assert 'init_from' not in a
   assert b['init_norm'] == 'reset' and b['init_from'] == '/pretrained'
-  assert c['freeze_batch_stats'] and c['init_norm'] == 'pretrained'
-  assert d['init_norm'] == 'pretrained' and 'freeze_batch_stats' not in d
+  assert c['freeze_norm'] == 'batch_stats' and c['init_norm'] == 'pretrained'
+  assert d['init_norm'] == 'pretrained' and 'freeze_norm' not in d
   assert {s['dataset'] for s in settings.values()} == {'noisy_digits'}
   numbers = table2_transfer.report(context, FakeResults())
   cell = numbers['top1']['(a) random init']['8']

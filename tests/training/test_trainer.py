@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -57,6 +58,70 @@ def test_frozen_batch_stats_train_everything_else():
   updating, _ = one_step(config, estimate=True)
   jax.tree_util.tree_map(np.testing.assert_array_equal, updating.params,
                          new_state.params)
+
+
+def test_frozen_bn_optimizer_leaves_the_norm_layers_alone():
+  """Weight decay and momentum included: a norm layer's scale and bias take
+  a zero update; every other weight its usual one."""
+  config = small_digits_config(freeze_norm='frozen_bn', weight_decay=0.1)
+  model = builders.build_model(config, 10)
+  variables = jax.jit(functools.partial(model.init, train=False))(
+      jax.random.PRNGKey(0), jnp.zeros((2, 8, 8, 1)))
+  optimizers = trainer.Optimizers.from_config(config, 10)
+  tx = optimizers.weights_for(variables)
+  params = variables['params']
+  grads = jax.tree_util.tree_map(jnp.ones_like, params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  usual, _ = optimizers.weights.update(
+      grads, optimizers.weights.init(params), params)
+  flat = flax.traverse_util.flatten_dict
+  for path, update in flat(updates).items():
+    if path[-2].startswith(('norm', 'final_norm')):
+      assert not np.any(update), path
+    else:
+      np.testing.assert_array_equal(update, flat(usual)[path])
+
+
+@pytest.mark.slow  # ~15 s on 2 cores: compiles the train step for 8 devices.
+def test_frozen_bn_trains_everything_but_the_norm_layers():
+  """freeze_norm='frozen_bn': after estimating SGD steps the norm layers'
+  scale, bias and moving averages are bit for bit as they started (from
+  non-trivial values), every other weight moved, and the training forward
+  pass is the 'ema' evaluation of the same weights."""
+  config = small_digits_config(freeze_norm='frozen_bn')
+  dataset = data.make_dataset(config)
+  model = builders.build_model(config, dataset.num_classes)
+  state = trainer.create_train_state(
+      model, jax.random.PRNGKey(0), config.norm_batch_size,
+      dataset.image_shape, trainer.Optimizers.from_config(config, 10))
+  state = state.replace(batch_stats=jax.tree_util.tree_map(
+      lambda v: v * 1.3 + 0.3, state.batch_stats))
+  steps = trainer.TrainPrograms(trainer.classifier_forward,
+                                update_batch_stats=False)
+  trained = parallel.replicate(state)
+  batches = dataset.train_batches(0)
+  for _ in range(2):
+    trained, _ = steps(trained, parallel.shard(next(batches)), True)
+  trained = parallel.to_host(trained)
+  labels = flax.traverse_util.flatten_dict(
+      trainer.norm_layer_labels({'params': state.params,
+                                 'batch_stats': state.batch_stats}))
+  before = flax.traverse_util.flatten_dict(state.params)
+  after = flax.traverse_util.flatten_dict(trained.params)
+  assert sorted(set(labels.values())) == ['frozen', 'trained']
+  for path, label in labels.items():
+    unchanged = np.array_equal(before[path], after[path])
+    assert unchanged == (label == 'frozen'), (path, label)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, trained.batch_stats,
+                         state.batch_stats)
+  variables = {'params': trained.params, 'batch_stats': trained.batch_stats,
+               'evalnorm': trained.evalnorm}
+  image = next(batches)['image']
+  training, _ = model.apply(variables, image, train=True,
+                            mutable=['batch_stats'])
+  ema = model.clone(norm=functools.partial(model.norm, eval_stats='ema'))
+  np.testing.assert_array_equal(training,
+                                ema.apply(variables, image, train=False))
 
 
 @pytest.mark.parametrize('init_norm', ['pretrained', 'reset'])
@@ -280,6 +345,8 @@ def test_batchnorm_model_reports_fixed_modes(tmp_path):
     ('batch_size', 12, 'batch_size=12'),
     ('num_train_steps', 0, 'num_train_steps=0'),
     ('init_norm', 'random', "config.init_norm='random'"),
+    ('freeze_norm', 'all', "config.freeze_norm='all' is invalid: allowed: "
+     "('none', 'batch_stats', 'frozen_bn')"),
     ('learning_rate', -0.1, 'learning_rate=-0.1'),
     ('depth', 21, 'depth=21'),
     ('alpha_init', 1.5, 'alpha_init=1.5'),
@@ -292,6 +359,15 @@ def test_invalid_config_values_name_key_and_value(key, value, fragment):
     builders.validate(config, num_devices=8)
   message = str(error.value)
   assert fragment in message and '\n' not in message
+
+
+def test_frozen_bn_is_evalnorms():
+  config = small_digits_config(norm='batchnorm', freeze_norm='frozen_bn')
+  with pytest.raises(config_lib.ConfigError) as error:
+    builders.validate(config, num_devices=8)
+  assert str(error.value) == (
+      "config.freeze_norm='frozen_bn' is invalid: frozen BN is built into "
+      "norm='evalnorm' (config.norm='batchnorm')")
 
 
 @pytest.mark.slow
