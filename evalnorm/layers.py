@@ -396,7 +396,7 @@ class EvalNorm(Module):
       ``batch_norm_trainable: false``). Its auxiliary loss measures the
       estimate against that normalization, which alpha = beta = 0
       reproduces exactly. Scale and bias stay parameters: keeping them fixed
-      is the optimizer's part (``config.freeze_norm='frozen_bn'`` does both).
+      is the optimizer's part (``config.frozen_bn`` does both).
 
   The auxiliary loss is sown into ``aux_loss`` (one scalar per layer,
   replaced at each call) when the caller makes that collection mutable in a

@@ -81,7 +81,7 @@ def train_every_k(run: runner.Run, ks) -> dict[int, dict]:
       dataset.image_shape, trainer.Optimizers.from_config(config, total_steps)))
   steps = trainer.TrainPrograms(
       trainer.classifier_forward,
-      update_batch_stats=config.freeze_norm == 'none')
+      update_batch_stats=trainer.updates_batch_stats(config))
   estimates = {k: (state.evalnorm, state.evalnorm_opt_state) for k in ks}
   batches = map(parallel.shard, dataset.train_batches(0))
   for step in range(1, total_steps + 1):

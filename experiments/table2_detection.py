@@ -15,13 +15,13 @@ starting from:
                              weights and BN loaded, the moving averages not
                              updated (groups still normalize by their own
                              statistics; scale and bias are trained): the
-                             paper's text ("freeze_norm='batch_stats'");
+                             paper's text (``freeze_batch_stats=True``);
   (c') pre-trained, frozen BN
                              weights and BN loaded, every norm layer
                              normalizes with its loaded moving averages in
                              training and evaluation alike, its scale and
                              bias not trained: detection codebases' frozen BN
-                             ("freeze_norm='frozen_bn'");
+                             (``frozen_bn=True``);
   (d) pre-trained, all tuned weights and BN loaded, everything fine-tuned.
 
 The "ImageNet model" is a classifier pre-trained at B=128: at the small scale
@@ -57,9 +57,9 @@ PARADIGMS = {
     '(a) random init': ('a', {}),
     '(b) pre-trained, BN reset': ('b', dict(init_norm='reset')),
     FROZEN_STATISTICS: ('c', dict(init_norm='pretrained',
-                                  freeze_norm='batch_stats')),
+                                  freeze_batch_stats=True)),
     FROZEN_BN: ('c_frozen_bn', dict(init_norm='pretrained',
-                                    freeze_norm='frozen_bn')),
+                                    frozen_bn=True)),
     '(d) pre-trained, everything fine-tuned': ('d',
                                                dict(init_norm='pretrained')),
 }

@@ -35,7 +35,7 @@ PARADIGMS = {
     '(a) random init': {},
     '(b) pre-trained, BN reset': dict(init_norm='reset'),
     '(c) pre-trained, BN statistics frozen': dict(init_norm='pretrained',
-                                                  freeze_norm='batch_stats'),
+                                                  freeze_batch_stats=True),
     '(d) pre-trained, everything fine-tuned': dict(init_norm='pretrained'),
 }
 

@@ -59,7 +59,7 @@ NORMS = {
         lambda c: functools.partial(
             EvalNorm, group_size=c.norm_batch_size, per_channel=c.per_channel,
             alpha_init=c.alpha_init, beta_init=c.beta_init,
-            train_with_moving_averages=c.freeze_norm == 'frozen_bn',
+            train_with_moving_averages=c.frozen_bn,
             **_moving_average_settings(c)),
         alpha_beta=True),
     'batchnorm': Norm(
@@ -176,12 +176,9 @@ def validate_shared(config: ml_collections.ConfigDict, num_devices: int,
   lookup(parallel.PARALLELISMS, 'parallelism', config.parallelism)
   config_lib.require(config.init_norm in finetune.INIT_NORMS, 'init_norm',
                      config.init_norm, f'allowed: {finetune.INIT_NORMS}')
-  config_lib.require(config.freeze_norm in config_lib.FREEZE_NORMS,
-                     'freeze_norm', config.freeze_norm,
-                     f'allowed: {config_lib.FREEZE_NORMS}')
   config_lib.require(
-      config.freeze_norm != 'frozen_bn' or config.norm == 'evalnorm',
-      'freeze_norm', config.freeze_norm,
+      not config.frozen_bn or config.norm == 'evalnorm', 'frozen_bn',
+      config.frozen_bn,
       f"frozen BN is built into norm='evalnorm' (config.norm={config.norm!r})")
   config_lib.validate_values(config, num_devices, num_processes,
                              whole_batch=training and norm.whole_batch)

@@ -20,14 +20,6 @@ from ml_collections import config_dict
 # forward pass, or in a pass of its own.
 ESTIMATION_PROGRAMS = ('fused', 'separate')
 
-# What training keeps of the norm layers as they start (config.freeze_norm),
-# the two readings of the paper's paradigm (c) among them: 'none' (nothing);
-# 'batch_stats' (the moving averages; groups still normalize by their own
-# statistics and scale and bias train: the layers' freeze_batch_stats);
-# 'frozen_bn' (detection's frozen BN: the layers normalize with their moving
-# averages in training too, and scale and bias take no updates).
-FREEZE_NORMS = ('none', 'batch_stats', 'frozen_bn')
-
 
 class ConfigError(ValueError):
   """A config value that cannot work; the message is one line for the user."""
@@ -74,7 +66,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.weight_decay = 1e-4              # L2 weight decay (ResNet v2 paper's value)
   c.init_from = config_dict.placeholder(str)  # fine-tuning: workdir of a trained run to start from
   c.init_norm = 'pretrained'         # with init_from: norm layers 'pretrained' or 'reset'
-  c.freeze_norm = 'none'             # 'none', 'batch_stats' (moving averages kept) or 'frozen_bn' (detection's frozen BN): FREEZE_NORMS
+  c.freeze_batch_stats = False       # keep the moving averages as initialized (groups still normalize)
+  c.frozen_bn = False                # detection's frozen BN: normalize with the moving averages in training too, scale and bias fixed
   c.seed = 0                         # parameters, data order and augmentation
   c.checkpoint_every_steps = 1000    # a checkpoint also is written at the end
   c.checkpoints_to_keep = 3          # older checkpoints are deleted

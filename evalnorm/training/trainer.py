@@ -70,7 +70,7 @@ class Optimizers:
   """The weights' optimizer and alpha/beta's own (no weight decay).
 
   freeze_norm_layers: the scale and bias of every norm layer take no update,
-  weight decay included (frozen BN, ``config.freeze_norm='frozen_bn'``).
+  weight decay included (frozen BN, ``config.frozen_bn``).
   """
   weights: optax.GradientTransformation
   alpha_beta: optax.GradientTransformation
@@ -85,7 +85,7 @@ class Optimizers:
                     optax.sgd(learning_rate, config.momentum)),
         calibration.alpha_beta_optimizer(config.alpha_beta_optimizer,
                                          config.alpha_beta_learning_rate),
-        freeze_norm_layers=config.freeze_norm == 'frozen_bn')
+        freeze_norm_layers=config.frozen_bn)
 
   def weights_for(self, variables) -> optax.GradientTransformation:
     """The weights' optimizer for a model's ``variables``."""
@@ -94,6 +94,12 @@ class Optimizers:
     return optax.multi_transform(
         {'trained': self.weights, 'frozen': optax.set_to_zero()},
         norm_layer_labels(variables))
+
+
+def updates_batch_stats(config) -> bool:
+  """Whether training moves the moving averages: not when they are frozen,
+  alone (``freeze_batch_stats``) or with the whole layer (``frozen_bn``)."""
+  return not (config.freeze_batch_stats or config.frozen_bn)
 
 
 def norm_layer_labels(variables) -> dict:
@@ -162,7 +168,7 @@ def sgd_step(state: TrainState, forward, update_batch_stats: bool = True,
 
   ``forward(variables, mutable)`` runs the model in training mode and returns
   (task loss, updated collections, metrics). ``update_batch_stats=False``
-  (``config.freeze_norm``): the moving averages stay as they are (with
+  (``config.freeze_batch_stats`` or ``frozen_bn``): the moving averages stay as they are (with
   'batch_stats', groups still normalize by their own statistics). ``estimate``
   (online estimation, fused): the same forward pass also gives the
   auxiliary loss, whose gradient moves alpha/beta through their own
@@ -425,7 +431,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       state = train_loop(
           state, dataset,
           TrainPrograms(task.forward_fn,
-                        update_batch_stats=config.freeze_norm == 'none',
+                        update_batch_stats=updates_batch_stats(config),
                         devices=task.devices, estimation=config.estimation),
           Schedule.from_config(config, total_steps, task.estimate), manager,
           checkpoint_meta(config, dataset.num_classes), writer, task.evaluator)

@@ -22,9 +22,8 @@ def test_the_grid_is_five_paradigms_by_n_with_three_seeds_at_n2():
     assert s['num_train_steps'] * s['batch_size'] == 6000
     assert ('init_from' in s) == (not name.startswith('detection_a'))
     assert s.get('init_from') in (None, context.workdir(pretrain))
-  assert settings['detection_c_n2_seed0']['freeze_norm'] == 'batch_stats'
-  assert settings['detection_c_frozen_bn_n4_seed0']['freeze_norm'] == (
-      'frozen_bn')
+  assert settings['detection_c_n2_seed0']['freeze_batch_stats'] is True
+  assert settings['detection_c_frozen_bn_n4_seed0']['frozen_bn'] is True
   assert settings['detection_c_frozen_bn_n4_seed0']['init_norm'] == (
       'pretrained')
   assert settings['detection_b_n4_seed0']['init_norm'] == 'reset'

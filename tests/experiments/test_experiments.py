@@ -372,8 +372,8 @@ def test_table2_paradigms(context):
   a, b, c, d = settings.values()
   assert 'init_from' not in a
   assert b['init_norm'] == 'reset' and b['init_from'] == '/pretrained'
-  assert c['freeze_norm'] == 'batch_stats' and c['init_norm'] == 'pretrained'
-  assert d['init_norm'] == 'pretrained' and 'freeze_norm' not in d
+  assert c['freeze_batch_stats'] is True and c['init_norm'] == 'pretrained'
+  assert d['init_norm'] == 'pretrained' and 'freeze_batch_stats' not in d
   assert {s['dataset'] for s in settings.values()} == {'noisy_digits'}
   numbers = table2_transfer.report(context, FakeResults())
   cell = numbers['top1']['(a) random init']['8']

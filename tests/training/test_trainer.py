@@ -63,7 +63,7 @@ def test_frozen_batch_stats_train_everything_else():
 def test_frozen_bn_optimizer_leaves_the_norm_layers_alone():
   """Weight decay and momentum included: a norm layer's scale and bias take
   a zero update; every other weight its usual one."""
-  config = small_digits_config(freeze_norm='frozen_bn', weight_decay=0.1)
+  config = small_digits_config(frozen_bn=True, weight_decay=0.1)
   model = builders.build_model(config, 10)
   variables = jax.jit(functools.partial(model.init, train=False))(
       jax.random.PRNGKey(0), jnp.zeros((2, 8, 8, 1)))
@@ -84,11 +84,11 @@ def test_frozen_bn_optimizer_leaves_the_norm_layers_alone():
 
 @pytest.mark.slow  # ~15 s on 2 cores: compiles the train step for 8 devices.
 def test_frozen_bn_trains_everything_but_the_norm_layers():
-  """freeze_norm='frozen_bn': after estimating SGD steps the norm layers'
+  """frozen_bn: after estimating SGD steps the norm layers'
   scale, bias and moving averages are bit for bit as they started (from
   non-trivial values), every other weight moved, and the training forward
   pass is the 'ema' evaluation of the same weights."""
-  config = small_digits_config(freeze_norm='frozen_bn')
+  config = small_digits_config(frozen_bn=True)
   dataset = data.make_dataset(config)
   model = builders.build_model(config, dataset.num_classes)
   state = trainer.create_train_state(
@@ -345,8 +345,6 @@ def test_batchnorm_model_reports_fixed_modes(tmp_path):
     ('batch_size', 12, 'batch_size=12'),
     ('num_train_steps', 0, 'num_train_steps=0'),
     ('init_norm', 'random', "config.init_norm='random'"),
-    ('freeze_norm', 'all', "config.freeze_norm='all' is invalid: allowed: "
-     "('none', 'batch_stats', 'frozen_bn')"),
     ('learning_rate', -0.1, 'learning_rate=-0.1'),
     ('depth', 21, 'depth=21'),
     ('alpha_init', 1.5, 'alpha_init=1.5'),
@@ -362,11 +360,11 @@ def test_invalid_config_values_name_key_and_value(key, value, fragment):
 
 
 def test_frozen_bn_is_evalnorms():
-  config = small_digits_config(norm='batchnorm', freeze_norm='frozen_bn')
+  config = small_digits_config(norm='batchnorm', frozen_bn=True)
   with pytest.raises(config_lib.ConfigError) as error:
     builders.validate(config, num_devices=8)
   assert str(error.value) == (
-      "config.freeze_norm='frozen_bn' is invalid: frozen BN is built into "
+      "config.frozen_bn=True is invalid: frozen BN is built into "
       "norm='evalnorm' (config.norm='batchnorm')")
 
 
