@@ -12,10 +12,12 @@ import os
 import pytest
 
 from experiments import run_all, runner
-from experiments.reproduction import LEAST_GAIN
+from experiments.reproduction import LEAST_GAIN, short
 
 README = os.path.join(runner.ROOT, 'experiments', 'README.md')
 FROZEN = '(c) pre-trained, BN statistics frozen'
+FROZEN_BN = "(c') pre-trained, frozen BN"
+FINE_TUNED = '(d) pre-trained, everything fine-tuned'
 
 
 @pytest.fixture(scope='module')
@@ -44,14 +46,12 @@ def test_the_threshold_is_above_the_seed_spread_except_at_b2(h):
   assert max(spread['8']['std'], *detector) < LEAST_GAIN < spread['2']['std']
 
 
-def test_every_experiment_gains_at_b2(h):
-  said('At B=2 (N=2 for the detector) every experiment gains more than the '
-       'threshold')
+def test_every_classifier_gains_at_b2(h):
+  said('At B=2 every classifier gains more than the threshold')
   at_2 = [g['2'] for script in ('fig2_error_vs_b', 'seeds', 'fig5_deeper_wider',
-                                'table1_imagenet', 'table2_detection',
-                                'table2_transfer')
+                                'table1_imagenet', 'table2_transfer')
           for g in h[script]['gain'].values()]
-  assert len(at_2) == 15 and min(at_2) > LEAST_GAIN
+  assert len(at_2) == 11 and min(at_2) > LEAST_GAIN
 
 
 def test_evalnorm_beats_ema_at_b2_in_every_seed(h):
@@ -130,38 +130,55 @@ def test_evalnorm_is_below_ema_at_b8_in_every_seed(h):
              for g in h['seeds']['gain_over_seeds']['8']['seeds'])
 
 
-def test_the_detector_gains_at_n2_narrowly_in_b_and_d(h):
-  said("at N=2 the gain's mean over three seeds exceeds the threshold in every "
-       "paradigm, but in (b) and (d) not every seed's gain does")
-  gain = {p[:3]: at['2']['gain'] for p, at in
+def test_the_detector_gains_at_n2_in_a_and_c_and_narrowly_in_b_and_d(h):
+  said("at N=2 the gain's mean over three seeds exceeds the threshold only in "
+       '(a) and (c); in (b) and (d) it is positive in every seed but under the '
+       'threshold on average')
+  gain = {short(p): at['2']['gain'] for p, at in
           h['table2_detection']['by_paradigm'].items()}
-  assert min(g['mean'] for g in gain.values()) > LEAST_GAIN
-  assert [p for p, g in gain.items() if min(g['seeds']) <= LEAST_GAIN] == [
-      '(b)', '(d)']
+  assert [p for p, g in gain.items() if g['mean'] > LEAST_GAIN] == ['(a)',
+                                                                    '(c)']
+  for p in ('(b)', '(d)'):
+    assert min(gain[p]['seeds']) > 0 and gain[p]['mean'] < LEAST_GAIN
 
 
-def test_the_detector_gains_at_n4_and_n8_only_in_c(h):
-  said('at N=4 and 8 the gain is below the threshold except in (c)')
-  for paradigm, gains in h['table2_detection']['gain'].items():
-    later = after_2(gains)
-    assert (min(later) > LEAST_GAIN if paradigm == FROZEN
-            else max(later) < LEAST_GAIN), paradigm
+def test_the_detector_gains_at_n4_and_n8_only_in_c_and_barely_a(h):
+  said('At N=4 and 8 it exceeds the threshold only in (c) and, by a tenth of a '
+       'point, in (a) at N=8')
+  above = {(short(p), n): g for p, gains in h['table2_detection']['gain'].items()
+           for n, g in gains.items() if n != '2' and g > LEAST_GAIN}
+  assert set(above) == {('(c)', '4'), ('(c)', '8'), ('(a)', '8')}
+  assert above[('(a)', '8')] < LEAST_GAIN + 0.15
 
 
 def test_frozen_statistics_collapse_ema_and_evalnorm_leans_on_each_example(h):
-  said('EMA evaluation collapses (under 5 AP at every N and seed) and EvalNorm '
-       'recovers much of it by leaning on each example\'s own statistics: its '
-       'mean alpha in (c) is more than twice that of any other paradigm, in '
-       'the base network and in the RCN')
-  frozen = h['table2_detection']['by_paradigm'][FROZEN]
-  assert max(ap for at in frozen.values()
-             for ap in at['AP']['ema']['seeds']) < 5
-  assert all(at['AP']['evalnorm']['mean'] > 5 * at['AP']['ema']['mean']
-             for at in frozen.values())
+  said('EMA evaluation falls far below every other paradigm (under 25 AP at '
+       'every N and seed, where the others score over 40) and EvalNorm more '
+       "than doubles its AP at every N by leaning on each example's own "
+       'statistics: its mean alpha in (c) is more than twice that of any other '
+       'paradigm, in the base network and in the RCN')
+  by_paradigm = h['table2_detection']['by_paradigm']
+  ema = lambda p: [ap for at in by_paradigm[p].values()
+                   for ap in at['AP']['ema']['seeds']]
+  assert max(ema(FROZEN)) < 25
+  assert min(min(ema(p)) for p in by_paradigm if p != FROZEN) > 40
+  assert all(at['AP']['evalnorm']['mean'] > 2 * at['AP']['ema']['mean']
+             for at in by_paradigm[FROZEN].values())
   alpha = h['table2_detection']['mean_alpha']
   for part in ('base', 'rcn'):
     assert alpha[FROZEN][part] > 2 * max(
         a[part] for p, a in alpha.items() if p != FROZEN)
+
+
+def test_frozen_bn_leaves_no_gap(h):
+  said('alpha is estimated at 0 (mean under 0.01), EvalNorm\'s AP equals EMA\'s '
+       "(within 0.1 at every N), and its EMA AP at N=2 is within a point of "
+       "(d)'s")
+  numbers = h['table2_detection']
+  assert max(numbers['mean_alpha'][FROZEN_BN].values()) < 0.01
+  assert max(abs(g) for g in numbers['gain'][FROZEN_BN].values()) < 0.1
+  ema_n2 = lambda p: numbers['by_paradigm'][p]['2']['AP']['ema']['mean']
+  assert abs(ema_n2(FROZEN_BN) - ema_n2(FINE_TUNED)) < 1
 
 
 def test_frozen_statistics_turn_the_transfer_gain_negative(h):
