@@ -117,13 +117,28 @@ def update_ema(ema_mean, ema_var, group_mean, group_var, momentum: float):
   ema_var.value = ema_update(ema_var.value, group_var, momentum)
 
 
+def _finite(value: Array) -> Array:
+  """``value`` clipped to its dtype's range: +-inf become +-max, NaN stays.
+
+  Written with ``maximum`` alone: on XLA:CPU a ``minimum``, a comparison or a
+  select between a layer's reductions and its normalization keeps YNNPACK
+  from fusing them into the convolutions around them, and evaluation then
+  reads every activation twice more.
+  """
+  if jnp.iscomplexobj(value):
+    return lax.complex(_finite(lax.real(value)), _finite(lax.imag(value)))
+  big = jnp.asarray(jnp.finfo(value.dtype).max, value.dtype)
+  return -jnp.maximum(-jnp.maximum(value, -big), -big)
+
+
 def _weighted(weight: Array, value: Array) -> Array:
-  """weight * value, where a zero weight takes nothing from a non-finite value.
+  """weight * value, where a zero weight takes nothing from an infinite value.
 
   0 * inf is NaN: without this, one overflowing input entry would spread NaN
   over its whole example-channel even with alpha = beta = 0 (plain EMA).
+  Finite values are multiplied unchanged.
   """
-  return weight * jnp.where(jnp.isfinite(value) | (weight != 0), value, 0)
+  return weight * _finite(value)
 
 
 def blend_statistics(alpha: Array, beta: Array, example_mean: Array,
@@ -300,13 +315,47 @@ def moving_average_auxiliary_loss(x: Array, feature_axes: tuple[int, ...],
                         ema_var, alpha, beta, epsilon)
 
 
-def evalnorm_statistics(x: Array, feature_axes: tuple[int, ...], alpha: Array,
-                        beta: Array, ema_mean: Array, ema_var: Array,
-                        use_fast_variance: bool = True) -> tuple[Array, Array]:
-  """mu_hat, var_hat of every example (alpha/beta clipped to [0, 1] here)."""
-  mu_i, var_i = example_moments(x, feature_axes, use_fast_variance)
-  return blend_statistics(jnp.clip(alpha, 0, 1), jnp.clip(beta, 0, 1), mu_i,
-                          var_i, ema_mean, ema_var)
+def evalnorm_normalize(x: Array, x_stats: Array, feature_axes: tuple[int, ...],
+                       alpha: Array, beta: Array, ema_mean: Array,
+                       ema_var: Array, scale: Array | None, bias: Array | None,
+                       epsilon: float, use_fast_variance: bool = True) -> Array:
+  """Each example normalized by its EvalNorm estimate (the evaluation output).
+
+  ``ema_mean``, ``ema_var``, ``scale``, ``bias`` and per-channel alpha/beta
+  come in x's broadcast shape; alpha/beta are clipped to [0, 1] here. The
+  per-example moments, their blend and the multiplier stay in the reduced
+  shape (N, features) and meet x's shape only in the final broadcast, and
+  the moments are plain means: so XLA:CPU (YNNPACK) keeps the reductions and
+  the normalization inside the fusion of the convolutions around them, where
+  kept size-1 axes or the variadic reduction would cost a pass of their own.
+  """
+  spatial_axes = tuple(ax for ax in range(1, x.ndim) if ax not in feature_axes)
+  feature_shape = tuple(x.shape[ax] for ax in feature_axes)
+  reduced = lambda v: v.reshape(feature_shape) if jnp.ndim(v) else v
+  if spatial_axes:
+    mu_i = jnp.mean(x_stats, axis=spatial_axes)
+    if use_fast_variance:
+      # Clipped first, so that an infinite entry gives inf - inf = NaN in
+      # neither the variance nor, through it, a weight of 0.
+      var_i = jnp.maximum(0.0, _finite(jnp.mean(abs_square(x_stats),
+                                                axis=spatial_axes))
+                          - _finite(abs_square(mu_i)))
+    else:
+      centered = x_stats - lax.expand_dims(_finite(mu_i), spatial_axes)
+      var_i = jnp.mean(abs_square(centered), axis=spatial_axes)
+  else:  # a dense (N, C) input: every example is its own statistics
+    mu_i, var_i = x_stats, jnp.zeros(x_stats.shape, abs_square(x_stats).dtype)
+  mean, var = blend_statistics(
+      jnp.clip(reduced(alpha), 0, 1), jnp.clip(reduced(beta), 0, 1), mu_i,
+      var_i, reduced(ema_mean), reduced(ema_var))
+  mul = lax.rsqrt(var + epsilon)
+  if scale is not None:
+    mul = mul * reduced(scale)
+  full = lambda v: lax.expand_dims(v, spatial_axes)
+  y = (x - full(mean)) * full(mul)
+  if bias is not None:
+    y = y + bias
+  return y
 
 
 # ---------------------------------------------------------------------------
@@ -466,10 +515,11 @@ class EvalNorm(Module):
             x_stats, feature_axes, mean_e, var_e, jnp.clip(alpha, 0, 1),
             jnp.clip(beta, 0, 1), self.epsilon, self.use_fast_variance))
       if use_running_average and self.eval_stats == 'evalnorm':
-        mean_e, var_e = evalnorm_statistics(x_stats, feature_axes, alpha, beta,
-                                            mean_e, var_e,
-                                            self.use_fast_variance)
-      y = normalize(xb, mean_e, var_e, *affine, self.epsilon)
+        y = evalnorm_normalize(xb, x_stats, feature_axes, alpha, beta, mean_e,
+                               var_e, *affine, self.epsilon,
+                               self.use_fast_variance)
+      else:
+        y = normalize(xb, mean_e, var_e, *affine, self.epsilon)
     else:
       stats = train_statistics(
           x_stats, feature_axes, self.group_size, self.use_fast_variance,

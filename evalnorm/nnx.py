@@ -142,10 +142,11 @@ class EvalNorm(nnx.Module):
     x_stats = layers.statistics_input(xb, self.dtype, True)
     if use_running_average:
       if self.eval_stats == 'evalnorm':
-        mean_e, var_e = layers.evalnorm_statistics(
-            x_stats, feature_axes, alpha, beta, mean_e, var_e,
-            self.use_fast_variance)
-      y = layers.normalize(xb, mean_e, var_e, *affine, self.epsilon)
+        y = layers.evalnorm_normalize(xb, x_stats, feature_axes, alpha, beta,
+                                      mean_e, var_e, *affine, self.epsilon,
+                                      self.use_fast_variance)
+      else:
+        y = layers.normalize(xb, mean_e, var_e, *affine, self.epsilon)
     else:
       y = self._train(xb, x_stats, feature_axes, affine, mean_e, var_e, alpha,
                       beta)
