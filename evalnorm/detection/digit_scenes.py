@@ -26,7 +26,7 @@ import jax
 import numpy as np
 
 from evalnorm.data import digits
-from evalnorm.data.batching import Batch, step_rng
+from evalnorm.data.batching import Batch, process_slice, step_rng
 from evalnorm.detection import evaluation as detection_evaluation
 
 _EVAL_SEED = 3
@@ -79,11 +79,12 @@ class DigitScenesDataset:
         dict(zip(self.category_ids, self.category_names)))
 
   def train_batch(self, step: int) -> Batch:
-    """This process's training batch of global step ``step``."""
-    batch_size = self._batch_size // jax.process_count()
-    return self._standardize(digits.draw_scenes(
-        self._digits, self._labels, batch_size, self._canvas_size,
-        step_rng(self._seed, step)))
+    """This process's slice of the global batch of step ``step``: every
+    process draws the whole batch, so the batches do not depend on the
+    number of processes (as the classification digits')."""
+    return process_slice(self._standardize(digits.draw_scenes(
+        self._digits, self._labels, self._batch_size, self._canvas_size,
+        step_rng(self._seed, step))))
 
   def train_batches(self, start_step: int) -> Iterator[Batch]:
     for step in itertools.count(start_step):

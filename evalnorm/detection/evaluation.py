@@ -12,6 +12,10 @@ the base network and their B * num_proposals proposals in the RCN.
 Ground truth and each mode's detections are written in COCO format, and the
 AP of each mode is computed by ``COCOeval`` from those very files, so any
 COCO tool reading them gets the numbers of ``eval.json``.
+
+On several processes each process detects in its share of the eval images;
+process 0 gathers every share, runs ``COCOeval`` once and alone writes the
+COCO files, and the other processes get its AP.
 """
 
 import contextlib
@@ -22,6 +26,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from evalnorm.training import evaluation, files
 
@@ -54,7 +59,9 @@ def in_coco_terms(detections, batch, category_ids) -> dict[str, np.ndarray]:
   dataset's ground truth: boxes in original-image pixels, category ids."""
   return {'boxes': original_pixels(detections['boxes'], batch['resized_size'],
                                    batch['original_size']),
-          'category_ids': category_ids_of(detections['classes'], category_ids),
+          # int32: the ids cross processes as jax arrays, which hold no int64.
+          'category_ids': category_ids_of(detections['classes'],
+                                          category_ids).astype(np.int32),
           'scores': detections['scores'], 'valid': detections['valid']}
 
 
@@ -182,6 +189,47 @@ def results_json(detections) -> dict[str, list]:
           for mode, mode_detections in sorted(detections['modes'].items())}
 
 
+def gather_from_processes(local: dict) -> dict:
+  """Every process's ``local`` arrays, concatenated along their first axis
+  in process order, on every process.
+
+  Every process holds arrays of the same shapes (each runs as many eval
+  batches, padded with masked repeats), as the all-gather needs.
+  """
+  if jax.process_count() == 1:
+    return local
+  gathered = multihost_utils.process_allgather(local, tiled=True)
+  return jax.tree_util.tree_map(np.asarray, gathered)
+
+
+def score_on_process_0(directory: files.PathLike | None, dataset,
+                       detections: dict) -> dict | None:
+  """Process 0: ``write_and_score`` of the gathered ``detections`` (as
+  ``results_json`` takes them) against ``dataset.ground_truth()``. The other
+  processes return None: they neither read the ground truth nor write."""
+  if jax.process_index() > 0:
+    return None
+  return write_and_score(directory, dataset.ground_truth(),
+                         results_json(detections))
+
+
+def scores_from_process_0(scores: dict | None, modes) -> dict:
+  """Process 0's ``scores`` ({mode: {metric: value}}) on every process.
+
+  The other processes pass None; they get process 0's values as float32
+  went through the broadcast (process 0 keeps its own exactly, as it
+  writes them to eval.json).
+  """
+  if jax.process_count() == 1:
+    return scores
+  template = {mode: {name: 0.0 for name in METRICS} for mode in modes}
+  shared = multihost_utils.broadcast_one_to_all(
+      template if scores is None else scores)
+  if jax.process_index() == 0:
+    return scores
+  return jax.tree_util.tree_map(float, shared)
+
+
 class DetectionEvaluator(evaluation.Evaluator):
   """The classifiers' evaluator with detections and COCO AP in place of top-1.
 
@@ -247,8 +295,12 @@ class DetectionEvaluator(evaluation.Evaluator):
                ) -> dict[str, dict[str, float]]:
     """{mode: {'AP', 'AP50', 'AP75'}}; COCO files go to ``directory``.
 
-    Without a directory (periodic evaluation) no file is written.
+    Without a directory (periodic evaluation) no file is written. On
+    several processes process 0 scores every process's detections and
+    writes the files; every process returns process 0's scores.
     """
-    detections = results_json(
+    detections = gather_from_processes(
         self._local_detections(params, mode_variables, dataset))
-    return write_and_score(directory, dataset.ground_truth(), detections)
+    return scores_from_process_0(
+        score_on_process_0(directory, dataset, detections),
+        detections['modes'])

@@ -85,8 +85,6 @@ def validate(config: ml_collections.ConfigDict, num_devices: int,
   require = config_lib.require
   builders.lookup(DATASETS, 'dataset', config.dataset)
   builders.lookup(MODELS, 'model', config.model).check(config)
-  require(num_processes == 1, 'distributed', config.distributed,
-          'detection evaluation gathers detections in one process')
   require(config.parallelism == 'pmap', 'parallelism', config.parallelism,
           "the detector runs under 'pmap' only (its evaluation reads every "
           "device's own detections)")

@@ -1,18 +1,14 @@
 """Two real `python -m evalnorm.main` processes joined by jax.distributed.
 
-Each process has 4 fake CPU devices (gloo collectives between them); they find
-each other through the config keys coordinator_address, num_processes and
-process_id. Slow: several training processes. Also here, in one process:
-how the processes agree on the step to stop after (preemption.StopAgreement).
+Each process has 4 fake CPU devices (``multiprocess_jobs``). Slow: several
+training processes. Also here, in one process: how the processes agree on
+the step to stop after (preemption.StopAgreement).
 """
 
 import functools
 import os
 import re
 import signal
-import socket
-import subprocess
-import sys
 import time
 
 import jax
@@ -21,7 +17,9 @@ import pytest
 
 from evalnorm.training import preemption, trainer
 
-from training_helpers import ROOT, read_eval, small_digits_config
+import multiprocess_jobs
+from multiprocess_jobs import log_of
+from training_helpers import read_eval, small_digits_config
 
 COMMON = ['--config=configs/digits.py', '--config.dataset=digits',
           '--config.stem_strides=1', '--config.batch_size=16',
@@ -29,51 +27,11 @@ COMMON = ['--config=configs/digits.py', '--config.dataset=digits',
 TIMEOUT_S = 30  # config.distributed_timeout_s of these runs
 
 
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('localhost', 0))
-    return s.getsockname()[1]
-
-
 @pytest.fixture
 def processes(tmp_path):
   """Starts the processes of a job; kills leftovers and prints logs after."""
-  started = []
-
-  def start_job(workdir, *extra, name='job', timeout_s=TIMEOUT_S):
-    port = free_port()
-    job = []
-    for process_id in range(2):
-      log = open(tmp_path / f'{name}-{process_id}.log', 'w')
-      args = [sys.executable, '-m', 'evalnorm.main', f'--workdir={workdir}',
-              *COMMON, '--config.distributed=true',
-              f'--config.coordinator_address=localhost:{port}',
-              '--config.num_processes=2', f'--config.process_id={process_id}',
-              f'--config.distributed_timeout_s={timeout_s}', *extra]
-      env = dict(os.environ, JAX_PLATFORMS='cpu',
-                 XLA_FLAGS='--xla_force_host_platform_device_count=4')
-      # Not the session's compilation cache: only process 0 writes it, so a
-      # later job's process 0 would start at once and wait for process 1,
-      # compiling, at the first collective, longer than the timeout.
-      env.pop('JAX_COMPILATION_CACHE_DIR', None)
-      process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log,
-                                 stderr=subprocess.STDOUT)
-      process.log_path = log.name
-      job.append(process)
-    started.extend(job)
-    return job
-  yield start_job
-  for process in started:
-    if process.poll() is None:
-      process.kill()
-      process.wait()
-    with open(process.log_path) as f:
-      print(f'--- {process.log_path}\n{f.read()[-3000:]}')
-
-
-def log_of(process):
-  with open(process.log_path) as f:
-    return f.read()
+  with multiprocess_jobs.launcher(tmp_path, COMMON, TIMEOUT_S) as start_job:
+    yield start_job
 
 
 # Every multi-process test runs on both ways of running the programs.
