@@ -1,10 +1,13 @@
 """pmap and jax.jit + shard_map on a device mesh: the same computation.
 
 Both run the same per-device programs (statistics per device or per group
-of B, gradients averaged with ``lax.pmean``), so over 8 host devices their
-losses, weights and alpha/beta agree to the last bit and their moving
-averages to 3.7e-8 (measured over 10 steps; the pmean of the moving averages
-is summed in another order). Also: a plain ``jax.jit`` of EvalNorm on a batch
+of B, gradients averaged with ``lax.pmean``), so over 8 host devices they
+agree to float round-off. Measured over 10 steps under default flags, AVX2,
+SSE4_2 and Eigen kernels: losses and weights to the last bit, alpha/beta to
+1.9e-9 (one float32 step at 0.03: the separate alpha/beta step's pmean is
+summed in another order) and the moving averages to 3.7e-8. The tolerances
+below are a few times those, so that another CPU's reduction order passes
+and a missing or extra average over devices does not. Also: a plain ``jax.jit`` of EvalNorm on a batch
 sharded over devices computes group statistics without a collective.
 """
 
@@ -59,10 +62,9 @@ def both_paths(request):
 def test_shard_map_trains_as_pmap(both_paths):
   (losses, state), (mesh_losses, mesh_state) = (both_paths['pmap'],
                                                  both_paths['shard_map'])
-  assert mesh_losses == losses
-  jax.tree.map(np.testing.assert_array_equal, mesh_state.params, state.params)
-  jax.tree.map(np.testing.assert_array_equal, mesh_state.evalnorm,
-               state.evalnorm)
+  np.testing.assert_allclose(mesh_losses, losses, rtol=1e-6)
+  assert_trees_close(mesh_state.params, state.params, atol=1e-7)
+  assert_trees_close(mesh_state.evalnorm, state.evalnorm, atol=1e-8)
   assert_trees_close(mesh_state.batch_stats, state.batch_stats, atol=1e-6)
   assert int(mesh_state.step) == STEPS
 
