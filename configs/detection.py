@@ -60,3 +60,4 @@ def _paper_setup(config):
   config.rois_per_image = 64
   config.max_detections = 100
   config.eval_batch_size = 8
+  config.eval_modes_at_once = 1      # one mode's activations at a time (300 ROIs through stage 4)

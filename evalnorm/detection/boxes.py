@@ -124,7 +124,8 @@ def nms(boxes: jax.Array, scores: jax.Array, iou_threshold: float,
 
 def _sampling_weights(starts, bin_sizes, output_size: int, sampling_ratio: int,
                       length: int) -> jax.Array:
-  """Bilinear weights (R, output_size * sampling_ratio, length) along one axis.
+  """Bin weights (R, output_size, length) along one axis: the mean of the
+  bilinear weights of the bin's ``sampling_ratio`` samples.
 
   Sample k of bin i of a ROI lies at start + (i + (k + 0.5) / ratio) * bin,
   in feature coordinates where cell j's centre is at j. A sample up to one
@@ -138,7 +139,9 @@ def _sampling_weights(starts, bin_sizes, output_size: int, sampling_ratio: int,
   positions = jnp.clip(positions, 0.0, length - 1.0)
   cells = jnp.arange(length, dtype=jnp.float32)
   weights = jnp.maximum(0.0, 1.0 - jnp.abs(positions[..., None] - cells))
-  return weights * inside[..., None]
+  weights = weights * inside[..., None]
+  return weights.reshape(weights.shape[0], output_size, sampling_ratio,
+                         length).mean(axis=2)
 
 
 def roi_align(features: jax.Array, rois: jax.Array, output_size: int,
@@ -147,10 +150,13 @@ def roi_align(features: jax.Array, rois: jax.Array, output_size: int,
 
   Returns (R, output_size, output_size, C): each bin is the mean of
   sampling_ratio^2 bilinear samples. Bilinear sampling on a grid is
-  separable, so it is two small weight contractions rather than a gather;
-  gradients reach the features (the ROIs are constants to the network).
+  separable, and so is the mean over a bin's samples, so it is two small
+  contractions with per-bin weights rather than a gather, and no sample is
+  ever held (at the paper's 300 ROIs of 14x14 on 1024 channels the samples
+  would be 4x the output); gradients reach the features (the ROIs are
+  constants to the network).
   """
-  height, width, channels = features.shape
+  height, width, _ = features.shape
   # Pixel coordinates to feature coordinates, cell centres on integers.
   scaled = rois / stride - 0.5
   bins = (rois[:, 2:] - rois[:, :2]) / stride / output_size  # (R, 2): x, y
@@ -159,11 +165,7 @@ def roi_align(features: jax.Array, rois: jax.Array, output_size: int,
   weights_x = _sampling_weights(scaled[:, 0], bins[:, 0], output_size,
                                 sampling_ratio, width)
   rows = jnp.einsum('rph,hwc->rpwc', weights_y, features)
-  samples = jnp.einsum('rpwc,rqw->rpqc', rows, weights_x)
-  num = rois.shape[0]
-  samples = samples.reshape(num, output_size, sampling_ratio, output_size,
-                            sampling_ratio, channels)
-  return samples.mean(axis=(2, 4))
+  return jnp.einsum('rpwc,rqw->rpqc', rows, weights_x)
 
 
 def flip_horizontally(boxes: jax.Array, width: float) -> jax.Array:

@@ -160,15 +160,14 @@ def write_and_score(directory: files.PathLike | None, ground_truth: dict,
 
 
 def eval_step(params, stacked_modes, batch, apply_fn, postprocess,
-              train_stats: bool):
-  """Detections of every mode on one device's batch (vmapped over modes)."""
-  num_modes = None if jax.tree_util.tree_leaves(stacked_modes) else 1
-
+              train_stats: bool, modes_at_once: int = 0):
+  """Detections of every mode on one device's batch (modes as
+  ``evaluation.over_modes``)."""
   def mode_detections(variables):
     return postprocess(apply_fn({'params': params, **variables},
                                 batch['image'], train=False))
-  results = {'modes': jax.vmap(mode_detections, axis_size=num_modes)(
-      stacked_modes)}
+  results = {'modes': evaluation.over_modes(mode_detections, stacked_modes,
+                                            modes_at_once)}
   if train_stats:
     # Training-mode pass: groups use their own statistics; the EMA update it
     # computes is dropped.

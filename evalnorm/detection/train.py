@@ -290,7 +290,8 @@ def estimate_and_evaluate(config: ml_collections.ConfigDict,
   evaluator = make_evaluator(
       config, dataset, model, model,
       evaluation.ModeSettings('evalnorm', config.norm_batch_size,
-                              tuple(config.fixed_alpha_beta), estimated=True))
+                              tuple(config.fixed_alpha_beta), estimated=True,
+                              modes_at_once=config.eval_modes_at_once))
   results = evaluator(estimated.params, evaluator.modes(estimated), dataset,
                       directory=files.path(workdir) / 'coco')
   return summary.write_eval_json(

@@ -58,6 +58,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.precise_ema_batches = 0          # >0: evalnorm.estimate adds the PreciseBN mode
   c.batch_size = 128                 # global SGD batch, split evenly over devices
   c.eval_batch_size = 256            # global evaluation batch
+  c.eval_modes_at_once = 0           # evaluation modes in one pass: 0 = all (one batched network); k: k at a time (memory of k)
   c.num_train_steps = 1000           # training length in steps ...
   c.num_epochs = config_dict.placeholder(float)  # ... or in epochs (overrides steps when set)
   c.learning_rate = 0.1              # peak learning rate (cosine decay to 0)
@@ -173,6 +174,9 @@ def validate_values(config: ml_collections.ConfigDict, num_devices: int,
   validate_distributed(c)
   require(c.offline_estimation_steps > 0, 'offline_estimation_steps',
           c.offline_estimation_steps, 'must be a positive integer')
+  require(isinstance(c.eval_modes_at_once, int) and c.eval_modes_at_once >= 0,
+          'eval_modes_at_once', c.eval_modes_at_once,
+          'must be an integer >= 0 (0 evaluates every mode at once)')
   require(c.precise_ema_batches >= 0, 'precise_ema_batches',
           c.precise_ema_batches, 'must be >= 0 (0 turns PreciseBN off)')
   require(all(isinstance(v, (int, float)) and 0 <= v <= 1

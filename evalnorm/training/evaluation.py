@@ -91,21 +91,32 @@ def _sums(logits, batch):
   return lax.psum(sums, parallel.DEVICE_AXIS)
 
 
-def eval_step(params, stacked_modes, batch, apply_fn, train_stats: bool):
-  """Sums for every mode on one device's batch.
+def over_modes(fn, stacked_modes, modes_at_once: int = 0):
+  """``fn`` of every mode's variables, results stacked as the modes are.
 
   ``stacked_modes`` holds every mode's ``batch_stats`` and ``evalnorm``
-  stacked on a leading axis; the forward pass is vmapped over it, so XLA
-  compiles one (batched) network instead of one per mode.
+  stacked on a leading axis. XLA compiles one network for all of them:
+  with ``modes_at_once`` 0 it is batched over every mode (vmap: the fastest
+  for small networks), otherwise it runs that many modes at a time
+  (``lax.map``), so a large network holds the activations of that many
+  modes, not of all.
   """
-  # Only GroupNorm's single mode has no variables to infer the mode count from.
-  num_modes = None if jax.tree_util.tree_leaves(stacked_modes) else 1
+  if not jax.tree_util.tree_leaves(stacked_modes):
+    # GroupNorm's single mode: no variables to count the modes from.
+    return jax.vmap(fn, axis_size=1)(stacked_modes)
+  if modes_at_once == 0:
+    return jax.vmap(fn)(stacked_modes)
+  return lax.map(fn, stacked_modes, batch_size=modes_at_once)
 
+
+def eval_step(params, stacked_modes, batch, apply_fn, train_stats: bool,
+              modes_at_once: int = 0):
+  """Sums for every mode on one device's batch (modes as ``over_modes``)."""
   def mode_sums(variables):
     logits = apply_fn({'params': params, **variables}, batch['image'],
                       train=False)
     return _sums(logits, batch)
-  results = {'modes': jax.vmap(mode_sums, axis_size=num_modes)(stacked_modes)}
+  results = {'modes': over_modes(mode_sums, stacked_modes, modes_at_once)}
   if train_stats:
     # Training-mode pass: groups of B use their own statistics; the EMA
     # update it computes is dropped.
@@ -132,18 +143,21 @@ class ModeSettings:
   and 1/B (``config.norm_batch_size``); fixed_alpha_beta: the constants of
   the ``fixed_<c>`` modes; estimated: alpha/beta were estimated (the
   ``evalnorm`` mode); per_channel: alpha/beta per channel, for a converted
-  nn.BatchNorm model.
+  nn.BatchNorm model; modes_at_once: how many modes one pass evaluates
+  (0: all, see ``over_modes``).
   """
   norm: str
   group_size: int
   fixed_alpha_beta: Sequence[float] = ()
   estimated: bool = False
   per_channel: bool = False
+  modes_at_once: int = 0
 
   @classmethod
   def from_config(cls, config, estimated: bool) -> 'ModeSettings':
     return cls(config.norm, config.norm_batch_size,
-               tuple(config.fixed_alpha_beta), estimated, config.per_channel)
+               tuple(config.fixed_alpha_beta), estimated, config.per_channel,
+               config.eval_modes_at_once)
 
 
 class Evaluator:
@@ -163,7 +177,8 @@ class Evaluator:
     eval_model = evalnorm_model if self.uses_batch_statistics else model
     self._step = self.devices.program(
         functools.partial(step, apply_fn=eval_model.apply,
-                          train_stats=self.uses_batch_statistics),
+                          train_stats=self.uses_batch_statistics,
+                          modes_at_once=settings.modes_at_once),
         kinds=(parallel.REPLICATED, parallel.REPLICATED, parallel.SHARDED))
 
   def alpha_beta(self, state) -> Any:

@@ -174,7 +174,8 @@ def estimate_and_evaluate(config, checkpoint_dir: str, workdir: str) -> dict:
         'evalnorm': modes['ema']}
   evaluator = evaluation.Evaluator(
       trained_model, model,
-      evaluation.ModeSettings(config.norm, config.norm_batch_size),
+      evaluation.ModeSettings(config.norm, config.norm_batch_size,
+                              modes_at_once=config.eval_modes_at_once),
       devices=devices)
   results = evaluator(variables['params'], mode_variables, dataset)
   return summary.write_eval_json(

@@ -73,7 +73,10 @@ def reference_metrics(logits, labels):
           'loss': -np.mean(log_probs[np.arange(len(labels)), labels])}
 
 
-def test_every_mode_in_one_pass_equals_each_mode_alone():
+# 0: every mode in one batched pass; 2: two at a time (lax.map), the fifth
+# mode alone.
+@pytest.mark.parametrize('modes_at_once', [0, 2])
+def test_every_mode_in_one_pass_equals_each_mode_alone(modes_at_once):
   model = Classifier(functools.partial(EvalNorm, group_size=B))
   rng = np.random.default_rng(0)
   data = Batches(rng)
@@ -86,7 +89,8 @@ def test_every_mode_in_one_pass_equals_each_mode_alone():
   mode_variables = {m: {'batch_stats': batch_stats, 'evalnorm': e}
                     for m, e in modes.items()}
   evaluator = evaluation.Evaluator(
-      model, model, evaluation.ModeSettings('evalnorm', B))
+      model, model, evaluation.ModeSettings('evalnorm', B,
+                                            modes_at_once=modes_at_once))
   got = evaluator(variables['params'], mode_variables, data)
 
   assert set(got) == set(modes) | {'train_stats'}

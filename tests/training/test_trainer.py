@@ -349,6 +349,7 @@ def test_batchnorm_model_reports_fixed_modes(tmp_path):
     ('depth', 21, 'depth=21'),
     ('alpha_init', 1.5, 'alpha_init=1.5'),
     ('alpha_beta_optimizer', 'lbfgs', "alpha_beta_optimizer='lbfgs'"),
+    ('eval_modes_at_once', -1, 'eval_modes_at_once=-1'),
 ])
 def test_invalid_config_values_name_key_and_value(key, value, fragment):
   config = small_digits_config()
