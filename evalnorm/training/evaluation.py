@@ -96,10 +96,10 @@ def over_modes(fn, stacked_modes, modes_at_once: int = 0):
 
   ``stacked_modes`` holds every mode's ``batch_stats`` and ``evalnorm``
   stacked on a leading axis. XLA compiles one network for all of them:
-  with ``modes_at_once`` 0 it is batched over every mode (vmap: the fastest
-  for small networks), otherwise it runs that many modes at a time
-  (``lax.map``), so a large network holds the activations of that many
-  modes, not of all.
+  with ``modes_at_once`` 0 it is batched over every mode (vmap: each
+  convolution sees every mode's batch at once), otherwise it runs that many
+  modes at a time (``lax.map``), so a large network holds the activations
+  of that many modes, not of all.
   """
   if not jax.tree_util.tree_leaves(stacked_modes):
     # GroupNorm's single mode: no variables to count the modes from.
