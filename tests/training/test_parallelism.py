@@ -7,8 +7,9 @@ SSE4_2 and Eigen kernels: losses and weights to the last bit, alpha/beta to
 1.9e-9 (one float32 step at 0.03: the separate alpha/beta step's pmean is
 summed in another order) and the moving averages to 3.7e-8. The tolerances
 below are a few times those, so that another CPU's reduction order passes
-and a missing or extra average over devices does not. Also: a plain ``jax.jit`` of EvalNorm on a batch
-sharded over devices computes group statistics without a collective.
+and a missing or extra average over devices does not. Also: a plain
+``jax.jit`` of EvalNorm on a batch sharded over devices computes group
+statistics without a collective.
 """
 
 import functools
