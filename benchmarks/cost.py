@@ -567,8 +567,8 @@ def parse_args(argv):
                       help='tiny model and batch, 2 repeats: checks that it runs')
   parser.add_argument('--output', default=None,
                       help='also write the results here as JSON (rows, '
-                      'ratios, device, flags, versions): what the README\'s '
-                      'cost table is rendered from')
+                      'ratios, device, flags, versions): what the '
+                      'cost table (docs/cost.md) is rendered from')
   args = parser.parse_args(argv)
   for name, least in (('repeats', 1), ('warmup', 0), ('batch', 2),
                       ('image_size', 1)):

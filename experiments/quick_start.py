@@ -122,26 +122,28 @@ def _baseline(run: runner.Run, result: dict) -> dict:
   return {'own': own, 'top1': _top1(result, (own,) + BASELINE_MODES)}
 
 
-def seed_rows(numbers: dict) -> list[list[str]]:
+def seeds_table(numbers: dict) -> str:
   """Top-1 of every mode per seed, the range over the seeds, and seed 0 on
   another device count (``numbers``: the headlines)."""
   row = lambda label, top1: [label] + [f'{top1[m]:.2f}' for m in SEED_MODES]
   ranges = [f'{low:.2f}-{high:.2f}'
             for low, high in numbers['top1_range'].values()]
-  return ([row(seed, top1) for seed, top1 in numbers['top1_by_seed'].items()]
-          + [['range'] + ranges,
-             row(f'0, on {OTHER_DEVICES} devices',
-                 numbers['top1_on_other_devices'])])
+  return result_files.markdown_table(('seed',) + SEED_MODES, [
+      row(seed, top1) for seed, top1 in numbers['top1_by_seed'].items()] + [
+          ['range'] + ranges,
+          row(f'0, on {OTHER_DEVICES} devices',
+              numbers['top1_on_other_devices'])])
 
 
-def baseline_rows(numbers: dict) -> list[list[str]]:
+def baselines_table(numbers: dict) -> str:
   """Top-1 of each baseline's own evaluation and of the modes it has."""
   rows = []
   for label, baseline in numbers['baselines'].items():
     top1, own = baseline['top1'], baseline['own']
     rows.append([label, f'{top1[own]:.2f} (`{own}`)'] + [
         f'{top1[m]:.2f}' if m in top1 else '' for m in BASELINE_MODES])
-  return rows
+  return result_files.markdown_table(
+      ('run (seed 0, top-1 %)', 'own evaluation') + BASELINE_MODES, rows)
 
 
 def report(context: command_line.Context, results: dict) -> dict:
@@ -158,14 +160,12 @@ def report(context: command_line.Context, results: dict) -> dict:
       'The last row is seed 0 again, on 8 devices (per-device batches of 16, '
       'the same groups of 2): the same training compiled into another '
       'program, as on another machine.\n\n'
-      + result_files.markdown_table(('seed',) + SEED_MODES,
-                                    seed_rows(numbers)),
-      '## Baselines (seed 0, top-1 %)\n\n'
+      + seeds_table(numbers),
+      '## Baselines\n\n'
       'Each run\'s own evaluation (moving averages, or GroupNorm\'s '
       'per-example statistics), then the modes that blend statistics where '
       'the model has them (blank: it has none).\n\n'
-      + result_files.markdown_table(('run', 'own evaluation') + BASELINE_MODES,
-                                    baseline_rows(numbers)))
+      + baselines_table(numbers))
   return numbers
 
 

@@ -1,55 +1,111 @@
 r"""Renders the READMEs' result tables: python -m experiments.readme_blocks.
 
 Each sits between ``<!-- name -->`` and ``<!-- /name -->`` and is rendered by
-``BLOCKS[name]`` from experiments/results/headlines.json and the cost records
-benchmarks/results/cost_<model>_<flags>.json. With ``--check`` nothing is
-written and the command exits 1 naming each block that differs.
+``BLOCKS[name]`` from experiments/results/headlines.json (a script's own
+tables take its headlines) and the cost records in benchmarks/results. With
+``--check`` nothing is written and the command exits 1 naming each block that
+differs.
 """
 
 import argparse
 import os
 import re
 import sys
+import typing
 
-from evalnorm.training import files
-from experiments import readme_tables as tables, reproduction, run_all, runner
+from benchmarks import cost_table
+from evalnorm.training import files, summary
+from experiments import (quick_start, reproduction, run_all, runner,
+                         table2_detection)
+from experiments.result_files import markdown_table, signed
 
 README_FILES = ('README.md', 'experiments/README.md', 'docs/cost.md',
                 'docs/detection.md', 'docs/training.md')
-COST_DIR = os.path.join(runner.ROOT, 'benchmarks', 'results')
 BLOCK = re.compile(r'<!-- ([a-z0-9-]+) -->\n(.*?)<!-- /\1 -->', re.DOTALL)
+# The scripts whose headlines have a 'gain' ({row: {B or N: gain}}).
+GAINS = {'Fig. 2': 'fig2_error_vs_b', 'Seeds': 'seeds',
+         'Fig. 5': 'fig5_deeper_wider', 'Table 1': 'table1_imagenet',
+         'Table 2': 'table2_detection', 'Table 2 analog': 'table2_transfer'}
+
+
+class Sources(typing.NamedTuple):
+  headlines: dict        # experiments/results/headlines.json
+  cost: dict[str, dict]  # column title -> benchmarks.cost record
+
+
+def load(results_dir: str = runner.RESULTS_DIR) -> Sources:
+  """The committed headlines and cost records."""
+  return Sources(files.read_json(os.path.join(results_dir, run_all.HEADLINES)),
+                 cost_table.load())
+
+
+def digits_table(s: Sources) -> str:
+  """The table the quick start prints, without its first line."""
+  first = s.headlines['quick_start']['quick_start_table']
+  return summary.results_table(first).split('\n\n', 1)[1] + '\n'
+
+
+def provenance(s: Sources) -> str:
+  p, machine = s.headlines['provenance'], s.headlines['provenance']['machine']
+  records = ', '.join(f'[{name}]({reproduction.RESULTS}/{name})' for name in (
+      'provenance.json', 'runs.json', 'headlines.json'))
+  return summary.markdown_table(
+      ('commits, in the order they ran', 'clean tree', 'machine', 'jax',
+       'flax', 'records'),
+      [[', '.join(p['commits']), 'yes' if p['clean'] else 'no',
+        f"{machine['cpu']}, {machine['cpu_cores']} cores"
+        + ''.join(f', GPU {g}' for g in machine['gpus']),
+        p['packages']['jax'], p['packages']['flax'], records]], 'l' * 6) + '\n'
+
+
+def findings(s: Sources) -> str:
+  """EvalNorm's gain over EMA in every experiment, by B (N in Table 2)."""
+  rows = [[f'{name}, {label}'] + [signed(g[b]) if b in g else ''
+                                  for b in ('2', '4', '8')]
+          for name, script in GAINS.items()
+          for label, g in s.headlines[script]['gain'].items()]
+  return markdown_table(('gain (points of top-1; AP in Table 2)',
+                         'B or N = 2', '4', '8'), rows)
+
+
+def renorm(s: Sources) -> str:
+  """Batch Renorm's top-1 beside EMA's and EvalNorm's at the same setting."""
+  sweep, quick = s.headlines['seeds']['top1'], s.headlines['quick_start']
+  table1 = s.headlines['table1_imagenet']['top1']
+  rows = [['Fig. 2 runs (600 steps), B=2, mean of 3 seeds',
+           *(sweep[run]['2'][mode]['mean'] for run, mode in (
+               ('evalnorm', 'ema'), ('renorm', 'ema'),
+               ('evalnorm', 'evalnorm')))],
+          ['quick start (3000 steps), B=2, seed 0',
+           quick['top1_by_seed']['0']['ema'],
+           quick['baselines'][quick_start.RENORM]['top1']['ema'],
+           quick['top1_by_seed']['0']['evalnorm']]]
+  rows += [[f'Table 1 (8 devices x B), B={b}', *(table1[row][b] for row in (
+      'EMA', 'Batch Renorm', 'EvalNorm (online)'))] for b in ('2', '32')]
+  return markdown_table(('top-1 (%)', 'EMA', 'Batch Renorm', 'EvalNorm'),
+                        [[label] + [f'{v:.2f}' for v in values]
+                         for label, *values in rows])
+
+
 BLOCKS = {
-    'digits-table': tables.digits_table,
-    'quick-start-seeds': tables.quick_start_seeds,
-    'baselines': tables.baselines,
-    'provenance': tables.provenance,
+    'digits-table': digits_table,
+    'quick-start-seeds': lambda s: quick_start.seeds_table(
+        s.headlines['quick_start']),
+    'baselines': lambda s: quick_start.baselines_table(
+        s.headlines['quick_start']),
+    'provenance': provenance,
     'reproduction': lambda s: reproduction.table(s.headlines),
-    'detection-table': tables.detection,
-    'cost-table': tables.cost_table,
-    'cost-summary': tables.cost_summary,
-    'runtimes': tables.runtimes,
-    'findings': tables.findings,
-    'renorm': tables.renorm,
+    'detection-table': lambda s: table2_detection.summary_table(
+        s.headlines['table2_detection']),
+    'cost-table': lambda s: cost_table.table(s.cost),
+    'runtimes': lambda s: run_all.runtimes_table(s.headlines['runtimes'])
+                          + '\n',
+    'findings': findings,
+    'renorm': renorm,
 }
 
 
-def load(results_dir: str = runner.RESULTS_DIR,
-         cost_dir: str = COST_DIR) -> tables.Sources:
-  """The committed headlines and cost records."""
-  paths = {(m, f): os.path.join(cost_dir, f'cost_{m}_{f}.json')
-           for m in tables.COST_MODELS for f in tables.COST_FLAGS}
-  return tables.Sources(
-      files.read_json(os.path.join(results_dir, run_all.HEADLINES)),
-      {run: files.read_json(p) for run, p in paths.items()
-       if os.path.exists(p)})
-
-
-def blocks_in(text: str) -> dict[str, str]:
-  """{block name: its current content} of one README."""
-  return {m.group(1): m.group(2) for m in BLOCK.finditer(text)}
-
-
-def render(text: str, sources: tables.Sources) -> str:
+def render(text: str, sources: Sources) -> str:
   """``text`` with every block that ``BLOCKS`` knows rendered."""
   def block(match):
     name = match[1]
@@ -59,7 +115,7 @@ def render(text: str, sources: tables.Sources) -> str:
   return BLOCK.sub(block, text)
 
 
-def update(root: str = runner.ROOT, sources: tables.Sources | None = None,
+def update(root: str = runner.ROOT, sources: Sources | None = None,
            write: bool = True) -> list[str]:
   """'file: block' of every block that differs from its rendering; with
   ``write`` the files are rewritten with every block rendered."""
@@ -70,8 +126,9 @@ def update(root: str = runner.ROOT, sources: tables.Sources | None = None,
     with open(path) as f:
       text = f.read()
     rendered = render(text, sources)
-    stale += [f'{filename}: {name}' for name, content in blocks_in(text).items()
-              if content != blocks_in(rendered)[name]]
+    old, new = BLOCK.findall(text), BLOCK.findall(rendered)
+    stale += [f'{filename}: {name}' for (name, a), (_, b) in zip(old, new)
+              if a != b]
     if write and rendered != text:
       with open(path, 'w') as f:
         f.write(rendered)

@@ -7,6 +7,7 @@ EMA, in points of top-1 (AP for the detector).
 """
 
 from evalnorm.training import summary
+from experiments.result_files import signed
 
 # A gain's seed-to-seed spread here is 0.2-0.6 points where B or N is not 2
 # (seeds.md at B=8, the detector's seeds at N=2): a smaller gain may be noise.
@@ -28,11 +29,6 @@ def where(checks: dict[str, bool]) -> str:
   if len(held) <= len(failed):
     return 'only ' + ', '.join(held)
   return 'except ' + ', '.join(failed)
-
-
-def signed(value: float, digits: int = 1) -> str:
-  """'+1.2'; a value that rounds to zero is '+0.0', never '-0.0'."""
-  return f'{round(value, digits) + 0.0:+.{digits}f}'
 
 
 def span(values, digits: int = 1) -> str:

@@ -13,6 +13,11 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
   return summary.markdown_table(headers, rows) + '\n'
 
 
+def signed(value: float, digits: int = 1) -> str:
+  """'+1.2'; a value that rounds to zero is '+0.0', never '-0.0'."""
+  return f'{round(value, digits) + 0.0:+.{digits}f}'
+
+
 def _shown(path: str) -> str:
   """``path`` as printed: relative to the repository when it is in it."""
   if files.is_remote(path):

@@ -112,6 +112,20 @@ def mean_std(values: dict, sign: str = '') -> str:
   return f"{values['mean']:{sign}.1f}{spread}"
 
 
+def summary_table(numbers: dict) -> str:
+  """docs/detection.md's table (``numbers``: the headlines): AP at N=2 over
+  its seeds, the gains at the other N, the mean alpha."""
+  later = list(next(iter(numbers['gain'].values())))[1:]
+  rows = [[p, *(mean_std(at['2']['AP'][m]) for m in MODES),
+           mean_std(at['2']['gain'], '+'),
+           *(result_files.signed(numbers['gain'][p][n]) for n in later),
+           *(f'{a:.2f}' for a in numbers['mean_alpha'][p].values())]
+          for p, at in numbers['by_paradigm'].items()]
+  return result_files.markdown_table(
+      ('paradigm', 'EMA AP, N=2', 'EvalNorm AP', '1/B^2 AP', 'gain',
+       *(f'gain, N={n}' for n in later), 'mean alpha: base', 'RCN'), rows)
+
+
 def _stats(results, grid, paradigm, n, seeds, value) -> dict:
   """``value(eval.json's 'eval')`` over the seeds of (paradigm, N)."""
   return over_seeds([value(results[grid[(paradigm, n, s)].name]['eval'])

@@ -15,8 +15,10 @@ import zlib
 import numpy as np
 import pytest
 
-from experiments import (command_line, readme_blocks, readme_tables,
-                         reproduction, run_all, runner, scales)
+from experiments import (command_line, readme_blocks, reproduction, run_all,
+                         runner, scales)
+from experiments.readme_blocks import BLOCKS
+from experiments.result_files import signed
 
 SMALL = scales.SCALES['small']
 
@@ -29,7 +31,7 @@ def test_every_renderer_has_its_block_in_a_readme():
   found = set()
   for filename in readme_blocks.README_FILES:
     with open(os.path.join(runner.ROOT, filename)) as f:
-      found |= set(readme_blocks.blocks_in(f.read()))
+      found |= {name for name, _ in readme_blocks.BLOCK.findall(f.read())}
   assert set(readme_blocks.BLOCKS) <= found
 
 
@@ -44,13 +46,11 @@ def test_a_changed_result_makes_its_blocks_stale():
   sources = readme_blocks.load()
   stale = lambda **changed: readme_blocks.update(
       sources=sources._replace(**changed), write=False)
-  cost = copy.deepcopy(sources.cost)
-  setup = next(iter(cost[('cifar', 'default')]['setups'].values()))
-  setup['ratios']['train_B2_amortized'] += 0.01
-  assert stale(cost=cost) == ['docs/cost.md: cost-table']
-  setup['train']['evalnorm_B2']['bytes'] *= 1.1
-  assert stale(cost=cost) == ['docs/cost.md: cost-table',
-                              'docs/cost.md: cost-summary']
+  for change in (lambda setup: setup['ratios'].update(train_B2=2.0),
+                 lambda setup: setup['train']['evalnorm_B2'].update(bytes=1)):
+    cost = copy.deepcopy(sources.cost)
+    change(next(iter(cost['ResNet-20, default flags']['setups'].values())))
+    assert stale(cost=cost) == ['docs/cost.md: cost-table']
   headlines = copy.deepcopy(sources.headlines)
   headlines['fig2_error_vs_b']['gain']['seed 0']['4'] += 2
   assert stale(headlines=headlines) == ['README.md: reproduction',
@@ -108,7 +108,7 @@ FIG1_TABLE = '''| trained at | statistics | mean | std | distance |
 
 
 @pytest.fixture(scope='module')
-def made_up_sources(tmp_path_factory) -> readme_tables.Sources:
+def made_up_sources(tmp_path_factory) -> readme_blocks.Sources:
   """Sources rebuilt, as ``run_all --headlines_only`` does, from a made-up
   runs.json and provenance.json; the committed cost records."""
   results = tmp_path_factory.mktemp('results')
@@ -127,7 +127,7 @@ def made_up_sources(tmp_path_factory) -> readme_tables.Sources:
           {'started': '2026-01-02T00:00:00+00:00', 'commit': 'b' * 40},
           {'started': '2026-01-01T00:00:00+00:00', 'commit': 'a' * 40}]}))
   (results / 'fig1_histograms.md').write_text(FIG1_TABLE)
-  return readme_tables.Sources(run_all.rebuilt_headlines(context),
+  return readme_blocks.Sources(run_all.rebuilt_headlines(context),
                                readme_blocks.load().cost)
 
 
@@ -141,21 +141,21 @@ def cells(table: str) -> dict[str, dict[str, str]]:
 def test_quick_start_tables_take_each_number_from_its_run(made_up_sources):
   s = made_up_sources
   top1 = lambda run, mode: f'{made_up(run, mode):.2f}'
-  assert cells(readme_tables.digits_table(s))['ema']['top-1 (%)'] == top1(
+  assert cells(BLOCKS['digits-table'](s))['ema']['top-1 (%)'] == top1(
       'quick_start_seed0', 'ema')
-  seeds = cells(readme_tables.quick_start_seeds(s))
+  seeds = cells(BLOCKS['quick-start-seeds'](s))
   assert seeds['1']['rule_of_thumb'] == top1('quick_start_seed1',
                                              'rule_of_thumb')
   assert seeds['0, on 8 devices']['ema'] == top1('quick_start_seed0_8devices',
                                                  'ema')
   ema = sorted(made_up(f'quick_start_seed{n}', 'ema') for n in range(3))
   assert seeds['range']['ema'] == f'{ema[0]:.2f}-{ema[-1]:.2f}'
-  baselines = cells(readme_tables.baselines(s))
+  baselines = cells(BLOCKS['baselines'](s))
   offline = baselines['the same model after `evalnorm.estimate` (offline)']
   assert offline['evalnorm'] == top1('baseline_batchnorm_offline', 'evalnorm')
   assert baselines['GroupNorm (batch 128)']['own evaluation'] == (
       top1('baseline_groupnorm', 'groupnorm') + ' (`groupnorm`)')
-  renorm = cells(readme_tables.renorm(s))
+  renorm = cells(BLOCKS['renorm'](s))
   assert renorm['quick start (3000 steps), B=2, seed 0']['Batch Renorm'] == (
       top1('baseline_renorm', 'ema'))
   mean = np.mean([made_up(f'renorm_b2_seed{n}', 'ema') for n in range(3)])
@@ -164,7 +164,7 @@ def test_quick_start_tables_take_each_number_from_its_run(made_up_sources):
 
 
 def test_provenance_names_the_commits_in_the_order_they_ran(made_up_sources):
-  (row,) = cells(readme_tables.provenance(made_up_sources)).values()
+  (row,) = cells(BLOCKS['provenance'](made_up_sources)).values()
   assert row['commits, in the order they ran'] == 'aaaaaaa, bbbbbbb'
   assert (row['clean tree'], row['machine']) == ('no', 'Some CPU, 2 cores')
 
@@ -175,11 +175,11 @@ def test_reproduction_cells_take_each_number_from_its_run(made_up_sources):
       'small scale']
   gain = lambda run: made_up(run, 'evalnorm') - made_up(run, 'ema')
   assert here('Fig. 2') == 'gain at B=2: {}; B=4: {}; B=8: {}'.format(*(
-      reproduction.signed(gain(f'evalnorm_b{b}_seed0')) for b in (2, 4, 8)))
+      signed(gain(f'evalnorm_b{b}_seed0')) for b in (2, 4, 8)))
   assert here('Fig. 1') == ('distance, EMA / EvalNorm: 0.275 / 0.179 at B=2; '
                             '0.031 / 0.032 at B=128')
   assert here('Table 1') == (
-      f"gain at B=2: {reproduction.signed(gain('imagenet_evalnorm_b2'))}")
+      f"gain at B=2: {signed(gain('imagenet_evalnorm_b2'))}")
   transfer = [gain(f'transfer_{p}_b2') for p in 'abcd']
   assert here('Table 2 analog').startswith(
       f'gain at B=2: {reproduction.span(transfer)}; B=4, 8: ')
@@ -192,27 +192,27 @@ def test_reproduction_cells_take_each_number_from_its_run(made_up_sources):
 
 
 def test_detection_table_takes_each_number_from_its_run(made_up_sources):
-  rows = cells(readme_tables.detection(made_up_sources))
+  rows = cells(BLOCKS['detection-table'](made_up_sources))
   frozen = rows['(c) pre-trained, BN statistics frozen']
   ema = [made_up(f'detection_c_n2_seed{s}', 'emaAP') for s in range(3)]
   assert frozen['EMA AP, N=2'] == (
       f'{np.mean(ema):.1f} ± {np.std(ema, ddof=1):.1f}')
   at_n8 = (made_up('detection_c_n8_seed0', 'evalnormAP')
            - made_up('detection_c_n8_seed0', 'emaAP'))
-  assert frozen['gain, N=8'] == reproduction.signed(at_n8)
+  assert frozen['gain, N=8'] == signed(at_n8)
   alpha = made_up('detection_c_n2_seed0', 'rcn/final_norm') / 100
   assert frozen['RCN'] == f'{alpha:.2f}'
 
 
 def test_findings_and_runtimes_take_each_number_from_its_run(made_up_sources):
-  rows = cells(readme_tables.findings(made_up_sources))
+  rows = cells(BLOCKS['findings'](made_up_sources))
   gain = lambda run: made_up(run, 'evalnorm') - made_up(run, 'ema')
-  assert rows['Fig. 5, depth 14, width x1']['4'] == reproduction.signed(
+  assert rows['Fig. 5, depth 14, width x1']['4'] == signed(
       gain('evalnorm_d14_w1_b4_seed0'))
   assert rows['Table 2 analog, (d) pre-trained, everything fine-tuned'][
-      '8'] == reproduction.signed(gain('transfer_d_b8'))
+      '8'] == signed(gain('transfer_d_b8'))
   assert rows['Seeds, mean of 3']['4'] == ''
-  runtimes = cells(readme_tables.runtimes(made_up_sources))
+  runtimes = cells(BLOCKS['runtimes'](made_up_sources))
   names = [r.name for r in run_all.SCRIPTS[0].planned_runs(
       command_line.Context(SMALL, '', '', 1))]
   assert runtimes['`quick_start.py`']['minutes per run (median)'] == (
@@ -232,29 +232,32 @@ def test_runtimes_leave_out_a_run_without_its_time():
   assert (detection['new_runs'], detection['run_minutes']) == (26, 25.0)
 
 
-def test_cost_tables_take_each_number_from_its_record(made_up_sources):
+def test_cost_table_takes_each_number_from_its_record(made_up_sources):
   cost = copy.deepcopy(made_up_sources.cost)
-  setup = next(iter(cost[('resnet50', 'eigen')]['setups'].values()))
-  setup['ratios']['alpha_beta_B2'] = 0.4321
-  setup['ratios']['fused_B2_estimating'] = 0.9876
-  setup['train']['batchnorm'].update(min_s=2.0, median_s=2.5)
-  s = made_up_sources._replace(cost=cost)
-  column = 'ResNet-50, Eigen'
-  table = cells(readme_tables.cost_table(s))
-  assert table['separate estimation: alpha/beta step, EvalNorm B=2'][
-      column] == '0.43x'
-  assert table['fused estimation: estimating step = every step at k = 1'][
-      column] == '0.99x'
+  setup = next(iter(cost['ResNet-50, Eigen']['setups'].values()))
+  setup['ratios'].update(alpha_beta_B2=0.4321, fused_B2_estimating=0.9876,
+                         fused_B2_amortized=1.0)
+  train = setup['train']
+  train['batchnorm'].update(min_s=2.0, median_s=2.5, bytes=100.0)
+  train['evalnorm_B2'].update(bytes=90.0)
+  train['evalnorm_B2_alpha_beta'].update(bytes=20.0)
+  train['evalnorm_B2_fused'] = dict(train['evalnorm_B2'], bytes=95.0)
+  column = lambda: {label: row['ResNet-50, Eigen'] for label, row in cells(
+      BLOCKS['cost-table'](made_up_sources._replace(cost=cost))).items()}
+  table = column()
+  assert table['separate estimation: alpha/beta step'] == '0.43x (0.20x)'
+  assert table['separate estimation: mean step at k = 4'].endswith(
+      '(0.95x)')  # 90 + 20 / 4
+  assert table['fused estimation: mean step at k = 4'].endswith(
+      '(0.91x)')  # (3 * 90 + 95) / 4
+  assert table['fused estimation: estimating step (every step at k = 1)'] == (
+      '0.99x (0.95x)')
+  assert table["BatchNorm's train step: minimum, median"] == (
+      '2.00 s, median 1.25x')
   # A record from before the fused program leaves its cells empty.
   del setup['ratios']['fused_B2_estimating']
-  assert cells(readme_tables.cost_table(made_up_sources._replace(cost=cost)))[
-      'fused estimation: estimating step = every step at k = 1'][column] == ''
-  summary = cells(readme_tables.cost_summary(s))
-  assert summary["BatchNorm's train step: median / minimum"][column] == '1.25x'
-  train = setup['train']
-  assert summary['bytes: mean step at k = 4'][column] == '{:.2f}x'.format(
-      (train['evalnorm_B2']['bytes'] + train['evalnorm_B2_alpha_beta'][
-          'bytes'] / 4) / train['batchnorm']['bytes'])
+  assert column()[
+      'fused estimation: estimating step (every step at k = 1)'] == ''
 
 
 # ---------------------------------------------------------------------------

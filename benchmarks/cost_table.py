@@ -1,0 +1,80 @@
+"""docs/cost.md's table: the committed cost records side by side.
+
+A column per record ``results/cost_<model>_<flags>.json``; a program's cell is
+its ratio of minimum times against BatchNorm's and, in parentheses, the ratio
+of the bytes XLA says the programs access (machine load does not change
+those). A cell is empty where the record predates the program.
+"""
+
+import os
+
+from evalnorm.training import config_lib, files, summary
+
+MODELS = {'cifar': 'ResNet-20', 'resnet50': 'ResNet-50'}
+FLAGS = {'default': 'default flags', 'avx2': 'AVX2', 'eigen': 'Eigen'}
+RESULTS_DIR = os.path.join(os.path.dirname(__file__), 'results')
+SGD, FUSED = 'evalnorm_B2', 'evalnorm_B2_fused'
+ALPHA_BETA = 'evalnorm_B2_alpha_beta'
+
+
+def load(results_dir: str = RESULTS_DIR) -> dict[str, dict]:
+  """{column title: record} of the committed records, models then flags."""
+  paths = {f'{title}, {flags}': os.path.join(results_dir, f'cost_{m}_{f}.json')
+           for m, title in MODELS.items() for f, flags in FLAGS.items()}
+  return {title: files.read_json(p) for title, p in paths.items()
+          if os.path.exists(p)}
+
+
+def programs(k: int):
+  """(label, time ratio key, stage, {program: its share of the bytes})."""
+  return (
+      ('SGD step, EvalNorm B = the whole per-device batch', 'train_B{batch}',
+       'train', {'evalnorm_B{batch}': 1}),
+      ('SGD step, EvalNorm B=2', 'train_B2', 'train', {SGD: 1}),
+      ('separate estimation: alpha/beta step', 'alpha_beta_B2', 'train',
+       {ALPHA_BETA: 1}),
+      (f'separate estimation: mean step at k = {k}', 'train_B2_amortized',
+       'train', {SGD: 1, ALPHA_BETA: 1 / k}),
+      ('separate estimation: estimating step (every step at k = 1)',
+       'train_B2_estimating', 'train', {SGD: 1, ALPHA_BETA: 1}),
+      (f'fused estimation: mean step at k = {k}', 'fused_B2_amortized',
+       'train', {SGD: 1 - 1 / k, FUSED: 1 / k}),
+      ('fused estimation: estimating step (every step at k = 1)',
+       'fused_B2_estimating', 'train', {FUSED: 1}),
+      ("evaluation, `eval_stats='evalnorm'` (against BatchNorm's evaluation)",
+       'eval_evalnorm', 'eval', {'evalnorm': 1}))
+
+
+def cell(setup: dict, key: str, stage: str, shares: dict) -> str:
+  time = setup['ratios'].get(key.format(**setup))
+  rows = setup[stage]
+  shares = {p.format(**setup): share for p, share in shares.items()}
+  if time is None or any(p not in rows for p in shares):
+    return ''
+  nbytes = sum(rows[p]['bytes'] * share for p, share in shares.items())
+  return f"{time:.2f}x ({nbytes / rows['batchnorm']['bytes']:.2f}x)"
+
+
+def about(record: dict, setup: dict) -> list[str]:
+  """Where and how the column was measured."""
+  step = setup['train']['batchnorm']
+  return [f"{record['device']['cpu']}, {record['device']['cpu_cores']} "
+          f"cores, jax {record['versions']['jax']}, flax "
+          f"{record['versions']['flax']}",
+          record['commit'][:7] + ('' if record['clean'] else ' (uncommitted)'),
+          str(setup['repeats']),
+          f"{step['min_s']:.2f} s, median "
+          f"{step['median_s'] / step['min_s']:.2f}x"]
+
+
+def table(records: dict[str, dict]) -> str:
+  setups = {t: next(iter(r['setups'].values())) for t, r in records.items()}
+  every = config_lib.base_config().estimate_every_steps
+  rows = [[label] + [cell(setup, *how) for setup in setups.values()]
+          for label, *how in programs(every)]
+  facts = zip(*(about(records[t], s) for t, s in setups.items()))
+  rows += [[label, *values] for label, values in zip(
+      ('machine', 'commit', 'interleaved rounds timed',
+       "BatchNorm's train step: minimum, median"), facts)]
+  return summary.markdown_table(
+      ['time (bytes) against flax `nn.BatchNorm`', *setups], rows) + '\n'
