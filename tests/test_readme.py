@@ -1,7 +1,7 @@
 """The layer examples of the README and docs/ run as shown (own-model ones:
 test_calibration)."""
 
-from readme import doc_code, readme_code
+from readme import doc_code, readme_code, readme_text
 
 
 def test_readme_layer_example_runs():
@@ -17,3 +17,9 @@ def test_readme_nnx_example_runs():
   alpha_beta = namespace['ennx'].alpha_beta_by_layer(namespace['model'])
   assert 0 < alpha_beta['norm']['alpha'] <= 1
   assert namespace['logits'].shape == (8, 10)
+
+
+def test_readme_stays_short():
+  """What and why, the two commands, the layer, the reproduction table; the
+  reference material lives in docs/."""
+  assert len(readme_text().encode()) <= 12_000
