@@ -8,13 +8,15 @@ build. The quick start itself (groups of B = 2) does: a 2-example
 normalization amplifies round-off by up to 1/sqrt(epsilon), so its losses
 differ by 1e-5 at step 3 and 1e-3 at step 5 between kernel configurations.
 Groups of B = 32 (4 groups in the batch of 128) are not chaotic over the
-first steps: five steps, estimating every step, agree to within 1.2e-7
-(relative) under every XLA:CPU configuration tried (default flags; YNNPACK
-fusions off; max ISA AVX2, AVX, SSE4_2; 8 host devices; Eigen
-single-threaded), and by the sixth step one of them departs by 1e-5. RTOL
-is ten times the worst spread of the five pinned steps and a thousandth of a
-real change of the method (see tests/TESTPLAN.md for the mutation that
-fails it). ``test_portability`` reruns this test under other kernels.
+first steps: four steps, estimating every step, agree to within 1.2e-7
+(relative) under every XLA:CPU configuration tried on an AMD EPYC (default
+flags; YNNPACK fusions off; max ISA AVX2, AVX, SSE4_2; 8 host devices; Eigen
+single-threaded) and on an Intel Xeon with AVX-512 (default flags; YNNPACK
+fusions off; max ISA AVX512, AVX2, SSE4_2; 8 host devices). The fifth step
+agrees as closely on the EPYC but departs by 2.7e-6 on the Xeon, so it is not
+pinned. RTOL is ten times the worst spread of the four pinned steps; the
+mutations in tests/TESTPLAN.md move the fourth step by 14 and 1500 times
+RTOL. ``test_portability`` reruns this test under other kernels.
 
 The same steps with estimation off must give bit-identical weights at the
 quick start's own B = 2: a comparison within one run, so it holds anywhere.
@@ -28,9 +30,9 @@ from golden_run import quick_start_run, quick_start_steps
 GOLDEN_GROUP_SIZE = 32
 REFERENCE = {
     'loss': [2.368972063064575, 2.338991165161133, 2.327864646911621,
-             2.2938413619995117, 2.323333263397217],
+             2.2938413619995117],
     'aux_loss': [3.054459810256958, 3.037559747695923, 2.944803237915039,
-                 2.8778672218322754, 2.842803716659546],
+                 2.8778672218322754],
 }
 RTOL = 1.5e-6
 
