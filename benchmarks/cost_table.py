@@ -1,25 +1,42 @@
-"""docs/cost.md's table: the committed cost records side by side.
+r"""docs/cost.md's table: the committed cost records side by side.
+
+    python -m benchmarks.cost_table [--measure] [--models cifar,resnet50]
+        [--flags default,avx2,eigen]
 
 A column per record ``results/cost_<model>_<flags>.json``; a program's cell is
 its ratio of minimum times against BatchNorm's and, in parentheses, the ratio
 of the bytes XLA says the programs access (machine load does not change
 those). A cell is empty where the record predates the program.
+
+``--measure`` first reruns ``benchmarks.cost`` for each model and kernel
+configuration (one process each, ``XLA_FLAGS`` from ``FLAG_VALUES``) and
+rewrites their records; it prints the table either way. Measure on an
+otherwise idle machine: the ratios are interleaved, the minimums are not.
 """
 
+import argparse
 import os
+import subprocess
+import sys
 
 from evalnorm.training import config_lib, files, summary
 
 MODELS = {'cifar': 'ResNet-20', 'resnet50': 'ResNet-50'}
 FLAGS = {'default': 'default flags', 'avx2': 'AVX2', 'eigen': 'Eigen'}
+FLAG_VALUES = {'default': '', 'avx2': '--xla_cpu_max_isa=AVX2',
+               'eigen': '--xla_cpu_experimental_ynn_fusion_type='}
 RESULTS_DIR = os.path.join(os.path.dirname(__file__), 'results')
 SGD, FUSED = 'evalnorm_B2', 'evalnorm_B2_fused'
 ALPHA_BETA = 'evalnorm_B2_alpha_beta'
 
 
+def record_path(model: str, flags: str, results_dir: str = RESULTS_DIR) -> str:
+  return os.path.join(results_dir, f'cost_{model}_{flags}.json')
+
+
 def load(results_dir: str = RESULTS_DIR) -> dict[str, dict]:
   """{column title: record} of the committed records, models then flags."""
-  paths = {f'{title}, {flags}': os.path.join(results_dir, f'cost_{m}_{f}.json')
+  paths = {f'{title}, {flags}': record_path(m, f, results_dir)
            for m, title in MODELS.items() for f, flags in FLAGS.items()}
   return {title: files.read_json(p) for title, p in paths.items()
           if os.path.exists(p)}
@@ -78,3 +95,44 @@ def table(records: dict[str, dict]) -> str:
        "BatchNorm's train step: minimum, median"), facts)]
   return summary.markdown_table(
       ['time (bytes) against flax `nn.BatchNorm`', *setups], rows) + '\n'
+
+
+def measure(models, flags, results_dir: str = RESULTS_DIR) -> None:
+  """Reruns the benchmark for each model under each kernel configuration."""
+  for model in models:
+    for name in flags:
+      env = dict(os.environ, XLA_FLAGS=FLAG_VALUES[name])
+      print(f'== {model}, {FLAGS[name]}', flush=True)
+      subprocess.run([sys.executable, '-m', 'benchmarks.cost', '--model',
+                      model, '--output', record_path(model, name, results_dir)],
+                     env=env, check=True)
+
+
+def choices(parser, flag: str, value: str, allowed) -> list[str]:
+  """The comma-separated ``value`` of ``flag``; an unknown name ends the
+  command with one line naming it and what is allowed."""
+  names = value.split(',')
+  for name in names:
+    if name not in allowed:
+      parser.error(f"--{flag}: unknown '{name}' (allowed: "
+                   f"{', '.join(allowed)})")
+  return names
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(prog='python -m benchmarks.cost_table',
+                                   description=__doc__.split('\n\n')[0])
+  parser.add_argument('--measure', action='store_true',
+                      help='rerun the benchmark and rewrite its records first')
+  parser.add_argument('--models', default=','.join(MODELS))
+  parser.add_argument('--flags', default=','.join(FLAGS))
+  args = parser.parse_args(argv)
+  models = choices(parser, 'models', args.models, MODELS)
+  flags = choices(parser, 'flags', args.flags, FLAGS)
+  if args.measure:
+    measure(models, flags)
+  print(table(load()), end='')
+
+
+if __name__ == '__main__':
+  main()

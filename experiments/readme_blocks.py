@@ -46,15 +46,16 @@ def digits_table(s: Sources) -> str:
 
 
 def provenance(s: Sources) -> str:
-  p, machine = s.headlines['provenance'], s.headlines['provenance']['machine']
+  p = s.headlines['provenance']
   records = ', '.join(f'[{name}]({reproduction.RESULTS}/{name})' for name in (
       'provenance.json', 'runs.json', 'headlines.json'))
+  machines = '; '.join(f"{m['cpu']}, {m['cpu_cores']} cores"
+                       + ''.join(f', GPU {g}' for g in m['gpus'])
+                       for m in p['machines'])
   return summary.markdown_table(
       ('commits, in the order they ran', 'clean tree', 'machine', 'jax',
        'flax', 'records'),
-      [[', '.join(p['commits']), 'yes' if p['clean'] else 'no',
-        f"{machine['cpu']}, {machine['cpu_cores']} cores"
-        + ''.join(f', GPU {g}' for g in machine['gpus']),
+      [[', '.join(p['commits']), 'yes' if p['clean'] else 'no', machines,
         p['packages']['jax'], p['packages']['flax'], records]], 'l' * 6) + '\n'
 
 

@@ -9,8 +9,8 @@ curve's check), then writes runs.json (every run's eval.json) and
 runtimes.md (per script, its runs' minutes). Finished runs (an ``eval.json``
 in their workdir) are reused, so an interrupted regeneration continues where
 it stopped; delete ``experiments/workdirs/<scale>`` to start afresh. Also
-writes provenance.json: the commit and tree state of every invocation over
-that workdir root, package versions, the machine
+writes provenance.json: per script the commits its results come from, the
+commit, tree state and machine of those invocations, package versions
 (``experiments/provenance.py``); and headlines.json: what each script's
 report returned (the numbers the READMEs' tables show, by script name), the
 provenance's short form and the runtimes.
@@ -23,9 +23,12 @@ without the runs' workdirs (which are not committed).
 ``--scripts a,b`` regenerates only the scripts named (e.g.
 ``table2_detection``, after a change that moves only its results): their
 runs replace theirs in the results directory's runs.json (runs that no
-script plans any more leave it), the invocation joins the committed
-provenance.json, and runtimes.md and headlines.json are rebuilt from the
-merged record.
+script plans any more leave it), their commits replace theirs in the
+committed provenance.json, and runtimes.md and headlines.json are rebuilt
+from the merged record. A regeneration too long for one sitting can so be
+split into groups of scripts, each from a clean workdir root at the same
+commit (a script's runs must all be in its group: Fig. 1, 3, 4, 5 and the
+seeds reuse Fig. 2's runs, the k curve checks against the quick start's).
 
 ``--dry_run`` runs nothing: it prints every run each script needs (dataset,
 model, B, SGD batch, devices, steps, learning rate), in the order they would
@@ -106,7 +109,7 @@ def main(argv=None):
     return write_headlines(context, rebuilt_headlines(context))
   scripts = chosen_scripts(parser, args.scripts)
   invocation = provenance.start(runner.ROOT, args.scale, args.jobs,
-                                context.workdir_root)
+                                context.workdir_root, runner.machine_gpus())
   seconds, numbers = {}, {}
   for script in scripts:
     name = script_name(script)
@@ -128,10 +131,11 @@ def main(argv=None):
                                                      record))
     return seconds
   archive = write_archive(context, scripts)
-  committed = files.read_json(context.output('provenance.json'))
-  record = provenance.finish(context.workdir_root, runner.machine_gpus(),
-                             context.output('provenance.json'),
-                             earlier=committed['invocations'])
+  record = provenance.finish(
+      context.workdir_root, runner.machine_gpus(),
+      context.output('provenance.json'),
+      files.read_json(context.output('provenance.json')),
+      [script_name(s) for s in scripts])
   write_runtimes(context, args, record, archive['eval'])
   write_headlines(context, rebuilt_headlines(context))
   return seconds

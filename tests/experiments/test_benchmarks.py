@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from benchmarks import cost
+from benchmarks import cost, cost_table
 
 
 @pytest.mark.slow
@@ -40,3 +40,24 @@ def test_amortized_ratio():
   assert cost.amortized_ratio(1.0, 0.4, 1.0, 1) == 1.4
   assert cost.amortized_ratio(1.0, 0.4, 1.0, 8) == 1.05
   assert cost.amortized_ratio(1.0, 0.4, 2.0, 8) == 0.525
+
+
+def test_cost_table_measures_each_model_under_each_kernel_configuration(
+    monkeypatch, tmp_path):
+  calls = []
+  monkeypatch.setattr(cost_table.subprocess, 'run', lambda argv, env, check:
+                      calls.append((argv[argv.index('--model') + 1],
+                                    env['XLA_FLAGS'], argv[-1])))
+  cost_table.measure(['cifar'], ['default', 'eigen'], str(tmp_path))
+  assert calls == [
+      ('cifar', '', str(tmp_path / 'cost_cifar_default.json')),
+      ('cifar', '--xla_cpu_experimental_ynn_fusion_type=',
+       str(tmp_path / 'cost_cifar_eigen.json'))]
+
+
+def test_cost_table_names_an_unknown_model_in_one_line(capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    cost_table.main(['--models', 'cifar,resnet18'])
+  assert exit_info.value.code == 2
+  assert "--models: unknown 'resnet18' (allowed: cifar, resnet50)" in (
+      capsys.readouterr().err)

@@ -9,7 +9,6 @@ the smoke scale is the slow test at the end (``pytest -m slow``).
 import json
 import math
 import os
-import subprocess
 import threading
 import zlib
 
@@ -251,53 +250,10 @@ def test_quick_start_runs_are_the_readme_command_and_report(context):
   assert f'(`ema`) | {offline:.2f} |' in text
 
 
-def test_provenance_tells_a_clean_tree_from_changed_code(tmp_path):
-  def git(*args):
-    subprocess.run(['git', *args], cwd=tmp_path, check=True,
-                   capture_output=True)
-  git('init', '-q')
-  (tmp_path / 'experiments' / 'results').mkdir(parents=True)
-  (tmp_path / 'experiments' / 'results' / 'fig.md').write_text('old\n')
-  (tmp_path / 'train.py').write_text('lr = 0.1\n')
-  git('add', '.')
-  git('-c', 'user.name=t', '-c', 'user.email=t@t', 'commit', '-qm', 'c')
-  state = provenance.git_state(str(tmp_path))
-  assert state['clean'] and len(state['commit']) == 40
-  # Rewritten results are the regeneration's output, not a code change ...
-  (tmp_path / 'experiments' / 'results' / 'fig.md').write_text('new\n')
-  assert provenance.git_state(str(tmp_path))['clean']
-  # ... an edited or a new source file is.
-  (tmp_path / 'train.py').write_text('lr = 0.2\n')
-  assert not provenance.git_state(str(tmp_path))['clean']
-  git('checkout', 'train.py')
-  (tmp_path / 'extra.py').write_text('')
-  assert not provenance.git_state(str(tmp_path))['clean']
-  outside = tmp_path.parent / f'{tmp_path.name}_not_a_repository'
-  outside.mkdir()
-  assert provenance.git_state(str(outside)) == {'commit': None, 'clean': None}
-
-
-def test_an_interrupted_regeneration_keeps_its_record(tmp_path):
-  workdirs = str(tmp_path / 'w')
-  # Killed after its first script: its commit and that script stay recorded.
-  first = provenance.start(ROOT, 'small', 2, workdirs)
-  provenance.script_done(workdirs, first, 'quick_start', 600.0)
-  # The rerun finishes every script, reusing the runs.
-  second = provenance.start(ROOT, 'small', 2, workdirs)
-  for name, seconds in (('quick_start', 6.0), ('fig2_error_vs_b', 120.0)):
-    provenance.script_done(workdirs, second, name, seconds)
-  record = provenance.finish(workdirs, (), str(tmp_path / 'provenance.json'))
-  assert [i['seconds'] for i in record['invocations']] == [
-      {'quick_start': 600.0}, {'quick_start': 6.0, 'fig2_error_vs_b': 120.0}]
-  assert record['minutes_per_script'] == {'quick_start': 10.1,
-                                          'fig2_error_vs_b': 2.0}
-  assert record['commits'] == [provenance.git_state(ROOT)['commit']]
-
-
 def test_regenerating_one_script_merges_into_the_committed_record(context):
   """run_all --scripts: that script's runs replace theirs in runs.json, a
-  run no script plans any more leaves it, the others stay as committed; the
-  invocation joins the committed ones in provenance.json."""
+  run no script plans any more leaves it, the others stay as committed
+  (provenance.json: test_provenance.py)."""
   committed = {'eval': {r.name: {'marker': 'committed'}
                         for s in run_all.SCRIPTS if s is not estimate_every
                         for r in s.planned_runs(context)},
@@ -316,15 +272,6 @@ def test_regenerating_one_script_merges_into_the_committed_record(context):
   for name, result in archive['eval'].items():
     assert result['marker'] == ('new' if name in new else 'committed'), name
   assert archive['every_k'] == committed['every_k']
-  earlier = [{'started': '2026-01-01T00:00:00+00:00', 'commit': 'a' * 40,
-              'clean': True, 'seconds': {'table2_transfer': 60.0}}]
-  index = provenance.start(ROOT, 'small', 2, context.workdir_root)
-  provenance.script_done(context.workdir_root, index, 'table2_transfer', 6.0)
-  record = provenance.finish(context.workdir_root, (),
-                             context.output('provenance.json'), earlier)
-  assert record['invocations'][0] == earlier[0]
-  assert len(record['invocations']) == 2
-  assert record['minutes_per_script'] == {'table2_transfer': 1.1}
 
 
 def test_regenerating_an_unknown_script_is_one_line(tmp_path, capsys):
