@@ -14,7 +14,7 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
-from absl import logging
+from absl import flags, logging
 from flax import serialization
 
 from evalnorm.training import files
@@ -29,10 +29,28 @@ def directory_of(workdir: files.PathLike):
   return files.path(workdir) / 'checkpoints'
 
 
+def use_coordination_service_barriers() -> None:
+  """With several processes, orbax's barriers wait on jax.distributed's
+  coordination service instead of running a device all-reduce.
+
+  Orbax issues some barriers from its background threads (an asynchronous
+  save creates and commits its directories there). As device all-reduces
+  (its default, ``sync_global_devices``) they run beside the training steps'
+  own all-reduces, in an order that can differ between processes; XLA:CPU's
+  gloo collectives then pair one process's barrier with another's step and
+  abort ("Received data size doesn't match expected size"), as a 2-process
+  job did once after a checkpoint. The coordination service's barriers use
+  no device collective.
+  """
+  if jax.process_count() > 1:
+    flags.FLAGS['experimental_orbax_use_distributed_barrier'].parse(True)
+
+
 def make_manager(workdir: files.PathLike, max_to_keep: int = 3,
                  create: bool = True,
                  asynchronous: bool = True) -> ocp.CheckpointManager:
   """The manager of ``workdir/checkpoints``."""
+  use_coordination_service_barriers()
   directory = directory_of(workdir)
   # A process killed mid-save (SIGKILL, a lost machine) leaves a temporary
   # directory; the next run's manager removes it.

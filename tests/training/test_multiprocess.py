@@ -14,8 +14,9 @@ import time
 import jax
 import numpy as np
 import pytest
+from absl import flags
 
-from evalnorm.training import preemption, trainer
+from evalnorm.training import checkpoint, preemption, trainer
 
 import multiprocess_jobs
 from multiprocess_jobs import log_of
@@ -90,6 +91,20 @@ def test_a_dead_process_stops_the_other_and_the_job_resumes(tmp_path,
   assert [p.wait(timeout=900) for p in rerun] == [0, 0]
   assert f'Resumed from step {saved} ' in log_of(rerun[0])
   assert read_eval(workdir)['step'] == 300
+
+
+def test_orbax_barriers_leave_the_devices_with_several_processes(monkeypatch):
+  """Orbax's background-thread barriers must not be device all-reduces,
+  which gloo can pair with another process's training step (see
+  ``checkpoint.use_coordination_service_barriers``)."""
+  barrier = flags.FLAGS['experimental_orbax_use_distributed_barrier']
+  monkeypatch.setattr(barrier, 'value', barrier.value)
+  monkeypatch.setattr(barrier, 'present', barrier.present)
+  checkpoint.use_coordination_service_barriers()
+  assert not barrier.value  # one process: nothing to pair
+  monkeypatch.setattr(jax, 'process_count', lambda: 2)
+  checkpoint.use_coordination_service_barriers()
+  assert barrier.value
 
 
 def test_processes_stop_after_the_same_step_one_step_late(monkeypatch):
