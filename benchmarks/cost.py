@@ -610,17 +610,23 @@ def main(argv=None) -> dict[str, dict[str, Any]]:
   return results
 
 
-def record(results: dict[str, dict[str, Any]], args, code: dict
-           ) -> dict[str, Any]:
-  """The JSON record of a run: every row and ratio, and what produced them
-  (``code``: provenance.git_state's commit and tree state)."""
+def measured_by(code: dict) -> dict[str, Any]:
+  """What produced a benchmark's record: ``code`` (provenance.git_state's
+  commit and tree state), the device, XLA_FLAGS and the versions."""
   device = jax.local_devices()[0]
   return {
       **code,
       'device': {'kind': device.device_kind, 'platform': device.platform,
                  'cpu': provenance.cpu_model(), 'cpu_cores': os.cpu_count()},
       'xla_flags': os.environ.get('XLA_FLAGS', ''),
-      'versions': {'jax': jax.__version__, 'flax': flax.__version__},
+      'versions': {'jax': jax.__version__, 'flax': flax.__version__}}
+
+
+def record(results: dict[str, dict[str, Any]], args, code: dict
+           ) -> dict[str, Any]:
+  """The JSON record of a run: every row and ratio, and what produced them."""
+  return {
+      **measured_by(code),
       'half_precision': args.half_precision,
       'setups': {name: {'title': r['setup'].title, 'batch': r['setup'].batch,
                         'image_shape': list(r['setup'].image_shape),

@@ -10,8 +10,9 @@ those). A cell is empty where the record predates the program.
 
 ``--measure`` first reruns ``benchmarks.cost`` for each model and kernel
 configuration (one process each, ``XLA_FLAGS`` from ``FLAG_VALUES``) and
-rewrites their records; it prints the table either way. Measure on an
-otherwise idle machine: the ratios are interleaved, the minimums are not.
+``benchmarks.parallelism`` (default kernels, 8 host devices), and rewrites
+their records; it prints the table either way. Measure on an otherwise idle
+machine: the ratios are interleaved, the minimums are not.
 """
 
 import argparse
@@ -30,8 +31,17 @@ SGD, FUSED = 'evalnorm_B2', 'evalnorm_B2_fused'
 ALPHA_BETA = 'evalnorm_B2_alpha_beta'
 
 
+PARALLELISM_RECORD = 'parallelism.json'
+PARALLELISM_DEVICES = 8
+
+
 def record_path(model: str, flags: str, results_dir: str = RESULTS_DIR) -> str:
   return os.path.join(results_dir, f'cost_{model}_{flags}.json')
+
+
+def load_parallelism(results_dir: str = RESULTS_DIR) -> dict:
+  """The committed record of ``benchmarks.parallelism``."""
+  return files.read_json(os.path.join(results_dir, PARALLELISM_RECORD))
 
 
 def load(results_dir: str = RESULTS_DIR) -> dict[str, dict]:
@@ -60,6 +70,28 @@ def programs(k: int):
        'fused_B2_estimating', 'train', {FUSED: 1}),
       ("evaluation, `eval_stats='evalnorm'` (against BatchNorm's evaluation)",
        'eval_evalnorm', 'eval', {'evalnorm': 1}))
+
+
+def mean_step_key(estimation: str, k: int) -> str | None:
+  """The time ratio of online estimation's mean train step for this
+  program (``config.estimation``) and k; None where the benchmark has none."""
+  every = config_lib.base_config().estimate_every_steps
+  return {('separate', 1): 'train_B2_estimating',
+          ('separate', every): 'train_B2_amortized',
+          ('fused', 1): 'fused_B2_estimating',
+          ('fused', every): 'fused_B2_amortized'}.get((estimation, k))
+
+
+def time_range(records: dict[str, dict], key: str | None, model: str) -> str:
+  """'1.00-1.08x': the time ratio ``key`` over ``model``'s columns (a
+  ``MODELS`` title); '' where none has it."""
+  values = sorted(setup['ratios'][key] for title, r in records.items()
+                  if title.startswith(f'{model}, ')
+                  for setup in r['setups'].values() if key in setup['ratios'])
+  if not values:
+    return ''
+  low, high = f'{values[0]:.2f}', f'{values[-1]:.2f}'
+  return f'{low}x' if low == high else f'{low}-{high}x'
 
 
 def cell(setup: dict, key: str, stage: str, shares: dict) -> str:
@@ -98,7 +130,8 @@ def table(records: dict[str, dict]) -> str:
 
 
 def measure(models, flags, results_dir: str = RESULTS_DIR) -> None:
-  """Reruns the benchmark for each model under each kernel configuration."""
+  """Reruns the benchmark for each model under each kernel configuration,
+  then the parallelism benchmark."""
   for model in models:
     for name in flags:
       env = dict(os.environ, XLA_FLAGS=FLAG_VALUES[name])
@@ -106,6 +139,11 @@ def measure(models, flags, results_dir: str = RESULTS_DIR) -> None:
       subprocess.run([sys.executable, '-m', 'benchmarks.cost', '--model',
                       model, '--output', record_path(model, name, results_dir)],
                      env=env, check=True)
+  print('== shard_map against pmap', flush=True)
+  devices = f'--xla_force_host_platform_device_count={PARALLELISM_DEVICES}'
+  subprocess.run([sys.executable, '-m', 'benchmarks.parallelism', '--output',
+                  os.path.join(results_dir, PARALLELISM_RECORD)],
+                 env=dict(os.environ, XLA_FLAGS=devices), check=True)
 
 
 def choices(parser, flag: str, value: str, allowed) -> list[str]:

@@ -2,7 +2,8 @@ r"""Renders the READMEs' result tables: python -m experiments.readme_blocks.
 
 Each sits between ``<!-- name -->`` and ``<!-- /name -->`` and is rendered by
 ``BLOCKS[name]`` from experiments/results/headlines.json (a script's own
-tables take its headlines) and the cost records in benchmarks/results. With
+tables take its headlines) and the benchmarks' records in benchmarks/results
+(the cost records, the parallelism record). With
 ``--check`` nothing is written and the command exits 1 naming each block that
 differs.
 """
@@ -13,10 +14,10 @@ import re
 import sys
 import typing
 
-from benchmarks import cost_table
+from benchmarks import cost_table, parallelism
 from evalnorm.training import files, summary
-from experiments import (quick_start, reproduction, run_all, runner,
-                         table2_detection)
+from experiments import (estimation_programs, quick_start, reproduction,
+                         run_all, runner, table2_detection)
 from experiments.result_files import markdown_table, signed
 
 README_FILES = ('README.md', 'experiments/README.md', 'docs/cost.md',
@@ -31,12 +32,13 @@ GAINS = {'Fig. 2': 'fig2_error_vs_b', 'Seeds': 'seeds',
 class Sources(typing.NamedTuple):
   headlines: dict        # experiments/results/headlines.json
   cost: dict[str, dict]  # column title -> benchmarks.cost record
+  parallelism: dict      # benchmarks.parallelism's record
 
 
 def load(results_dir: str = runner.RESULTS_DIR) -> Sources:
-  """The committed headlines and cost records."""
+  """The committed headlines and benchmark records."""
   return Sources(files.read_json(os.path.join(results_dir, run_all.HEADLINES)),
-                 cost_table.load())
+                 cost_table.load(), cost_table.load_parallelism())
 
 
 def digits_table(s: Sources) -> str:
@@ -57,6 +59,16 @@ def provenance(s: Sources) -> str:
        'flax', 'records'),
       [[', '.join(p['commits']), 'yes' if p['clean'] else 'no', machines,
         p['packages']['jax'], p['packages']['flax'], records]], 'l' * 6) + '\n'
+
+
+def estimation_table(s: Sources) -> str:
+  """The estimation programs over seeds, with each one's train-step cost
+  over the ResNet-20 columns of the cost table."""
+  numbers = s.headlines['estimation_programs']
+  cost = {name: cost_table.time_range(
+      s.cost, cost_table.mean_step_key(row['estimation'], row['k']),
+      cost_table.MODELS['cifar']) for name, row in numbers['programs'].items()}
+  return estimation_programs.table(numbers, cost)
 
 
 def findings(s: Sources) -> str:
@@ -99,6 +111,8 @@ BLOCKS = {
     'detection-table': lambda s: table2_detection.summary_table(
         s.headlines['table2_detection']),
     'cost-table': lambda s: cost_table.table(s.cost),
+    'estimation-programs': estimation_table,
+    'parallelism': lambda s: parallelism.table(s.parallelism),
     'runtimes': lambda s: run_all.runtimes_table(s.headlines['runtimes'])
                           + '\n',
     'findings': findings,

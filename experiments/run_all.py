@@ -4,8 +4,8 @@ r"""Regenerates every figure and table of the paper at one scale.
         [--scripts table2_detection]
 
 Runs the scripts in an order that lets later ones reuse earlier runs (Fig. 2's
-sweep feeds Fig. 1, 3, 4, 5 and the seeds; the quick start runs are the k
-curve's check), then writes runs.json (every run's eval.json) and
+sweep feeds Fig. 1, 3, 4, 5 and the seeds; the quick start runs are the
+default program of the estimation comparison and the k curve's check), then writes runs.json (every run's eval.json) and
 runtimes.md (per script, its runs' minutes). Finished runs (an ``eval.json``
 in their workdir) are reused, so an interrupted regeneration continues where
 it stopped; delete ``experiments/workdirs/<scale>`` to start afresh. Also
@@ -28,7 +28,8 @@ committed provenance.json, and runtimes.md and headlines.json are rebuilt
 from the merged record. A regeneration too long for one sitting can so be
 split into groups of scripts, each from a clean workdir root at the same
 commit (a script's runs must all be in its group: Fig. 1, 3, 4, 5 and the
-seeds reuse Fig. 2's runs, the k curve checks against the quick start's).
+seeds reuse Fig. 2's runs, the estimation comparison the quick start's, the k
+curve checks against the quick start's).
 
 ``--dry_run`` runs nothing: it prints every run each script needs (dataset,
 model, B, SGD batch, devices, steps, learning rate), in the order they would
@@ -42,16 +43,16 @@ import numpy as np
 
 from evalnorm.training import files
 from evalnorm.training.summary import markdown_table
-from experiments import (command_line, estimate_every, fig1_histograms,
-                         fig2_error_vs_b, fig3_alpha_beta, fig4_fixed_schedules,
-                         fig5_deeper_wider, provenance, quick_start,
-                         result_files, run_configs, runner, seeds,
+from experiments import (command_line, estimate_every, estimation_programs,
+                         fig1_histograms, fig2_error_vs_b, fig3_alpha_beta,
+                         fig4_fixed_schedules, fig5_deeper_wider, provenance,
+                         quick_start, result_files, run_configs, runner, seeds,
                          table1_imagenet, table2_detection, table2_transfer)
 
 HEADLINES = 'headlines.json'
-SCRIPTS = (quick_start, fig2_error_vs_b, fig1_histograms, fig3_alpha_beta,
-           fig4_fixed_schedules, seeds, fig5_deeper_wider, table1_imagenet,
-           table2_transfer, table2_detection, estimate_every)
+SCRIPTS = (quick_start, estimation_programs, fig2_error_vs_b, fig1_histograms,
+           fig3_alpha_beta, fig4_fixed_schedules, seeds, fig5_deeper_wider,
+           table1_imagenet, table2_transfer, table2_detection, estimate_every)
 
 
 def script_name(script) -> str:

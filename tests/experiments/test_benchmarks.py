@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from benchmarks import cost, cost_table
+from benchmarks import cost, cost_table, parallelism
 
 
 @pytest.mark.slow
@@ -46,13 +46,29 @@ def test_cost_table_measures_each_model_under_each_kernel_configuration(
     monkeypatch, tmp_path):
   calls = []
   monkeypatch.setattr(cost_table.subprocess, 'run', lambda argv, env, check:
-                      calls.append((argv[argv.index('--model') + 1],
-                                    env['XLA_FLAGS'], argv[-1])))
+                      calls.append((argv[2], env['XLA_FLAGS'], argv[-1])))
   cost_table.measure(['cifar'], ['default', 'eigen'], str(tmp_path))
   assert calls == [
-      ('cifar', '', str(tmp_path / 'cost_cifar_default.json')),
-      ('cifar', '--xla_cpu_experimental_ynn_fusion_type=',
-       str(tmp_path / 'cost_cifar_eigen.json'))]
+      ('benchmarks.cost', '', str(tmp_path / 'cost_cifar_default.json')),
+      ('benchmarks.cost', '--xla_cpu_experimental_ynn_fusion_type=',
+       str(tmp_path / 'cost_cifar_eigen.json')),
+      ('benchmarks.parallelism', '--xla_force_host_platform_device_count=8',
+       str(tmp_path / 'parallelism.json'))]
+
+
+def test_a_programs_cost_range_spans_its_models_columns():
+  records = {f'ResNet-20, {flags}': {'setups': {'cifar': {'ratios': ratios}}}
+             for flags, ratios in (('default flags', {'fused_B2_amortized': 1.004}),
+                                   ('Eigen', {'fused_B2_amortized': 0.9449}),
+                                   ('AVX2', {}))}
+  records['ResNet-50, Eigen'] = {'setups': {'resnet50': {'ratios': {
+      'fused_B2_amortized': 2.0}}}}
+  key = cost_table.mean_step_key('fused', 4)
+  assert cost_table.time_range(records, key, 'ResNet-20') == '0.94-1.00x'
+  assert cost_table.time_range(records, key, 'ResNet-50') == '2.00x'
+  assert cost_table.time_range(records, 'train_B2', 'ResNet-20') == ''
+  assert cost_table.mean_step_key('separate', 1) == 'train_B2_estimating'
+  assert cost_table.mean_step_key('fused', 3) is None
 
 
 def test_cost_table_names_an_unknown_model_in_one_line(capsys):
@@ -61,3 +77,16 @@ def test_cost_table_names_an_unknown_model_in_one_line(capsys):
   assert exit_info.value.code == 2
   assert "--models: unknown 'resnet18' (allowed: cifar, resnet50)" in (
       capsys.readouterr().err)
+
+
+@pytest.mark.slow
+def test_parallelism_smoke_writes_the_record_its_table_reads(tmp_path):
+  rows = parallelism.main(['--smoke', f'--output={tmp_path}/p.json'])
+  record = json.loads((tmp_path / 'p.json').read_text())
+  assert record['rows'] == rows  # JSON keeps a float exactly
+  assert set(record) >= {'commit', 'clean', 'device', 'versions', 'repeats'}
+  ratios = [float(c.rstrip('x')) for c in
+            parallelism.table(record).splitlines()[2].split(' | ')[1:4]]
+  shard_map = rows['shard_map']
+  assert ratios == [round(shard_map[f'ratio_{r}'], 2)
+                    for r in ('min', 'median', 'paired')]

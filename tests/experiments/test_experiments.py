@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 
 from training_helpers import ROOT
-from experiments import (command_line, estimate_every, fig1_histograms,
-                         fig2_error_vs_b, fig3_alpha_beta, fig4_fixed_schedules,
-                         fig5_deeper_wider, provenance, quick_start, run_all,
-                         run_configs, runner, scales, seeds, table1_imagenet,
-                         table2_transfer)
+from experiments import (command_line, estimate_every, estimation_programs,
+                         fig1_histograms, fig2_error_vs_b, fig3_alpha_beta,
+                         fig4_fixed_schedules, fig5_deeper_wider, provenance,
+                         quick_start, run_all, run_configs, runner, scales,
+                         seeds, table1_imagenet, table2_transfer)
 
 MODES = ('ema', 'evalnorm', 'rule_of_thumb', 'one_over_b', 'train_stats',
          'fixed_0.05', 'fixed_0.5', 'groupnorm')
@@ -248,6 +248,30 @@ def test_quick_start_runs_are_the_readme_command_and_report(context):
   assert f'| GroupNorm (batch 128) | {groupnorm:.2f} (`groupnorm`) |' in text
   offline = fake_top1('baseline_batchnorm_offline', 'evalnorm')
   assert f'(`ema`) | {offline:.2f} |' in text
+
+
+def test_estimation_programs_verdict_and_report(context):
+  """estimation_programs: a program is within seed noise of the default when
+  the two means differ by at most the larger standard deviation."""
+  runs = estimation_programs.program_runs(context.scale, (0, 1, 2))
+  top1 = {'separate, k = 4': (94.0, 94.5, 95.0),  # mean 94.5, std 0.5
+          'fused, k = 1': (94.0, 94.1, 94.2),     # mean 94.1: within 0.5
+          'fused, k = 4': (93.7, 93.8, 93.9)}     # mean 93.8: off by 0.7
+  results = {r.name: {'eval': {m: {'top1': t} for m in ('ema', 'evalnorm')}}
+             for name, group in runs.items() for r, t in zip(group, top1[name])}
+  programs = estimation_programs.report(context, results)['programs']
+  assert list(programs) == list(top1)
+  assert [p['within_seed_noise_of_default'] for p in programs.values()] == [
+      True, True, False]
+  assert [(p['estimation'], p['k']) for p in programs.values()] == [
+      ('separate', 4), ('fused', 1), ('fused', 4)]
+  text = read(context, 'estimation_programs.md')
+  assert '| fused, k = 4 | 93.70 / 93.80 / 93.90 | 93.80 (0.10) | no |' in text
+  # The default's runs are the quick start's; the fused ones set the program.
+  assert [r.name for r in runs['separate, k = 4']] == [
+      f'quick_start_seed{s}' for s in range(3)]
+  assert dict(runs['fused, k = 1'][2].overrides) == dict(
+      norm_batch_size=2, seed=2, estimation='fused', estimate_every_steps=1)
 
 
 def test_regenerating_one_script_merges_into_the_committed_record(context):

@@ -127,8 +127,9 @@ def made_up_sources(tmp_path_factory) -> readme_blocks.Sources:
           {'started': '2026-01-02T00:00:00+00:00', 'commit': 'b' * 40},
           {'started': '2026-01-01T00:00:00+00:00', 'commit': 'a' * 40}]}))
   (results / 'fig1_histograms.md').write_text(FIG1_TABLE)
+  committed = readme_blocks.load()
   return readme_blocks.Sources(run_all.rebuilt_headlines(context),
-                               readme_blocks.load().cost)
+                               committed.cost, committed.parallelism)
 
 
 def cells(table: str) -> dict[str, dict[str, str]]:
@@ -189,6 +190,38 @@ def test_reproduction_cells_take_each_number_from_its_run(made_up_sources):
                     for s in range(3)])
            for p in ('a', 'b', 'c', 'c_frozen_bn', 'd')]
   assert here('Table 2').startswith(f'gain at N=2: {reproduction.span(at_n2)};')
+
+
+def test_estimation_table_takes_each_number_from_its_run(made_up_sources):
+  rows = cells(BLOCKS['estimation-programs'](made_up_sources))
+  fused = rows['fused, k = 1']
+  evalnorm = [made_up(f'estimation_programs_fused_k1_seed{s}', 'evalnorm')
+              for s in range(3)]
+  assert fused['EvalNorm top-1 (%), seeds 0/1/2'] == ' / '.join(
+      f'{v:.2f}' for v in evalnorm)
+  assert fused['mean (std)'] == (
+      f'{np.mean(evalnorm):.2f} ({np.std(evalnorm, ddof=1):.2f})')
+  assert rows['separate, k = 4']['EMA top-1 (%), seeds 0/1/2'].startswith(
+      f"{made_up('quick_start_seed0', 'ema'):.2f} / ")
+  cost = made_up_sources.cost
+  fused_k1 = [next(iter(r['setups'].values()))['ratios'].get(
+      'fused_B2_estimating') for t, r in cost.items() if t.startswith('ResNet-20')]
+  fused_k1 = sorted(v for v in fused_k1 if v is not None)
+  assert fused["mean train step against BatchNorm's (ResNet-20, docs/cost.md)"
+               ] == f'{fused_k1[0]:.2f}-{fused_k1[-1]:.2f}x'
+
+
+def test_parallelism_table_takes_each_number_from_its_record(made_up_sources):
+  record = copy.deepcopy(made_up_sources.parallelism)
+  record['rows']['shard_map'].update(ratio_min=0.914, ratio_median=1.046,
+                                     ratio_paired=1.234)
+  record.update(commit='c' * 40, clean=True)
+  row = lambda: cells(BLOCKS['parallelism'](made_up_sources._replace(
+      parallelism=record)))["shard_map's SGD step against pmap's"]
+  assert (row()['minimums'], row()['medians'], row()['paired median'],
+          row()['commit']) == ('0.91x', '1.05x', '1.23x', 'ccccccc')
+  record['clean'] = False
+  assert row()['commit'] == 'ccccccc (uncommitted)'
 
 
 def test_detection_table_takes_each_number_from_its_run(made_up_sources):
