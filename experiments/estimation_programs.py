@@ -104,10 +104,9 @@ def report(context: command_line.Context, results: dict) -> dict:
   result_files.write_markdown(
       context.output(f'{NAME}.md'),
       'Online estimation: separate and fused programs over seeds',
-      (result_files.scale_note(context) if context.scale.name == 'smoke' else
-       f'`{quick_start.QUICK_START_CONFIG}` (noisy digits, 3000 steps), B=2: '
-       "the README's first command with `--config.estimation` and "
-       '`--config.estimate_every_steps` set.\n'),
+      quick_start.setting(context, "the README's first command with "
+                          '`--config.estimation` and '
+                          '`--config.estimate_every_steps` set'),
       'The default is the quick start run of each seed. "Within seed noise": '
       "the program's mean EvalNorm top-1 differs from the default's by at "
       'most the larger of the two standard deviations over seeds (n-1). The '

@@ -146,14 +146,21 @@ def baselines_table(numbers: dict) -> str:
       ('run (seed 0, top-1 %)', 'own evaluation') + BASELINE_MODES, rows)
 
 
+def setting(context: command_line.Context, command: str) -> str:
+  """A result file's line on what ran: the smoke scale's note, or the quick
+  start's setting and ``command``."""
+  if context.scale.name == 'smoke':
+    return result_files.scale_note(context)
+  return (f'`{QUICK_START_CONFIG}` (noisy digits, 3000 steps), B=2: '
+          f'{command}.\n')
+
+
 def report(context: command_line.Context, results: dict) -> dict:
   numbers = headlines(context, results)
   result_files.write_markdown(
       context.output(f'{NAME}.md'),
       'Quick start: every mode, seeds and baselines at B=2',
-      (result_files.scale_note(context) if context.scale.name == 'smoke' else
-       f'`{QUICK_START_CONFIG}` (noisy digits, 3000 steps), B=2: the '
-       "README's first command.\n"),
+      setting(context, "the README's first command"),
       '## The quick start (seed 0)\n\n'
       + run_report.results_table(numbers['quick_start_table']) + '\n',
       '## Top-1 (%) per seed (`--config.seed`)\n\n'
