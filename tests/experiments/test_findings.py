@@ -227,13 +227,14 @@ def test_renorm_between_ema_and_evalnorm_only_at_b2_of_the_short_runs(h):
 
 
 def test_renorm_beats_both_in_longer_runs_and_is_worst_in_the_shortest(h):
-  said('in the 3000-step quick start and in Table 1\'s B=2 column (2400 steps) '
-       "it beats both, and in Table 1's B=32 column (150 steps) it is the "
-       'worst row')
+  said('in the 3000-step quick start it beats EMA by far and is within a '
+       "point of EvalNorm, in Table 1's B=2 column (2400 steps) it beats both, "
+       "and in Table 1's B=32 column (150 steps) it is the worst row")
   quick = h['quick_start']
   renorm = quick['baselines']['Batch Renorm (batch 128, groups of 2)']
-  assert renorm['top1']['ema'] > max(quick['top1_by_seed']['0'][m]
-                                     for m in ('ema', 'evalnorm'))
+  seed0 = quick['top1_by_seed']['0']
+  assert renorm['top1']['ema'] > seed0['ema'] + 5  # by far: five points
+  assert abs(renorm['top1']['ema'] - seed0['evalnorm']) < 1
   table1 = h['table1_imagenet']['top1']
   assert table1['Batch Renorm']['2'] > max(table1['EMA']['2'],
                                            table1['EvalNorm (online)']['2'])
