@@ -59,10 +59,11 @@ def test_evalnorm_beats_ema_at_b2_in_every_seed(h):
   assert min(h['seeds']['gain_over_seeds']['2']['seeds']) > LEAST_GAIN
 
 
-def test_ema_error_at_b2_is_twice_that_at_any_larger_b(h):
-  said("EMA's error at B=2 is more than twice its error at any larger B")
+def test_ema_error_at_b2_is_half_again_that_at_any_larger_b(h):
+  said("EMA's error at B=2 is more than one and a half times its error at any "
+       'larger B')
   ema = h['fig2_error_vs_b']['error']['EMA (BatchNorm)']
-  assert ema['2'] > 2 * max(after_2(ema))
+  assert ema['2'] > 1.5 * max(after_2(ema))
 
 
 def test_table1_gain_at_b2_beats_the_papers(h):
@@ -81,28 +82,24 @@ def test_alpha_falls_with_b_and_differs_between_layers(h):
   assert max(layers) > 2 * min(layers)
 
 
+def test_the_estimate_ties_the_best_fixed_schedule_at_every_b(h):
+  said('at every B the estimate is within the threshold of the best fixed '
+       'schedule, and the best of all only at B=4')
+  numbers = h['fig4_fixed_schedules']
+  estimate = numbers['error']['estimated (EvalNorm)']
+  assert all(estimate[b] - best <= LEAST_GAIN
+             for b, best in numbers['best_fixed'].items())
+  assert [b for b, best in numbers['best_fixed'].items()
+          if estimate[b] < best] == ['4']
+
+
 def test_a_constant_that_helps_at_b2_hurts_at_large_b(h):
-  said('at B=2 the estimate is the best schedule. The constant 0.5 (1/B at '
-       'B=2) is within the threshold of it at B=2 and the worst schedule at '
-       'B=128')
+  said('The constant 0.5 (1/B at B=2) is within the threshold of the estimate '
+       'at B=2 and the worst schedule at B=128')
   error = h['fig4_fixed_schedules']['error']
-  assert error['estimated (EvalNorm)']['2'] == min(e['2']
-                                                   for e in error.values())
-  assert (error['constant 0.5']['2'] - error['estimated (EvalNorm)']['2']
+  assert (abs(error['constant 0.5']['2'] - error['estimated (EvalNorm)']['2'])
           <= LEAST_GAIN)
   assert error['constant 0.5']['128'] == max(e['128'] for e in error.values())
-
-
-def test_the_estimate_ties_the_best_fixed_schedule_except_at_b8(h):
-  said('the estimate is within the threshold of the best fixed schedule at '
-       'every B except B=8, where a small constant beats it by just over the '
-       'threshold')
-  numbers = h['fig4_fixed_schedules']
-  gap = {b: numbers['error']['estimated (EvalNorm)'][b] - best
-         for b, best in numbers['best_fixed'].items()}
-  assert [b for b, g in gap.items() if g > LEAST_GAIN] == ['8']
-  assert gap['8'] < 1.5 * LEAST_GAIN
-  assert numbers['error']['constant 0.05']['8'] == numbers['best_fixed']['8']
 
 
 def test_fig1_evalnorm_is_closer_at_b2_and_both_are_close_at_b128(h):
@@ -115,12 +112,15 @@ def test_fig1_evalnorm_is_closer_at_b2_and_both_are_close_at_b128(h):
 
 def test_from_b4_the_classifiers_from_scratch_gain_under_the_threshold(h):
   said('From B=4 on, the classifiers trained from scratch gain less than the '
-       'threshold: Fig. 2 at every B from 4 to 128, the seeds at B=8, every '
-       'Fig. 5 model at B=4 and 8, Table 1 at every B from 4 to 32')
-  later = [g for script in ('fig2_error_vs_b', 'seeds', 'fig5_deeper_wider',
-                            'table1_imagenet')
+       'threshold in Fig. 2 at every B from 4 to 128, in the seeds at B=8 and '
+       'in every Fig. 5 model at B=4 and 8; Table 1 exceeds it only at B=4, by '
+       'less than half a point, and at B=32')
+  later = [g for script in ('fig2_error_vs_b', 'seeds', 'fig5_deeper_wider')
            for gains in h[script]['gain'].values() for g in after_2(gains)]
-  assert len(later) == 6 + 1 + 8 + 4 and max(later) < LEAST_GAIN
+  assert len(later) == 6 + 1 + 8 and max(later) < LEAST_GAIN
+  table1 = h['table1_imagenet']['gain']['8 devices x B']
+  above = [b for b, g in table1.items() if b != '2' and g > LEAST_GAIN]
+  assert above == ['4', '32'] and table1['4'] < LEAST_GAIN + 0.5
 
 
 def test_evalnorm_is_below_ema_at_b8_in_every_seed(h):
@@ -142,13 +142,11 @@ def test_the_detector_gains_at_n2_in_a_and_c_and_narrowly_in_b_and_d(h):
     assert min(gain[p]['seeds']) > 0 and gain[p]['mean'] < LEAST_GAIN
 
 
-def test_the_detector_gains_at_n4_and_n8_only_in_c_and_barely_a(h):
-  said('At N=4 and 8 it exceeds the threshold only in (c) and, by a tenth of a '
-       'point, in (a) at N=8')
-  above = {(short(p), n): g for p, gains in h['table2_detection']['gain'].items()
+def test_the_detector_gains_at_n4_and_n8_only_in_c(h):
+  said('At N=4 and 8 it exceeds the threshold only in (c).')
+  above = {(short(p), n) for p, gains in h['table2_detection']['gain'].items()
            for n, g in gains.items() if n != '2' and g > LEAST_GAIN}
-  assert set(above) == {('(c)', '4'), ('(c)', '8'), ('(a)', '8')}
-  assert above[('(a)', '8')] < LEAST_GAIN + 0.15
+  assert above == {('(c)', '4'), ('(c)', '8')}
 
 
 def test_frozen_statistics_collapse_ema_and_evalnorm_leans_on_each_example(h):
@@ -197,15 +195,14 @@ def test_outside_c_the_transfer_gains_at_b4_everywhere_and_at_b8_but_a(h):
   assert [p for p, g in gains.items() if g['8'] <= LEAST_GAIN] == ['(a)']
 
 
-def test_table1_columns_fall_with_b_and_groupnorm_is_best(h):
+def test_table1_rows_are_lowest_at_b32_and_groupnorm_is_best(h):
   said('every column sees the same 38,400 examples, so B=32 gets 150 steps, '
-       "and every row's top-1 falls from B=4 to B=32. GroupNorm, which uses no "
-       'batch statistics, has the best top-1 in every column')
+       "and every row's top-1 is at its lowest at B=32. GroupNorm, which uses "
+       'no batch statistics, has the best top-1 in every column')
   numbers = h['table1_imagenet']
   assert numbers['steps']['32'] == 150 and numbers['steps']['2'] == 2400
   for row in numbers['top1'].values():
-    later = after_2(row)
-    assert all(a > b for a, b in zip(later, later[1:]))
+    assert min(row, key=row.get) == '32'
   for b in numbers['steps']:
     assert max(numbers['top1'], key=lambda r: numbers['top1'][r][b]) == (
         'GroupNorm')
@@ -226,16 +223,17 @@ def test_renorm_between_ema_and_evalnorm_only_at_b2_of_the_short_runs(h):
           < top1['evalnorm']['2']['evalnorm']['mean'])
 
 
-def test_renorm_beats_both_in_longer_runs_and_is_worst_in_the_shortest(h):
+def test_renorm_nears_evalnorm_in_the_longest_run_and_is_worst_in_the_shortest(h):
   said('in the 3000-step quick start it beats EMA by far and is within a '
-       "point of EvalNorm, in Table 1's B=2 column (2400 steps) it beats both, "
-       "and in Table 1's B=32 column (150 steps) it is the worst row")
+       "point of EvalNorm, in Table 1's B=2 column (2400 steps) it beats EMA "
+       "but not EvalNorm, and in Table 1's B=32 column (150 steps) it is the "
+       'worst row')
   quick = h['quick_start']
   renorm = quick['baselines']['Batch Renorm (batch 128, groups of 2)']
   seed0 = quick['top1_by_seed']['0']
   assert renorm['top1']['ema'] > seed0['ema'] + 5  # by far: five points
   assert abs(renorm['top1']['ema'] - seed0['evalnorm']) < 1
   table1 = h['table1_imagenet']['top1']
-  assert table1['Batch Renorm']['2'] > max(table1['EMA']['2'],
-                                           table1['EvalNorm (online)']['2'])
+  assert (table1['EMA']['2'] < table1['Batch Renorm']['2']
+          < table1['EvalNorm (online)']['2'])
   assert min(table1, key=lambda r: table1[r]['32']) == 'Batch Renorm'

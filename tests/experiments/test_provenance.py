@@ -7,6 +7,8 @@ import subprocess
 import pytest
 
 from training_helpers import ROOT
+from benchmarks import cost_table
+from evalnorm.training import files
 from experiments import provenance
 
 
@@ -164,3 +166,19 @@ def test_release_problems_name_what_keeps_the_results_from_heads_code(repo):
       'a regeneration ran with uncommitted code changes',
       'the results: fffffff is not in this repository']
 
+
+
+def shallow_clone() -> bool:
+  """A shallow clone lacks the release commit; its check would fail for that
+  alone, not for results that are not HEAD's."""
+  return git(ROOT, 'rev-parse', '--is-shallow-repository') == 'true'
+
+
+@pytest.mark.skipif(shallow_clone(), reason='a shallow clone lacks the release '
+                    'commit; clone with history to check the release')
+def test_the_committed_results_and_cost_records_are_a_release_of_head():
+  record = files.read_json(
+      os.path.join(ROOT, 'experiments', 'results', 'provenance.json'))
+  cost_records = {**cost_table.load(),
+                  'shard_map against pmap': cost_table.load_parallelism()}
+  assert provenance.release_problems(ROOT, record, cost_records) == []
