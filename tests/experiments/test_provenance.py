@@ -9,7 +9,7 @@ import pytest
 from training_helpers import ROOT
 from benchmarks import cost_table
 from evalnorm.training import files
-from experiments import provenance
+from experiments import provenance, runner
 
 
 def git(repo, *args) -> str:
@@ -167,7 +167,6 @@ def test_release_problems_name_what_keeps_the_results_from_heads_code(repo):
       'the results: fffffff is not in this repository']
 
 
-
 def shallow_clone() -> bool:
   """A shallow clone lacks the release commit; its check would fail for that
   alone, not for results that are not HEAD's."""
@@ -177,8 +176,7 @@ def shallow_clone() -> bool:
 @pytest.mark.skipif(shallow_clone(), reason='a shallow clone lacks the release '
                     'commit; clone with history to check the release')
 def test_the_committed_results_and_cost_records_are_a_release_of_head():
-  record = files.read_json(
-      os.path.join(ROOT, 'experiments', 'results', 'provenance.json'))
+  record = files.read_json(os.path.join(runner.RESULTS_DIR, 'provenance.json'))
   cost_records = {**cost_table.load(),
                   'shard_map against pmap': cost_table.load_parallelism()}
   assert provenance.release_problems(ROOT, record, cost_records) == []
